@@ -1,0 +1,66 @@
+//! The errors every store reports, whatever its backend.
+//!
+//! These are business outcomes and user errors, plus two kinds of failure (`Unavailable`,
+//! `Internal`). A backend keeps its own richer error enum and maps it into this one at its
+//! boundary; the server maps this one to HTTP in exactly one place.
+
+use uuid::Uuid;
+
+use crate::append::ExpectedVersion;
+
+/// What went wrong with a store operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The request is malformed: a bad field, a bad parameter. The message names it.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A size limit was exceeded. The message names the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error(
+        "aggregate '{aggregate_id}' is at version {current_version}, but the append expected {expected_version}"
+    )]
+    WrongExpectedVersion {
+        aggregate_id: String,
+        expected_version: ExpectedVersion,
+        current_version: u64,
+    },
+    #[error(
+        "the condition failed: event at position {conflicting_position} matches the filter and comes after position {after_position}"
+    )]
+    ConditionFailed {
+        after_position: u64,
+        conflicting_position: u64,
+    },
+    #[error("event id {event_id} is already stored: {reason}")]
+    DuplicateEventId { event_id: Uuid, reason: String },
+    #[error(
+        "aggregate '{aggregate_id}' has type '{existing}'; an event of type '{given}' cannot be appended to it"
+    )]
+    AggregateTypeMismatch {
+        aggregate_id: String,
+        existing: String,
+        given: String,
+    },
+    #[error("aggregate '{aggregate_id}' has no events")]
+    AggregateNotFound { aggregate_id: String },
+    #[error("no event has id {event_id}")]
+    EventNotFound { event_id: Uuid },
+    /// The store cannot write safely (a failed fsync or write, a full disk). Reads go on.
+    #[error("the store cannot accept writes: {0}")]
+    Unavailable(String),
+    /// A fault in the store itself (corrupt data, a bug). Not the client's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn invalid(message: impl Into<String>) -> StoreError {
+        StoreError::InvalidRequest(message.into())
+    }
+
+    pub fn too_large(message: impl Into<String>) -> StoreError {
+        StoreError::PayloadTooLarge(message.into())
+    }
+}

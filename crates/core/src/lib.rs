@@ -1,0 +1,33 @@
+//! The factstore event model and the contract every store backend keeps.
+//!
+//! # Layout
+//! - [`event`]: [`Event`], an immutable fact in its compact binary form, and its JSON.
+//! - [`append`]: what a client sends ([`Commit`], [`NewEvent`], [`ExpectedVersion`]), its
+//!   validation into a [`PreparedCommit`], and the [`CommitOutcome`].
+//! - [`query`]: [`EventFilter`] and the read queries and pages.
+//! - [`store`]: the [`EventStore`] trait.
+//! - [`limits`], [`time`], [`error`], [`json`].
+//!
+//! # Architecture invariant
+//! No I/O and no HTTP here: this crate is pure data and rules, so every backend and the
+//! server agree on them.
+
+pub mod append;
+pub mod error;
+pub mod event;
+pub mod json;
+pub mod limits;
+pub mod query;
+pub mod store;
+pub mod time;
+
+pub use append::{
+    AggregateAppend, AppendedAggregate, AppendedEvent, Commit, CommitOutcome, Condition, ExpectedVersion,
+    NewEvent, PreparedAppend, PreparedCommit, PreparedEvent,
+};
+pub use error::StoreError;
+pub use event::{Event, EventFields};
+pub use limits::Limits;
+pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head};
+pub use store::EventStore;
+pub use time::Timestamp;
