@@ -1,0 +1,4 @@
+//! The engine's indexes.
+
+pub mod bloom;
+pub mod run;
