@@ -19,6 +19,41 @@ use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head};
 ///   not durable, and a reader that sees position P sees every position below P.
 /// - A full retry of a commit with client-chosen event ids returns the original outcome with
 ///   `created == false` and writes nothing.
+///
+/// # The rules, precisely (every backend and the reference model follow them)
+/// **Commit.** Checks run in this order, and the first that fails decides the error; nothing is
+/// written unless all pass.
+/// 1. Idempotency. Let `ids` be the client-chosen event ids of the commit. If none of them is
+///    stored, go on. If every event of the commit has a client id, every one is stored, each in
+///    the aggregate of its append, the events of each append at consecutive versions in the
+///    order given, and each with the same content (`PreparedEvent::same_content_as`), the commit
+///    succeeds with `created == false` and the stored positions, versions and `recorded_at`
+///    (`version` of an append is that of its last event; `position` of the outcome is that of
+///    the commit's last event). Any other overlap is `DuplicateEventId` naming the first stored
+///    id met in commit order.
+/// 2. For each append in order: `expected_version` against the aggregate's current version
+///    (`WrongExpectedVersion` with the current version), then `aggregate_type`: every event
+///    must carry the type of the aggregate's first event, or for a new aggregate the type of
+///    the first event of the append (`AggregateTypeMismatch`).
+/// 3. The condition: no stored event with a position above `after_position` passes its filter
+///    (`ConditionFailed` with the first such position).
+///
+/// All events of one commit share one `recorded_at`, never earlier than the previous commit's.
+/// `created_at` defaults to `recorded_at`.
+///
+/// **Aggregate reads.** `current` is the aggregate's version (with `as_of`: the number of its
+/// events recorded at or before `as_of`); 0 is `AggregateNotFound`. Forward reads versions
+/// `from_version` (default 1) up to `to_version` (default `current`); backward reads from
+/// `from_version` (default `current`) down to `to_version` (default 1). Events outside the
+/// `from`/`to` (`created_at`) bounds are passed over. At most `limit` events are returned;
+/// `next_from_version` is the version after (forward) or before (backward) the last one
+/// returned when the page is full and versions remain in the range, else `None`.
+///
+/// **Event reads.** Events with `after_position < position ≤ min(head, to_position)` passing
+/// the filter and time bounds, in position order, at most `limit`. `next_after_position` is the
+/// last returned position when the page is full; otherwise the end of the range,
+/// `min(head, to_position)`, never below `after_position`. `head_position` is the head when
+/// the read began (not limited by `as_of`).
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// The limits this store validates against.
