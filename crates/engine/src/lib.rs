@@ -1,7 +1,28 @@
 //! The embedded factstore storage engine.
+//!
+//! # Layout
+//! - [`io`]: the one narrow trait all disk I/O goes through ([`io::FileSystem`], [`io::File`]).
+//! - [`log`]: the segment log: its byte format ([`log::format`]), the group-commit
+//!   [`log::writer`], [`log::reader`] and [`log::recovery`].
+//! - [`index`]: the memtable of the log's tail, immutable run files, the manifest checkpoint.
+//! - [`indexer`]: the thread that flushes memtables to runs and merges runs.
+//! - [`engine`]: [`Engine`], opening, reading; [`store`]: the `EventStore` implementation.
+//! - [`verify`]: the offline checker behind `factstore verify`.
+//!
+//! # Architecture invariants
+//! - An event is visible to readers only after the frame holding it is synced.
+//! - Positions and versions are assigned by the single writer thread, so they are dense and in
+//!   commit order by construction.
+//! - Nothing outside [`io`] touches the disk.
 
+pub mod engine;
 pub mod error;
 pub mod index;
+pub mod indexer;
 pub mod io;
+pub mod log;
+pub mod store;
+pub mod verify;
 
+pub use engine::{Engine, EngineOptions};
 pub use error::{EngineError, Result};

@@ -1,0 +1,481 @@
+//! The engine: opening a data folder, the shared state of the writer, the indexer and readers,
+//! and the read paths.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use factstore_core::{
+    AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, Head, Limits,
+    PreparedCommit, StoreError, Timestamp,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::{EngineError, Result};
+use crate::index::Index;
+use crate::index::keys::TermKind;
+use crate::io::{FileSystem, StdFileSystem};
+use crate::log::format::Loc;
+use crate::log::reader::Log;
+use crate::log::writer::{WriteRequest, Writer};
+use crate::{indexer, log::recovery};
+
+/// How the engine runs. `EngineOptions::default()` is what `factstore serve` uses.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where all disk I/O goes.
+    pub fs: Arc<dyn FileSystem>,
+    pub limits: Limits,
+    /// A segment is closed and a new one started when a frame would take it past this size.
+    pub segment_bytes_max: u64,
+    /// The active memtable is written to a run once it holds this many events; start-up
+    /// replays at most about twice this many events from the log.
+    pub memtable_events_max: usize,
+    /// Aggregates whose version and type the writer keeps in memory.
+    pub aggregate_cache_entries: usize,
+    /// Commits waiting for the writer; more wait in their callers (back-pressure).
+    pub queue_depth: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            fs: Arc::new(StdFileSystem),
+            limits: Limits::default(),
+            segment_bytes_max: 256 << 20,
+            memtable_events_max: 256 * 1024,
+            aggregate_cache_entries: 256 * 1024,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// State shared by the writer, the indexer and readers.
+#[derive(Debug)]
+pub struct Shared {
+    pub fs: Arc<dyn FileSystem>,
+    pub dir: PathBuf,
+    pub log: Log,
+    pub index: Index,
+    pub limits: Limits,
+    /// The last durable, indexed position: readers never look past it.
+    head: AtomicU64,
+    /// `recorded_at` of the head event, in microseconds; `i64::MIN` for an empty store.
+    head_recorded_at: AtomicI64,
+    head_tx: watch::Sender<u64>,
+    poison: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.dir.join("index")
+    }
+
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    pub fn publish_head(&self, position: u64, recorded_at: Timestamp) {
+        self.head_recorded_at.store(recorded_at.as_micros(), Ordering::Release);
+        self.head.store(position, Ordering::Release);
+        self.head_tx.send_replace(position);
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.poison.lock().clone()
+    }
+
+    pub fn poison(&self, reason: String) {
+        self.poison.lock().get_or_insert(reason);
+    }
+
+    /// Reads events as `read_events` does, with an explicit head.
+    pub fn read_events_until(&self, query: &EventQuery, head: u64) -> Result<EventPage> {
+        let mut end = head.min(query.to_position.unwrap_or(u64::MAX));
+        if let Some(as_of) = query.as_of {
+            end = end.min(self.last_recorded_at_or_before(as_of, head)?);
+        }
+        let after = query.after_position;
+        let limit = query.limit.max(1);
+        let mut events = Vec::with_capacity(limit.min(1024));
+        if after < end {
+            let filter = &query.filter;
+            let driven = if let Some(aggregate_id) = &filter.aggregate_id {
+                let entries = self.index.aggregate_entries(aggregate_id, 1, u64::MAX, end)?;
+                let list: Vec<(u64, Loc)> =
+                    entries.into_iter().filter(|(_, p, _)| *p > after).map(|(_, p, l)| (p, l)).collect();
+                self.collect_candidates(vec![list], None, query, limit, &mut events)?;
+                true
+            } else if let Some(term) = filter.correlation_id.as_deref().map(|t| (TermKind::Correlation, t)).or(
+                filter.causation_id.as_deref().map(|t| (TermKind::Causation, t)),
+            ) {
+                self.term_driven(&[term], query, after, end, limit, &mut events)?;
+                true
+            } else if !filter.event_types.is_empty() {
+                let terms: Vec<(TermKind, &str)> =
+                    filter.event_types.iter().map(|t| (TermKind::EventType, t.as_str())).collect();
+                self.term_driven(&terms, query, after, end, limit, &mut events)?;
+                true
+            } else {
+                false
+            };
+            if !driven {
+                self.scan_driven(query, after, end, limit, &mut events)?;
+            }
+        }
+        let next_after_position = if events.len() >= limit {
+            events.last().map_or(end, Event::position)
+        } else {
+            end.max(after)
+        };
+        Ok(EventPage { events, next_after_position, head_position: head })
+    }
+
+    /// Pages through term index entries, reads the candidates, keeps those that match.
+    fn term_driven(
+        &self,
+        terms: &[(TermKind, &str)],
+        query: &EventQuery,
+        after: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<()> {
+        const BATCH: usize = 1024;
+        let mut cursor = after;
+        loop {
+            let mut lists = Vec::with_capacity(terms.len());
+            let mut cut = u64::MAX;
+            for &(kind, term) in terms {
+                let list = self.index.term_entries(kind, term, cursor, end, BATCH)?;
+                if list.len() >= BATCH {
+                    cut = cut.min(list.last().map_or(u64::MAX, |e| e.0));
+                }
+                lists.push(list);
+            }
+            let exhausted = cut == u64::MAX;
+            let last = self.collect_candidates(lists, Some(cut), query, limit, out)?;
+            if out.len() >= limit || exhausted {
+                return Ok(());
+            }
+            cursor = last.unwrap_or(cut);
+        }
+    }
+
+    /// Merges ascending candidate lists (up to `cut`), reads them, keeps matches. Returns the
+    /// last position considered.
+    fn collect_candidates(
+        &self,
+        lists: Vec<Vec<(u64, Loc)>>,
+        cut: Option<u64>,
+        query: &EventQuery,
+        limit: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<Option<u64>> {
+        let mut merged: Vec<(u64, Loc)> = lists.into_iter().flatten().collect();
+        merged.sort_unstable_by_key(|e| e.0);
+        merged.dedup_by_key(|e| e.0);
+        if let Some(cut) = cut {
+            merged.retain(|e| e.0 <= cut);
+        }
+        let mut last = None;
+        for chunk in merged.chunks(256) {
+            let mut locs: Vec<Loc> = chunk.iter().map(|e| e.1).collect();
+            locs.sort_unstable();
+            let mut events = self.log.read_events(&locs)?;
+            events.sort_unstable_by_key(Event::position);
+            for event in events {
+                last = Some(event.position());
+                if query.matches(&event) {
+                    out.push(event);
+                    if out.len() >= limit {
+                        return Ok(last);
+                    }
+                }
+            }
+        }
+        Ok(last.or(cut))
+    }
+
+    /// Reads the log in order, skipping blocks that the zone maps rule out.
+    fn scan_driven(&self, query: &EventQuery, after: u64, end: u64, limit: usize, out: &mut Vec<Event>) -> Result<()> {
+        let mut from = after + 1;
+        while from <= end && out.len() < limit {
+            // Skip whole blocks whose created_at range misses the bounds.
+            let mut to = end;
+            if query.from.is_some() || query.to.is_some() {
+                if let Some((min, max, block_end)) = self.index.created_block(from) {
+                    let misses = query.from.is_some_and(|f| max < f.as_micros())
+                        || query.to.is_some_and(|t| min > t.as_micros());
+                    if misses {
+                        from = block_end;
+                        continue;
+                    }
+                    to = end.min(block_end - 1);
+                }
+            }
+            let Some((_, start)) = self.index.scan_start(from) else {
+                return Err(StoreError::Internal(format!("position {from} is below the head but not indexed")).into());
+            };
+            self.log.scan(start, from, to, |event| {
+                if query.matches(&event) {
+                    out.push(event);
+                    if out.len() >= limit {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            from = to + 1;
+        }
+        Ok(())
+    }
+
+    /// The last position at or below `head` recorded at or before `as_of`; 0 when none.
+    pub fn last_recorded_at_or_before(&self, as_of: Timestamp, head: u64) -> Result<u64> {
+        let micros = as_of.as_micros();
+        let (known, unsure_end) = self.index.recorded_bound(micros, head);
+        let unsure_end = unsure_end.min(head + 1);
+        if known == 0 && unsure_end <= 1 {
+            return Ok(0);
+        }
+        if known + 1 >= unsure_end {
+            return Ok(known.min(head));
+        }
+        let mut best = known;
+        if let Some((_, start)) = self.index.scan_start(known.max(1)) {
+            self.log.scan(start, known.max(1), unsure_end - 1, |event| {
+                if event.recorded_at().as_micros() <= micros {
+                    best = event.position();
+                    Ok(ControlFlow::Continue(()))
+                } else {
+                    Ok(ControlFlow::Break(()))
+                }
+            })?;
+        }
+        Ok(best)
+    }
+
+    pub fn read_aggregate(&self, query: &AggregateQuery) -> Result<AggregatePage> {
+        let head = self.head();
+        let not_found = || -> EngineError {
+            StoreError::AggregateNotFound { aggregate_id: query.aggregate_id.clone() }.into()
+        };
+        let last = self.index.aggregate_last(&query.aggregate_id, head)?.ok_or_else(not_found)?;
+        let aggregate_type = match &last.aggregate_type {
+            Some(t) => t.clone(),
+            None => self.log.read_event(last.loc)?.aggregate_type().to_owned(),
+        };
+        let mut current = last.version;
+        if let Some(as_of) = query.as_of {
+            let bound = self.last_recorded_at_or_before(as_of, head)?;
+            if bound < last.position {
+                let entries = self.index.aggregate_entries(&query.aggregate_id, 1, current, head)?;
+                current = entries.partition_point(|(_, position, _)| *position <= bound) as u64;
+            }
+        }
+        if current == 0 {
+            return Err(not_found());
+        }
+        let limit = query.limit.max(1);
+        let mut events = Vec::with_capacity(limit.min(1024));
+        let mut next_from_version = None;
+        const BATCH: u64 = 1024;
+        match query.direction {
+            Direction::Forward => {
+                let stop = query.to_version.unwrap_or(current).min(current);
+                let mut version = query.from_version.unwrap_or(1).max(1);
+                'pages: while version <= stop {
+                    let batch_end = stop.min(version.saturating_add(BATCH - 1));
+                    let entries = self.index.aggregate_entries(&query.aggregate_id, version, batch_end, head)?;
+                    let locs: Vec<Loc> = entries.iter().map(|e| e.2).collect();
+                    for event in self.log.read_events(&locs)? {
+                        if query.matches(&event) {
+                            let v = event.version();
+                            events.push(event);
+                            if events.len() >= limit {
+                                next_from_version = (v < stop).then_some(v + 1);
+                                break 'pages;
+                            }
+                        }
+                    }
+                    version = batch_end + 1;
+                }
+            }
+            Direction::Backward => {
+                let stop = query.to_version.unwrap_or(1).max(1);
+                let mut version = query.from_version.unwrap_or(current).min(current);
+                'pages: while version >= stop && version > 0 {
+                    let batch_start = stop.max(version.saturating_sub(BATCH - 1));
+                    let entries = self.index.aggregate_entries(&query.aggregate_id, batch_start, version, head)?;
+                    let locs: Vec<Loc> = entries.iter().map(|e| e.2).collect();
+                    let mut batch = self.log.read_events(&locs)?;
+                    batch.reverse();
+                    for event in batch {
+                        if query.matches(&event) {
+                            let v = event.version();
+                            events.push(event);
+                            if events.len() >= limit {
+                                next_from_version = (v > stop).then_some(v - 1);
+                                break 'pages;
+                            }
+                        }
+                    }
+                    version = batch_start - 1;
+                }
+            }
+        }
+        Ok(AggregatePage {
+            aggregate_id: query.aggregate_id.clone(),
+            aggregate_type,
+            version: current,
+            events,
+            next_from_version,
+        })
+    }
+
+    pub fn get_event(&self, event_id: Uuid) -> Result<Event> {
+        match self.index.event_id(event_id, self.head())? {
+            Some((_, loc)) => self.log.read_event(loc),
+            None => Err(StoreError::EventNotFound { event_id }.into()),
+        }
+    }
+
+    pub fn head_info(&self) -> Head {
+        let position = self.head();
+        let micros = self.head_recorded_at.load(Ordering::Acquire);
+        Head { position, recorded_at: (position > 0).then(|| Timestamp::from_micros(micros)) }
+    }
+}
+
+/// The embedded event store.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    requests: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    head_rx: watch::Receiver<u64>,
+    _lock: Box<dyn std::fmt::Debug + Send + Sync>,
+}
+
+impl Engine {
+    /// Opens (creating when missing) the store in `dir` and recovers it.
+    pub fn open(dir: &Path, options: EngineOptions) -> Result<Engine> {
+        options.limits.check().map_err(EngineError::Options)?;
+        if options.segment_bytes_max < 4096 || options.segment_bytes_max > u64::from(u32::MAX) {
+            return Err(EngineError::Options("segment_bytes_max must be between 4 KiB and 4 GiB".into()));
+        }
+        let fs = options.fs.clone();
+        let recovered = recovery::recover(&*fs, dir)?;
+        let (head_tx, head_rx) = watch::channel(recovered.head);
+        let shared = Arc::new(Shared {
+            fs: fs.clone(),
+            dir: dir.to_owned(),
+            log: Log::new(recovered.segments),
+            index: Index::new(recovered.runs, recovered.memtable),
+            limits: options.limits.clone(),
+            head: AtomicU64::new(recovered.head),
+            head_recorded_at: AtomicI64::new(recovered.writer.last_recorded_at.as_micros()),
+            head_tx,
+            poison: Mutex::new(None),
+        });
+        let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+        let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest, options.memtable_events_max);
+        let indexer_thread = std::thread::Builder::new()
+            .name("factstore-indexer".into())
+            .spawn(move || indexer.run(flush_rx))
+            .map_err(|e| EngineError::Options(format!("cannot start the indexer thread: {e}")))?;
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let writer = Writer::new(shared.clone(), recovered.writer, &options, flush_tx);
+        let writer_thread = std::thread::Builder::new()
+            .name("factstore-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| EngineError::Options(format!("cannot start the writer thread: {e}")))?;
+        Ok(Engine {
+            shared,
+            requests: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![writer_thread, indexer_thread]),
+            head_rx,
+            _lock: recovered.lock,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Appends a validated commit; resolves once it is durable.
+    pub async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(EngineError::Poisoned(reason));
+        }
+        let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(WriteRequest { commit, reply }).await.map_err(|_| EngineError::Closed)?;
+        answer.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// Blocking form of [`Engine::commit_prepared`], for callers outside an async runtime.
+    pub fn commit_blocking(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(EngineError::Poisoned(reason));
+        }
+        let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender.blocking_send(WriteRequest { commit, reply }).map_err(|_| EngineError::Closed)?;
+        answer.blocking_recv().map_err(|_| EngineError::Closed)?
+    }
+
+    pub fn read_events(&self, query: &EventQuery) -> Result<EventPage> {
+        self.shared.read_events_until(query, self.shared.head())
+    }
+
+    pub fn read_aggregate(&self, query: &AggregateQuery) -> Result<AggregatePage> {
+        self.shared.read_aggregate(query)
+    }
+
+    pub fn get_event(&self, event_id: Uuid) -> Result<Event> {
+        self.shared.get_event(event_id)
+    }
+
+    pub fn head(&self) -> Head {
+        self.shared.head_info()
+    }
+
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    /// Why writes are refused, when they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
+    /// Stops the writer after the commits already queued, and the indexer after its current
+    /// job. Reads keep working; commits fail with `Closed`.
+    pub fn close(&self) {
+        self.requests.lock().take();
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,111 @@
+//! How index entries are written as sorted keys in run files.
+//!
+//! ```text
+//! aggregate      'A' | len u16 BE | aggregate_id   | version u64 BE   → position u64 LE | loc u64 LE
+//! event id       'E' | uuid (16 bytes)                                 → position u64 LE | loc u64 LE
+//! event type     'T' | len u16 BE | event_type     | position u64 BE  → loc u64 LE
+//! correlation    'C' | len u16 BE | correlation_id | position u64 BE  → loc u64 LE
+//! causation      'K' | len u16 BE | causation_id   | position u64 BE  → loc u64 LE
+//! ```
+//! Big-endian suffixes make byte order equal numeric order, so the versions of an aggregate and
+//! the positions of a term are contiguous and ascending. The bloom filter of a run holds every
+//! key without its 8-byte suffix (the whole key for event ids), so "does this run know this
+//! aggregate / term / id" costs no disk read when the answer is no.
+
+use uuid::Uuid;
+
+use crate::log::format::Loc;
+
+pub const KIND_AGGREGATE: u8 = b'A';
+pub const KIND_EVENT_ID: u8 = b'E';
+pub const KIND_EVENT_TYPE: u8 = b'T';
+pub const KIND_CORRELATION: u8 = b'C';
+pub const KIND_CAUSATION: u8 = b'K';
+
+/// A term index: the kinds whose entries are (term, position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TermKind {
+    EventType,
+    Correlation,
+    Causation,
+}
+
+impl TermKind {
+    pub const ALL: [TermKind; 3] = [TermKind::EventType, TermKind::Correlation, TermKind::Causation];
+
+    /// A dense number for arrays indexed by kind.
+    pub fn index(self) -> usize {
+        match self {
+            TermKind::EventType => 0,
+            TermKind::Correlation => 1,
+            TermKind::Causation => 2,
+        }
+    }
+
+    pub fn byte(self) -> u8 {
+        match self {
+            TermKind::EventType => KIND_EVENT_TYPE,
+            TermKind::Correlation => KIND_CORRELATION,
+            TermKind::Causation => KIND_CAUSATION,
+        }
+    }
+}
+
+/// `kind | len | term`: the prefix shared by all entries of one aggregate or term.
+pub fn term_prefix(kind: u8, term: &str) -> Vec<u8> {
+    let len = u16::try_from(term.len()).expect("identifiers are at most 65535 bytes");
+    let mut key = Vec::with_capacity(3 + term.len() + 8);
+    key.push(kind);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(term.as_bytes());
+    key
+}
+
+/// The prefix with a big-endian suffix.
+pub fn with_suffix(prefix: &[u8], suffix: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&suffix.to_be_bytes());
+    key
+}
+
+pub fn event_id_key(event_id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(KIND_EVENT_ID);
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+/// The part of a key that goes into a run's bloom filter.
+pub fn bloom_key(key: &[u8]) -> Option<&[u8]> {
+    match key.first() {
+        Some(&KIND_EVENT_ID) => Some(key),
+        Some(_) if key.len() > 8 => key.get(..key.len() - 8),
+        _ => None,
+    }
+}
+
+/// The big-endian suffix of a key.
+pub fn suffix(key: &[u8]) -> Option<u64> {
+    let start = key.len().checked_sub(8)?;
+    let raw: [u8; 8] = key.get(start..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(raw))
+}
+
+/// `position | loc` as stored for aggregate and event-id entries.
+pub fn position_loc_value(position: u64, loc: Loc) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&position.to_le_bytes());
+    value[8..].copy_from_slice(&loc.0.to_le_bytes());
+    value
+}
+
+pub fn decode_position_loc(value: &[u8]) -> Option<(u64, Loc)> {
+    let position = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+    let loc = u64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
+    Some((position, Loc(loc)))
+}
+
+pub fn decode_loc(value: &[u8]) -> Option<Loc> {
+    Some(Loc(u64::from_le_bytes(value.get(..8)?.try_into().ok()?)))
+}

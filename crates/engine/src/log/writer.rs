@@ -1,0 +1,437 @@
+//! The writer: one thread that turns commits into durable frames, with group commit.
+//!
+//! # The write path (see `docs/durability.md`)
+//! 1. Take the first waiting commit, then every other waiting commit up to the group limits.
+//! 2. Check each commit in order against the store *plus the commits before it in the group*
+//!    (idempotency, expected versions, aggregate types, the condition); encode those that pass
+//!    into one frame. A commit that fails writes nothing.
+//! 3. Write the frame at the end of the active segment (starting a new segment first when it
+//!    would overflow: create, write the header, `sync_data`, `sync_dir`).
+//! 4. `sync_data` the segment. Only now is the group durable.
+//! 5. Insert the group's events into the memtable, raise the segment's durable length, publish
+//!    the new head. Readers can see the events from here on.
+//! 6. Answer every commit of the group.
+//!
+//! A failed write or sync poisons the writer: the group is answered `store_unavailable`, and so
+//! is every later commit, because after a failed fsync the kernel may have dropped the dirty
+//! pages and the file's contents are unknown.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use factstore_core::{
+    AppendedAggregate, AppendedEvent, CommitOutcome, Event, EventFilter, EventQuery, PreparedCommit, StoreError,
+    Timestamp,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::engine::Shared;
+use crate::error::{EngineError, Result};
+use crate::io::OpenMode;
+use crate::log::format::{
+    FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, segment_file_name,
+};
+use crate::log::reader::Segment;
+
+/// A commit waiting for the writer, and where to send its answer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub commit: PreparedCommit,
+    pub reply: oneshot::Sender<Result<CommitOutcome>>,
+}
+
+/// Group limits: a group is cut when either is reached.
+const GROUP_EVENTS_MAX: usize = 64 * 1024;
+const GROUP_BYTES_MAX: usize = 64 << 20;
+
+/// What the writer knows of one aggregate: its version and type.
+#[derive(Debug, Clone)]
+struct AggregateState {
+    version: u64,
+    aggregate_type: Box<str>,
+}
+
+/// Commits of the current group, not yet durable: later commits of the group see them.
+#[derive(Default)]
+struct Pending {
+    aggregates: HashMap<String, AggregateState>,
+    /// Event id → its record's range in the frame body.
+    event_ids: HashMap<Uuid, Range<usize>>,
+    /// Every record of the group: range in the frame body.
+    records: Vec<Range<usize>>,
+}
+
+pub struct Writer {
+    shared: Arc<Shared>,
+    segment: Arc<Segment>,
+    /// End of the last durable frame in `segment`.
+    write_offset: u64,
+    next_position: u64,
+    last_recorded_at: Timestamp,
+    cache: HashMap<Box<str>, AggregateState, foldhash::fast::RandomState>,
+    cache_entries_max: usize,
+    segment_bytes_max: u64,
+    memtable_events_max: usize,
+    flush: std::sync::mpsc::Sender<()>,
+    /// Reused between groups: the frame being built (header space first).
+    frame: Vec<u8>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("next_position", &self.next_position).finish_non_exhaustive()
+    }
+}
+
+/// The writer's starting point, from recovery.
+#[derive(Debug)]
+pub struct WriterStart {
+    pub segment: Arc<Segment>,
+    pub write_offset: u64,
+    pub next_position: u64,
+    pub last_recorded_at: Timestamp,
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        start: WriterStart,
+        options: &crate::EngineOptions,
+        flush: std::sync::mpsc::Sender<()>,
+    ) -> Writer {
+        Writer {
+            shared,
+            segment: start.segment,
+            write_offset: start.write_offset,
+            next_position: start.next_position,
+            last_recorded_at: start.last_recorded_at,
+            cache: HashMap::default(),
+            cache_entries_max: options.aggregate_cache_entries,
+            segment_bytes_max: options.segment_bytes_max,
+            memtable_events_max: options.memtable_events_max,
+            flush,
+            frame: Vec::new(),
+        }
+    }
+
+    /// Runs until every sender of `requests` is gone.
+    pub fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+        while let Some(first) = requests.blocking_recv() {
+            let mut events = first.commit.event_count;
+            let mut bytes = commit_bytes(&first.commit);
+            let mut group = vec![first];
+            while events < GROUP_EVENTS_MAX && bytes < GROUP_BYTES_MAX {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        events += request.commit.event_count;
+                        bytes += commit_bytes(&request.commit);
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+    }
+
+    fn process(&mut self, group: Vec<WriteRequest>) {
+        if let Some(reason) = self.shared.poisoned() {
+            for request in group {
+                let _ = request.reply.send(Err(EngineError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        let recorded_at = Timestamp::now().max(self.last_recorded_at);
+        let first_position = self.next_position;
+        self.frame.clear();
+        self.frame.resize(FRAME_HEADER_LEN, 0);
+        let mut pending = Pending::default();
+        let mut answers = Vec::with_capacity(group.len());
+        let mut commits = 0u32;
+        for request in group {
+            let answer = self.check_and_encode(&request.commit, &mut pending, recorded_at);
+            if matches!(&answer, Ok(outcome) if outcome.created) {
+                commits += 1;
+            }
+            answers.push((request.reply, answer));
+        }
+        if !pending.records.is_empty() {
+            if let Err(error) = self.write_group(first_position, commits, &pending, recorded_at) {
+                let reason = error.to_string();
+                tracing::error!(%reason, "write failed; the store is poisoned and accepts no more writes");
+                self.shared.poison(reason.clone());
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(EngineError::Poisoned(reason.clone())));
+                }
+                return;
+            }
+            for (aggregate_id, state) in pending.aggregates {
+                if self.cache.len() >= self.cache_entries_max {
+                    // A crude bound: the cache only saves index lookups, so emptying it is safe.
+                    self.cache.clear();
+                }
+                self.cache.insert(aggregate_id.into_boxed_str(), state);
+            }
+        }
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Writes and syncs the frame, then makes its events visible.
+    fn write_group(&mut self, first_position: u64, commits: u32, pending: &Pending, recorded_at: Timestamp) -> Result<()> {
+        let event_count = u32::try_from(pending.records.len()).expect("groups are bounded");
+        let header = FrameHeader::encode(first_position, event_count, commits, &self.frame[FRAME_HEADER_LEN..]);
+        self.frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        if self.write_offset > SEGMENT_HEADER_LEN as u64
+            && self.write_offset + self.frame.len() as u64 > self.segment_bytes_max
+        {
+            self.rotate(first_position)?;
+        }
+        let frame_offset = self.write_offset;
+        let end = frame_offset + self.frame.len() as u64;
+        if end > u64::from(u32::MAX) {
+            return Err(EngineError::Options("a segment may not grow past 4 GiB".into()));
+        }
+        let path = &self.segment.path;
+        self.segment.file.write_all_at(&self.frame, frame_offset).map_err(EngineError::io(path))?;
+        self.segment.file.sync_data().map_err(EngineError::io(path))?;
+
+        // Durable: index, then publish.
+        let frame = Bytes::copy_from_slice(&self.frame);
+        {
+            let mut state = self.shared.index.state.write();
+            for range in &pending.records {
+                let event = Event::from_bytes(frame.slice(range.clone()))
+                    .map_err(|e| EngineError::corruption(path, frame_offset, e.to_string()))?;
+                let loc = Loc::new(self.segment.no, (frame_offset as usize + range.start - RECORD_HEADER_LEN) as u32);
+                state.active.insert(&event.fields(), loc);
+            }
+            state.active.set_end(Loc::new(self.segment.no, end as u32));
+        }
+        self.write_offset = end;
+        self.segment.durable_len.store(end, Ordering::Release);
+        self.last_recorded_at = recorded_at;
+        self.shared.publish_head(self.next_position - 1, recorded_at);
+        if self.shared.index.state.read().active.len() >= self.memtable_events_max {
+            let _ = self.flush.send(());
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first event will be `first_position`.
+    fn rotate(&mut self, first_position: u64) -> Result<()> {
+        let no = self.segment.no + 1;
+        let dir = self.shared.log_dir();
+        let path = dir.join(segment_file_name(no));
+        let fs = &self.shared.fs;
+        let file = fs.open(&path, OpenMode::CreateNew).map_err(EngineError::io(&path))?;
+        let header = SegmentHeader { segment_no: no, first_position }.encode();
+        file.write_all_at(&header, 0).map_err(EngineError::io(&path))?;
+        file.sync_data().map_err(EngineError::io(&path))?;
+        fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
+        let segment = Arc::new(Segment {
+            no,
+            first_position,
+            path,
+            file,
+            durable_len: std::sync::atomic::AtomicU64::new(SEGMENT_HEADER_LEN as u64),
+        });
+        self.shared.log.push(segment.clone());
+        {
+            let mut state = self.shared.index.state.write();
+            if state.active.is_empty() {
+                state.active.set_end(Loc::new(no, SEGMENT_HEADER_LEN as u32));
+            }
+        }
+        self.segment = segment;
+        self.write_offset = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// Checks a commit against the store and the group so far; when it passes, encodes its
+    /// events into the frame and records them as pending.
+    fn check_and_encode(&mut self, commit: &PreparedCommit, pending: &mut Pending, recorded_at: Timestamp) -> Result<CommitOutcome> {
+        if let Some(outcome) = self.check_idempotency(commit, pending)? {
+            return Ok(outcome);
+        }
+        let mut states = Vec::with_capacity(commit.appends.len());
+        for append in &commit.appends {
+            let current = self.aggregate_state(&append.aggregate_id, pending)?;
+            let version = current.as_ref().map_or(0, |s| s.version);
+            if !append.expected_version.admits(version) {
+                return Err(StoreError::WrongExpectedVersion {
+                    aggregate_id: append.aggregate_id.clone(),
+                    expected_version: append.expected_version,
+                    current_version: version,
+                }
+                .into());
+            }
+            let aggregate_type: &str = match &current {
+                Some(state) => &state.aggregate_type,
+                None => append.events.first().map_or("", |e| e.aggregate_type.as_str()),
+            };
+            if let Some(other) = append.events.iter().find(|e| e.aggregate_type != aggregate_type) {
+                return Err(StoreError::AggregateTypeMismatch {
+                    aggregate_id: append.aggregate_id.clone(),
+                    existing: aggregate_type.to_owned(),
+                    given: other.aggregate_type.clone(),
+                }
+                .into());
+            }
+            states.push(AggregateState { version, aggregate_type: aggregate_type.into() });
+        }
+        if let Some(condition) = &commit.condition {
+            if let Some(conflict) = self.first_match(&condition.filter, condition.after_position, pending)? {
+                return Err(StoreError::ConditionFailed {
+                    after_position: condition.after_position,
+                    conflicting_position: conflict,
+                }
+                .into());
+            }
+        }
+
+        // Every check passed: encode.
+        let mut appended = Vec::with_capacity(commit.appends.len());
+        for (append, mut state) in commit.appends.iter().zip(states) {
+            let mut events = Vec::with_capacity(append.events.len());
+            for event in &append.events {
+                state.version += 1;
+                let position = self.next_position;
+                self.next_position += 1;
+                let start = self.frame.len() + RECORD_HEADER_LEN;
+                self.frame.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+                event.fields(&append.aggregate_id, position, state.version, recorded_at).encode_into(&mut self.frame);
+                let end = self.frame.len();
+                let len = u32::try_from(end - start).expect("events are bounded");
+                let crc = crc32c::crc32c(&self.frame[start..end]);
+                self.frame[start - 8..start - 4].copy_from_slice(&len.to_le_bytes());
+                self.frame[start - 4..start].copy_from_slice(&crc.to_le_bytes());
+                pending.records.push(start..end);
+                pending.event_ids.insert(event.event_id, start..end);
+                events.push(AppendedEvent { event_id: event.event_id, version: state.version, position, recorded_at });
+            }
+            appended.push(AppendedAggregate { aggregate_id: append.aggregate_id.clone(), version: state.version, events });
+            pending.aggregates.insert(append.aggregate_id.clone(), state);
+        }
+        Ok(CommitOutcome { created: true, position: self.next_position - 1, appends: appended })
+    }
+
+    /// The stored or pending event with this id.
+    fn find_event(&self, event_id: Uuid, pending: &Pending) -> Result<Option<Event>> {
+        if let Some(range) = pending.event_ids.get(&event_id) {
+            let bytes = Bytes::copy_from_slice(&self.frame[range.clone()]);
+            return Ok(Some(Event::from_bytes(bytes).map_err(|e| EngineError::Options(e.to_string()))?));
+        }
+        match self.shared.index.event_id(event_id, u64::MAX)? {
+            Some((_, loc)) => Ok(Some(self.shared.log.read_event(loc)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The idempotency rule: `Some(outcome)` for a full retry, an error for any other overlap.
+    fn check_idempotency(&self, commit: &PreparedCommit, pending: &Pending) -> Result<Option<CommitOutcome>> {
+        let mut any_client_id = false;
+        let mut found: Vec<Option<Event>> = Vec::with_capacity(commit.event_count);
+        for append in &commit.appends {
+            for event in &append.events {
+                if event.client_event_id {
+                    any_client_id = true;
+                    found.push(self.find_event(event.event_id, pending)?);
+                } else {
+                    found.push(None);
+                }
+            }
+        }
+        if !any_client_id || found.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let first_stored = found.iter().flatten().next().map(Event::event_id).unwrap_or_default();
+        let duplicate = |reason: &str| -> EngineError {
+            StoreError::DuplicateEventId { event_id: first_stored, reason: reason.to_owned() }.into()
+        };
+        if found.iter().any(Option::is_none) {
+            return Err(duplicate("the request mixes new events with stored ones"));
+        }
+        let mut stored = found.into_iter().flatten();
+        let mut appends = Vec::with_capacity(commit.appends.len());
+        let mut last_position = 0;
+        for append in &commit.appends {
+            let mut events = Vec::with_capacity(append.events.len());
+            let mut previous: Option<u64> = None;
+            for event in &append.events {
+                let Some(stored) = stored.next() else {
+                    return Err(duplicate("internal: fewer stored events than ids"));
+                };
+                if stored.aggregate_id() != append.aggregate_id {
+                    return Err(duplicate("it is stored in another aggregate"));
+                }
+                if previous.is_some_and(|v| v + 1 != stored.version()) {
+                    return Err(duplicate("the stored events are not at consecutive versions in this order"));
+                }
+                if !event.same_content_as(&stored) {
+                    return Err(duplicate("the stored event has different content"));
+                }
+                previous = Some(stored.version());
+                last_position = stored.position();
+                events.push(AppendedEvent {
+                    event_id: stored.event_id(),
+                    version: stored.version(),
+                    position: stored.position(),
+                    recorded_at: stored.recorded_at(),
+                });
+            }
+            appends.push(AppendedAggregate {
+                aggregate_id: append.aggregate_id.clone(),
+                version: previous.unwrap_or(0),
+                events,
+            });
+        }
+        Ok(Some(CommitOutcome { created: false, position: last_position, appends }))
+    }
+
+    fn aggregate_state(&mut self, aggregate_id: &str, pending: &Pending) -> Result<Option<AggregateState>> {
+        if let Some(state) = pending.aggregates.get(aggregate_id) {
+            return Ok(Some(state.clone()));
+        }
+        if let Some(state) = self.cache.get(aggregate_id) {
+            return Ok(Some(state.clone()));
+        }
+        let Some(last) = self.shared.index.aggregate_last(aggregate_id, u64::MAX)? else {
+            return Ok(None);
+        };
+        let aggregate_type = match last.aggregate_type {
+            Some(t) => t.into_boxed_str(),
+            None => self.shared.log.read_event(last.loc)?.aggregate_type().into(),
+        };
+        Ok(Some(AggregateState { version: last.version, aggregate_type }))
+    }
+
+    /// The first position above `after` whose event passes `filter`, stored or pending.
+    fn first_match(&self, filter: &EventFilter, after: u64, pending: &Pending) -> Result<Option<u64>> {
+        let head = self.shared.head();
+        let mut query = EventQuery::all(after, 1);
+        query.filter = filter.clone();
+        let page = self.shared.read_events_until(&query, head)?;
+        if let Some(event) = page.events.first() {
+            return Ok(Some(event.position()));
+        }
+        for range in &pending.records {
+            let event = Event::from_bytes(Bytes::copy_from_slice(&self.frame[range.clone()]))
+                .map_err(|e| EngineError::Options(e.to_string()))?;
+            if event.position() > after && filter.matches(&event) {
+                return Ok(Some(event.position()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An estimate of a commit's encoded size, to bound a group.
+fn commit_bytes(commit: &PreparedCommit) -> usize {
+    commit.appends.iter().flat_map(|a| a.events.iter()).map(|e| e.payload_bytes() + 256).sum()
+}

@@ -1,0 +1,75 @@
+//! [`EventStore`] for the embedded engine.
+//!
+//! Reads run on the blocking thread pool: they may touch the disk, and a read of many events
+//! must not stall the async workers that serve other requests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use factstore_core::{
+    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    StoreError,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::engine::Engine;
+
+/// The embedded engine as an [`EventStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    engine: Arc<Engine>,
+}
+
+impl EmbeddedStore {
+    pub fn new(engine: Arc<Engine>) -> EmbeddedStore {
+        EmbeddedStore { engine }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> crate::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+            .map_err(StoreError::from)
+    }
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    fn limits(&self) -> &Limits {
+        self.engine.limits()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let prepared = commit.prepare(self.engine.limits())?;
+        Ok(self.engine.commit_prepared(prepared).await?)
+    }
+
+    async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
+        self.blocking(move |engine| engine.read_aggregate(&query)).await
+    }
+
+    async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        self.blocking(move |engine| engine.read_events(&query)).await
+    }
+
+    async fn get_event(&self, event_id: Uuid) -> Result<Event, StoreError> {
+        self.blocking(move |engine| engine.get_event(event_id)).await
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        Ok(self.engine.head())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.engine.watch_head()
+    }
+}
