@@ -1,1 +1,122 @@
+//! The factstore HTTP API, over any [`EventStore`].
+//!
+//! # Layout
+//! - [`app`] builds the [`Router`]: every route of the API, the JSON 404/405 fallbacks and the
+//!   request body limit. Tests drive it in-process with `tower::ServiceExt::oneshot`.
+//! - [`serve`] runs a router on a listener until a shutdown signal, then drains connections.
+//! - [`error`]: [`ApiError`], the one place where errors become HTTP statuses and codes.
+//! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
+//! - [`append`] and [`read`]: the handlers. [`render`]: response bodies.
+//!
+//! # API boundary
+//! This crate speaks HTTP and JSON and nothing else: no storage, no validation rules of its
+//! own beyond the shape of requests. What an event is and what a commit may do is decided by
+//! `factstore-core` and the store behind `Arc<dyn EventStore>`; the limits are the store's.
+//! The binary (`factstore serve`) opens the store, binds the listener, logs where it listens
+//! and calls [`serve`].
 
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use factstore_core::EventStore;
+
+pub mod append;
+pub mod error;
+pub mod extract;
+pub mod read;
+pub mod render;
+
+pub use error::ApiError;
+
+/// Options of the server that are not the store's. Empty for now; authentication, TLS and
+/// the like will live here.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServerConfig {}
+
+/// What every handler shares. Cheap to clone (two reference counts).
+#[derive(Clone)]
+pub struct AppState {
+    /// The store every request reads from and writes to. Its limits are the API's limits.
+    pub store: Arc<dyn EventStore>,
+    /// The server's own options.
+    pub config: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("limits", self.store.limits())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn EventStore>, config: ServerConfig) -> AppState {
+        AppState {
+            store,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The API over `store`, with the default [`ServerConfig`].
+pub fn app(store: Arc<dyn EventStore>) -> Router {
+    app_with_state(AppState::new(store, ServerConfig::default()))
+}
+
+/// The API over the given state.
+pub fn app_with_state(state: AppState) -> Router {
+    let body_limit = state.store.limits().request_bytes_max;
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/v1/aggregates/{aggregate_id}/events",
+            post(append::append_to_aggregate).get(read::read_aggregate),
+        )
+        .route("/v1/events", post(append::commit).get(read::read_events))
+        .route("/v1/events/{event_id}", get(read::get_event))
+        .route("/v1/head", get(read::head))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for the requests in flight to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Responses are small and written whole: without TCP_NODELAY, Nagle's algorithm and the
+    // client's delayed ACK can hold a response back for tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// `GET /health`
+async fn health() -> Response {
+    render::json_bytes(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

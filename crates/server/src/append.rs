@@ -1,0 +1,73 @@
+//! The write endpoints: `POST /v1/aggregates/{aggregate_id}/events` (one aggregate) and
+//! `POST /v1/events` (one atomic commit across aggregates).
+//!
+//! Both hand a [`Commit`] to the store, which validates it (`Commit::prepare`) before it looks
+//! anything up; the status is 201 for a new write and 200 for an idempotent retry.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use factstore_core::{AppendedEvent, Commit, CommitOutcome, ExpectedVersion, NewEvent, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{AggregateIdPath, JsonBody, Params};
+use crate::render;
+
+/// The body of an append to one aggregate (its id is in the path).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    #[serde(default)]
+    pub expected_version: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// The answer to an append to one aggregate.
+#[derive(Debug, Serialize)]
+struct AppendResponse<'a> {
+    version: u64,
+    position: u64,
+    events: &'a [AppendedEvent],
+}
+
+fn status_of(outcome: &CommitOutcome) -> StatusCode {
+    if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// `POST /v1/aggregates/{aggregate_id}/events`
+pub async fn append_to_aggregate(
+    State(state): State<AppState>,
+    AggregateIdPath(aggregate_id): AggregateIdPath,
+    RawQuery(query): RawQuery,
+    JsonBody(body): JsonBody<AppendBody>,
+) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let commit = Commit::single(&aggregate_id, body.expected_version, body.events);
+    let outcome = state.store.commit(commit).await?;
+    let Some(append) = outcome.appends.first() else {
+        return Err(StoreError::Internal("a commit of one append answered with no append".to_owned()).into());
+    };
+    let response = AppendResponse {
+        version: append.version,
+        position: outcome.position,
+        events: &append.events,
+    };
+    render::json(status_of(&outcome), &response)
+}
+
+/// `POST /v1/events`
+pub async fn commit(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    JsonBody(commit): JsonBody<Commit>,
+) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let outcome = state.store.commit(commit).await?;
+    render::json(status_of(&outcome), &outcome)
+}

@@ -1,0 +1,147 @@
+//! [`ApiError`]: every error the API answers with, and the one place where errors become HTTP.
+//!
+//! Every failure, whether the store's ([`StoreError`]) or the request's (a malformed body, a
+//! bad parameter, an unknown route), ends up here and leaves as
+//! `{"error": {"code": "<code>", "message": "<sentence>", ...details}}` with the status of the
+//! API contract. Handlers and extractors never build an error response themselves, so the
+//! mapping below is the whole table.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use factstore_core::StoreError;
+use serde_json::{Map, Value, json};
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Anything the store reports.
+    Store(StoreError),
+    /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
+    /// a bad path segment. The message names the problem.
+    InvalidRequest(String),
+    /// The body exceeds the request size limit (before it could be parsed).
+    PayloadTooLarge(String),
+    /// A body sent with a `Content-Type` other than `application/json`.
+    UnsupportedMediaType(String),
+    /// No route has this path.
+    RouteNotFound,
+    /// A route has this path but not this method.
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest(message.into())
+    }
+
+    /// The status, the code and the details of this error: the mapping table of the API.
+    fn parts(&self) -> (StatusCode, &'static str, Map<String, Value>) {
+        let mut details = Map::new();
+        let mut detail = |key: &str, value: Value| {
+            details.insert(key.to_owned(), value);
+        };
+        let (status, code) = match self {
+            ApiError::InvalidRequest(_) | ApiError::Store(StoreError::InvalidRequest(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            ApiError::PayloadTooLarge(_) | ApiError::Store(StoreError::PayloadTooLarge(_)) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Store(StoreError::WrongExpectedVersion {
+                aggregate_id,
+                expected_version,
+                current_version,
+            }) => {
+                detail("aggregate_id", json!(aggregate_id));
+                detail("expected_version", json!(expected_version));
+                detail("current_version", json!(current_version));
+                (StatusCode::CONFLICT, "wrong_expected_version")
+            }
+            ApiError::Store(StoreError::ConditionFailed {
+                after_position,
+                conflicting_position,
+            }) => {
+                detail("after_position", json!(after_position));
+                detail("conflicting_position", json!(conflicting_position));
+                (StatusCode::CONFLICT, "condition_failed")
+            }
+            ApiError::Store(StoreError::DuplicateEventId { event_id, .. }) => {
+                detail("event_id", json!(event_id));
+                (StatusCode::CONFLICT, "duplicate_event_id")
+            }
+            ApiError::Store(StoreError::AggregateTypeMismatch {
+                aggregate_id,
+                existing,
+                given,
+            }) => {
+                detail("aggregate_id", json!(aggregate_id));
+                detail("existing", json!(existing));
+                detail("given", json!(given));
+                (StatusCode::CONFLICT, "aggregate_type_mismatch")
+            }
+            ApiError::Store(StoreError::AggregateNotFound { aggregate_id }) => {
+                detail("aggregate_id", json!(aggregate_id));
+                (StatusCode::NOT_FOUND, "aggregate_not_found")
+            }
+            ApiError::Store(StoreError::EventNotFound { event_id }) => {
+                detail("event_id", json!(event_id));
+                (StatusCode::NOT_FOUND, "event_not_found")
+            }
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            // `Internal`, and any variant added to the (non-exhaustive) store error later: a
+            // fault on our side until someone maps it deliberately.
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        (status, code, details)
+    }
+
+    /// The human sentence of the error.
+    fn message(&self) -> String {
+        match self {
+            ApiError::Store(StoreError::Internal(_)) => {
+                // The cause may describe files or data of the server: it goes to the log only.
+                "the store failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Store(error) => error.to_string(),
+            ApiError::InvalidRequest(message)
+            | ApiError::PayloadTooLarge(message)
+            | ApiError::UnsupportedMediaType(message) => message.clone(),
+            ApiError::RouteNotFound => "no such route".to_owned(),
+            ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        ApiError::Store(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, mut body) = self.parts();
+        match &self {
+            ApiError::Store(StoreError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a write: the store is unavailable");
+            }
+            ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal store error");
+            }
+            _ => {}
+        }
+        body.insert("code".to_owned(), Value::from(code));
+        body.insert("message".to_owned(), Value::from(self.message()));
+        let body = json!({ "error": body });
+        // Serialising a Value into a Vec cannot fail.
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    }
+}

@@ -1,0 +1,163 @@
+//! The read endpoints: one aggregate's events, all events filtered, one event, the head.
+//!
+//! Every parameter is parsed and checked before the store is asked anything, so a bad
+//! parameter is 400 even for an aggregate that does not exist.
+//!
+//! `raw` is accepted (`true` or `false`) and has no effect yet: no upcasters exist, so every
+//! event is read as stored either way.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use factstore_core::time::Bound;
+use factstore_core::{AggregateQuery, EventFilter, EventQuery, Limits, StoreError};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{AggregateIdPath, EventIdPath, Params};
+use crate::render;
+
+/// The page size when a read gives no `limit`.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+const AGGREGATE_PARAMS: &[&str] = &[
+    "from_version",
+    "to_version",
+    "from",
+    "to",
+    "until",
+    "as_of",
+    "direction",
+    "limit",
+    "raw",
+];
+
+const EVENTS_PARAMS: &[&str] = &[
+    "after_position",
+    "to_position",
+    "limit",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_id_prefix",
+    "correlation_id",
+    "causation_id",
+    "created_by",
+    "from",
+    "to",
+    "as_of",
+    "raw",
+];
+
+/// `GET /v1/aggregates/{aggregate_id}/events`
+pub async fn read_aggregate(
+    State(state): State<AppState>,
+    AggregateIdPath(aggregate_id): AggregateIdPath,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), AGGREGATE_PARAMS)?;
+    let to = match (params.get("to"), params.get("until")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "to and until mean the same; give one of them, not both",
+            ));
+        }
+        (_, Some(_)) => params.time("until", Bound::Upper)?,
+        _ => params.time("to", Bound::Upper)?,
+    };
+    let query = AggregateQuery {
+        aggregate_id,
+        from_version: params.version("from_version")?,
+        to_version: params.version("to_version")?,
+        direction: params.direction()?,
+        from: params.time("from", Bound::Lower)?,
+        to,
+        as_of: params.time("as_of", Bound::Upper)?,
+        limit: params.limit(DEFAULT_LIMIT, state.store.limits().page_events_max)?,
+    };
+    params.bool("raw")?;
+    let page = state.store.read_aggregate(query).await?;
+    Ok(render::json_bytes(StatusCode::OK, render::aggregate_page(&page)))
+}
+
+/// The filter of `GET /v1/events`, from its parameters, checked against the limits.
+fn filter_from(params: &Params, limits: &Limits) -> Result<EventFilter, ApiError> {
+    let owned = |name: &str| params.get(name).map(str::to_owned);
+    let filter = EventFilter {
+        event_types: params
+            .get("event_type")
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        aggregate_type: owned("aggregate_type"),
+        aggregate_id: owned("aggregate_id"),
+        aggregate_id_prefix: owned("aggregate_id_prefix"),
+        correlation_id: owned("correlation_id"),
+        causation_id: owned("causation_id"),
+        created_by: owned("created_by"),
+    };
+    filter.validate(limits)?;
+    // These three are not identifiers the core validates; a value longer than the store keeps
+    // could never match, which is a mistake worth telling.
+    for (name, max) in [
+        ("correlation_id", limits.link_id_bytes_max),
+        ("causation_id", limits.link_id_bytes_max),
+        ("created_by", limits.created_by_bytes_max),
+    ] {
+        if let Some(value) = params.get(name)
+            && value.len() > max
+        {
+            return Err(ApiError::invalid(format!(
+                "{name} may be at most {max} bytes, got {}",
+                value.len()
+            )));
+        }
+    }
+    Ok(filter)
+}
+
+/// `GET /v1/events`
+pub async fn read_events(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), EVENTS_PARAMS)?;
+    let limits = state.store.limits();
+    let query = EventQuery {
+        filter: filter_from(&params, limits)?,
+        after_position: params.u64("after_position")?.unwrap_or(0),
+        to_position: params.u64("to_position")?,
+        from: params.time("from", Bound::Lower)?,
+        to: params.time("to", Bound::Upper)?,
+        as_of: params.time("as_of", Bound::Upper)?,
+        limit: params.limit(DEFAULT_LIMIT, limits.page_events_max)?,
+    };
+    params.bool("raw")?;
+    let page = state.store.read_events(query).await?;
+    Ok(render::json_bytes(StatusCode::OK, render::event_page(&page)))
+}
+
+/// `GET /v1/events/{event_id}`
+pub async fn get_event(
+    State(state): State<AppState>,
+    EventIdPath(event_id): EventIdPath,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["raw"])?;
+    params.bool("raw")?;
+    let event = state.store.get_event(event_id).await?;
+    if event.event_id() != event_id {
+        return Err(StoreError::Internal(format!(
+            "asked for event {event_id}, the store answered {}",
+            event.event_id()
+        ))
+        .into());
+    }
+    Ok(render::json_bytes(StatusCode::OK, render::event(&event)))
+}
+
+/// `GET /v1/head`
+pub async fn head(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let head = state.store.head().await?;
+    render::json(StatusCode::OK, &head)
+}
