@@ -15,7 +15,11 @@ use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "factstore", version, about = "An event store: durable, append-only facts over HTTP/JSON")]
+#[command(
+    name = "factstore",
+    version,
+    about = "An event store: durable, append-only facts over HTTP/JSON"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,7 +125,10 @@ async fn shutdown_signal() {
 
 fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     if !data_dir.join("log").exists() {
-        bail!("{} is not a factstore data folder (no log/ inside)", data_dir.display());
+        bail!(
+            "{} is not a factstore data folder (no log/ inside)",
+            data_dir.display()
+        );
     }
     let report = factstore_engine::verify::verify(&StdFileSystem, data_dir)
         .with_context(|| format!("cannot verify {}", data_dir.display()))?;

@@ -291,7 +291,9 @@ pub fn validate_identifier(field: &str, value: &str, max: usize) -> Result<(), S
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(StoreError::invalid(format!("{field} must not contain control characters")));
+        return Err(StoreError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -340,7 +342,11 @@ struct LinkIds<'a> {
 impl PreparedEvent {
     fn new(event: NewEvent, index: usize, limits: &Limits) -> Result<PreparedEvent, StoreError> {
         let at = |field: &str| format!("events[{index}].{field}");
-        validate_identifier(&at("aggregate_type"), &event.aggregate_type, limits.aggregate_type_bytes_max)?;
+        validate_identifier(
+            &at("aggregate_type"),
+            &event.aggregate_type,
+            limits.aggregate_type_bytes_max,
+        )?;
         validate_identifier(&at("event_type"), &event.event_type, limits.event_type_bytes_max)?;
         let event_version = match event.event_version {
             None => 1,
@@ -352,19 +358,24 @@ impl PreparedEvent {
                 )));
             }
         };
-        if let Some(by) = &event.created_by {
-            if by.len() > limits.created_by_bytes_max {
-                return Err(StoreError::invalid(format!(
-                    "{} may be at most {} bytes, got {}",
-                    at("created_by"),
-                    limits.created_by_bytes_max,
-                    by.len()
-                )));
-            }
+        if let Some(by) = event
+            .created_by
+            .as_ref()
+            .filter(|by| by.len() > limits.created_by_bytes_max)
+        {
+            return Err(StoreError::invalid(format!(
+                "{} may be at most {} bytes, got {}",
+                at("created_by"),
+                limits.created_by_bytes_max,
+                by.len()
+            )));
         }
         let event_data = compact_json(event.event_data.get());
         if !event_data.starts_with('{') {
-            return Err(StoreError::invalid(format!("{} must be a JSON object", at("event_data"))));
+            return Err(StoreError::invalid(format!(
+                "{} must be a JSON object",
+                at("event_data")
+            )));
         }
         let metadata = match &event.metadata {
             None => None,
@@ -372,7 +383,10 @@ impl PreparedEvent {
             Some(raw) => {
                 let compact = compact_json(raw.get());
                 if !compact.starts_with('{') {
-                    return Err(StoreError::invalid(format!("{} must be a JSON object", at("metadata"))));
+                    return Err(StoreError::invalid(format!(
+                        "{} must be a JSON object",
+                        at("metadata")
+                    )));
                 }
                 Some(compact.into_owned())
             }
@@ -471,10 +485,11 @@ impl PreparedEvent {
         {
             return false;
         }
-        if let Some(created_at) = self.created_at {
-            if stored.created_at() != created_at {
-                return false;
-            }
+        if self
+            .created_at
+            .is_some_and(|created_at| stored.created_at() != created_at)
+        {
+            return false;
         }
         json_equal(stored.event_data(), &self.event_data)
             && match (stored.metadata(), self.metadata.as_deref()) {
@@ -534,7 +549,8 @@ mod tests {
     use serde_json::json;
 
     fn prepare_one(event: serde_json::Value) -> Result<PreparedCommit, StoreError> {
-        let event: NewEvent = serde_json::from_value(event).map_err(|e| StoreError::invalid(e.to_string()))?;
+        let event: NewEvent =
+            serde_json::from_value(event).map_err(|e| StoreError::invalid(e.to_string()))?;
         Commit::single("account:1", ExpectedVersion::Any, vec![event]).prepare(&Limits::default())
     }
 
@@ -566,7 +582,9 @@ mod tests {
         let big = "x".repeat(1 << 20);
         let err = prepare_one(json!({"aggregate_type": "A", "event_type": "E", "event_data": {"b": big}}));
         assert!(matches!(err, Err(StoreError::PayloadTooLarge(_))));
-        let err = prepare_one(json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "event_version": 0}));
+        let err = prepare_one(
+            json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "event_version": 0}),
+        );
         assert!(matches!(err, Err(StoreError::InvalidRequest(m)) if m.contains("event_version")));
         let err = prepare_one(
             json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "metadata": {"correlation_id": 5}}),
@@ -578,7 +596,8 @@ mod tests {
     fn duplicate_ids_in_one_request_are_refused() {
         let id = Uuid::now_v7();
         let event = NewEvent::new("A", "E", json!({})).with_id(id);
-        let err = Commit::single("a", ExpectedVersion::Any, vec![event.clone(), event]).prepare(&Limits::default());
+        let err =
+            Commit::single("a", ExpectedVersion::Any, vec![event.clone(), event]).prepare(&Limits::default());
         assert!(matches!(err, Err(StoreError::InvalidRequest(m)) if m.contains("more than once")));
     }
 

@@ -244,7 +244,9 @@ impl Event {
     pub fn from_fields(fields: &EventFields<'_>) -> Event {
         let mut out = Vec::with_capacity(fields.encoded_len());
         fields.encode_into(&mut out);
-        Event { buf: Bytes::from(out) }
+        Event {
+            buf: Bytes::from(out),
+        }
     }
 
     /// The binary form.
@@ -345,7 +347,12 @@ impl Event {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut ints = itoa_buf();
         out.extend_from_slice(b"{\"event_id\":\"");
-        out.extend_from_slice(self.event_id().hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(
+            self.event_id()
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
         out.extend_from_slice(b"\",\"position\":");
         out.extend_from_slice(fmt_u64(&mut ints, self.position()));
         out.extend_from_slice(b",\"aggregate_id\":");

@@ -41,19 +41,57 @@ impl Limits {
     /// Checks that every limit is positive and within [`Limits::CEILING`].
     pub fn check(&self) -> Result<(), String> {
         let pairs = [
-            ("aggregate_id_bytes_max", self.aggregate_id_bytes_max, Self::CEILING.aggregate_id_bytes_max),
-            ("aggregate_type_bytes_max", self.aggregate_type_bytes_max, Self::CEILING.aggregate_type_bytes_max),
-            ("event_type_bytes_max", self.event_type_bytes_max, Self::CEILING.event_type_bytes_max),
-            ("created_by_bytes_max", self.created_by_bytes_max, Self::CEILING.created_by_bytes_max),
-            ("link_id_bytes_max", self.link_id_bytes_max, Self::CEILING.link_id_bytes_max),
-            ("event_payload_bytes_max", self.event_payload_bytes_max, Self::CEILING.event_payload_bytes_max),
-            ("events_per_request_max", self.events_per_request_max, Self::CEILING.events_per_request_max),
-            ("request_bytes_max", self.request_bytes_max, Self::CEILING.request_bytes_max),
-            ("page_events_max", self.page_events_max, Self::CEILING.page_events_max),
+            (
+                "aggregate_id_bytes_max",
+                self.aggregate_id_bytes_max,
+                Self::CEILING.aggregate_id_bytes_max,
+            ),
+            (
+                "aggregate_type_bytes_max",
+                self.aggregate_type_bytes_max,
+                Self::CEILING.aggregate_type_bytes_max,
+            ),
+            (
+                "event_type_bytes_max",
+                self.event_type_bytes_max,
+                Self::CEILING.event_type_bytes_max,
+            ),
+            (
+                "created_by_bytes_max",
+                self.created_by_bytes_max,
+                Self::CEILING.created_by_bytes_max,
+            ),
+            (
+                "link_id_bytes_max",
+                self.link_id_bytes_max,
+                Self::CEILING.link_id_bytes_max,
+            ),
+            (
+                "event_payload_bytes_max",
+                self.event_payload_bytes_max,
+                Self::CEILING.event_payload_bytes_max,
+            ),
+            (
+                "events_per_request_max",
+                self.events_per_request_max,
+                Self::CEILING.events_per_request_max,
+            ),
+            (
+                "request_bytes_max",
+                self.request_bytes_max,
+                Self::CEILING.request_bytes_max,
+            ),
+            (
+                "page_events_max",
+                self.page_events_max,
+                Self::CEILING.page_events_max,
+            ),
         ];
         for (name, value, ceiling) in pairs {
             if value == 0 || value > ceiling {
-                return Err(format!("limit {name} must be between 1 and {ceiling}, not {value}"));
+                return Err(format!(
+                    "limit {name} must be between 1 and {ceiling}, not {value}"
+                ));
             }
         }
         Ok(())

@@ -39,15 +39,30 @@ impl EventFilter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &Event) -> bool {
         (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event.event_type()))
-            && self.aggregate_type.as_deref().is_none_or(|t| t == event.aggregate_type())
-            && self.aggregate_id.as_deref().is_none_or(|id| id == event.aggregate_id())
+            && self
+                .aggregate_type
+                .as_deref()
+                .is_none_or(|t| t == event.aggregate_type())
+            && self
+                .aggregate_id
+                .as_deref()
+                .is_none_or(|id| id == event.aggregate_id())
             && self
                 .aggregate_id_prefix
                 .as_deref()
                 .is_none_or(|prefix| event.aggregate_id().starts_with(prefix))
-            && self.correlation_id.as_deref().is_none_or(|c| Some(c) == event.correlation_id())
-            && self.causation_id.as_deref().is_none_or(|c| Some(c) == event.causation_id())
-            && self.created_by.as_deref().is_none_or(|c| Some(c) == event.created_by())
+            && self
+                .correlation_id
+                .as_deref()
+                .is_none_or(|c| Some(c) == event.correlation_id())
+            && self
+                .causation_id
+                .as_deref()
+                .is_none_or(|c| Some(c) == event.causation_id())
+            && self
+                .created_by
+                .as_deref()
+                .is_none_or(|c| Some(c) == event.created_by())
     }
 
     /// Checks the identifiers of the filter against the limits.

@@ -59,9 +59,12 @@ impl Timestamp {
 
     /// Parses an RFC 3339 time with any fraction and any offset.
     pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampParseError> {
-        let parsed = OffsetDateTime::parse(text, &Rfc3339)
-            .map_err(|_| TimestampParseError(text.to_owned()))?;
-        let micros = parsed.to_offset(UtcOffset::UTC).unix_timestamp_nanos().div_euclid(1_000);
+        let parsed =
+            OffsetDateTime::parse(text, &Rfc3339).map_err(|_| TimestampParseError(text.to_owned()))?;
+        let micros = parsed
+            .to_offset(UtcOffset::UTC)
+            .unix_timestamp_nanos()
+            .div_euclid(1_000);
         let ts = Timestamp(i64::try_from(micros).map_err(|_| TimestampParseError(text.to_owned()))?);
         if ts.is_representable() {
             Ok(ts)
@@ -175,8 +178,14 @@ mod tests {
     fn formats_with_microseconds_in_utc() {
         let ts = Timestamp::parse_rfc3339("2024-01-15T16:00:00.5+02:00").expect("valid");
         assert_eq!(ts.to_string(), "2024-01-15T14:00:00.500000Z");
-        assert_eq!(Timestamp::from_micros(0).to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(Timestamp::from_micros(-1).to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp::from_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            Timestamp::from_micros(-1).to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
         assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999999Z");
         assert_eq!(Timestamp::MIN.to_string(), "0001-01-01T00:00:00.000000Z");
     }

@@ -84,7 +84,8 @@ impl Shared {
     }
 
     pub fn publish_head(&self, position: u64, recorded_at: Timestamp) {
-        self.head_recorded_at.store(recorded_at.as_micros(), Ordering::Release);
+        self.head_recorded_at
+            .store(recorded_at.as_micros(), Ordering::Release);
         self.head.store(position, Ordering::Release);
         self.head_tx.send_replace(position);
     }
@@ -110,18 +111,27 @@ impl Shared {
             let filter = &query.filter;
             let driven = if let Some(aggregate_id) = &filter.aggregate_id {
                 let entries = self.index.aggregate_entries(aggregate_id, 1, u64::MAX, end)?;
-                let list: Vec<(u64, Loc)> =
-                    entries.into_iter().filter(|(_, p, _)| *p > after).map(|(_, p, l)| (p, l)).collect();
+                let list: Vec<(u64, Loc)> = entries
+                    .into_iter()
+                    .filter(|(_, p, _)| *p > after)
+                    .map(|(_, p, l)| (p, l))
+                    .collect();
                 self.collect_candidates(vec![list], None, query, limit, &mut events)?;
                 true
-            } else if let Some(term) = filter.correlation_id.as_deref().map(|t| (TermKind::Correlation, t)).or(
-                filter.causation_id.as_deref().map(|t| (TermKind::Causation, t)),
-            ) {
+            } else if let Some(term) = filter
+                .correlation_id
+                .as_deref()
+                .map(|t| (TermKind::Correlation, t))
+                .or(filter.causation_id.as_deref().map(|t| (TermKind::Causation, t)))
+            {
                 self.term_driven(&[term], query, after, end, limit, &mut events)?;
                 true
             } else if !filter.event_types.is_empty() {
-                let terms: Vec<(TermKind, &str)> =
-                    filter.event_types.iter().map(|t| (TermKind::EventType, t.as_str())).collect();
+                let terms: Vec<(TermKind, &str)> = filter
+                    .event_types
+                    .iter()
+                    .map(|t| (TermKind::EventType, t.as_str()))
+                    .collect();
                 self.term_driven(&terms, query, after, end, limit, &mut events)?;
                 true
             } else {
@@ -136,7 +146,11 @@ impl Shared {
         } else {
             end.max(after)
         };
-        Ok(EventPage { events, next_after_position, head_position: head })
+        Ok(EventPage {
+            events,
+            next_after_position,
+            head_position: head,
+        })
     }
 
     /// Pages through term index entries, reads the candidates, keeps those that match.
@@ -206,13 +220,20 @@ impl Shared {
     }
 
     /// Reads the log in order, skipping blocks that the zone maps rule out.
-    fn scan_driven(&self, query: &EventQuery, after: u64, end: u64, limit: usize, out: &mut Vec<Event>) -> Result<()> {
+    fn scan_driven(
+        &self,
+        query: &EventQuery,
+        after: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<()> {
         let mut from = after + 1;
         while from <= end && out.len() < limit {
             // Skip whole blocks whose created_at range misses the bounds.
             let mut to = end;
-            if query.from.is_some() || query.to.is_some() {
-                if let Some((min, max, block_end)) = self.index.created_block(from) {
+            if (query.from.is_some() || query.to.is_some())
+                && let Some((min, max, block_end)) = self.index.created_block(from) {
                     let misses = query.from.is_some_and(|f| max < f.as_micros())
                         || query.to.is_some_and(|t| min > t.as_micros());
                     if misses {
@@ -221,9 +242,11 @@ impl Shared {
                     }
                     to = end.min(block_end - 1);
                 }
-            }
             let Some((_, start)) = self.index.scan_start(from) else {
-                return Err(StoreError::Internal(format!("position {from} is below the head but not indexed")).into());
+                return Err(StoreError::Internal(format!(
+                    "position {from} is below the head but not indexed"
+                ))
+                .into());
             };
             self.log.scan(start, from, to, |event| {
                 if query.matches(&event) {
@@ -267,9 +290,15 @@ impl Shared {
     pub fn read_aggregate(&self, query: &AggregateQuery) -> Result<AggregatePage> {
         let head = self.head();
         let not_found = || -> EngineError {
-            StoreError::AggregateNotFound { aggregate_id: query.aggregate_id.clone() }.into()
+            StoreError::AggregateNotFound {
+                aggregate_id: query.aggregate_id.clone(),
+            }
+            .into()
         };
-        let last = self.index.aggregate_last(&query.aggregate_id, head)?.ok_or_else(not_found)?;
+        let last = self
+            .index
+            .aggregate_last(&query.aggregate_id, head)?
+            .ok_or_else(not_found)?;
         let aggregate_type = match &last.aggregate_type {
             Some(t) => t.clone(),
             None => self.log.read_event(last.loc)?.aggregate_type().to_owned(),
@@ -278,7 +307,9 @@ impl Shared {
         if let Some(as_of) = query.as_of {
             let bound = self.last_recorded_at_or_before(as_of, head)?;
             if bound < last.position {
-                let entries = self.index.aggregate_entries(&query.aggregate_id, 1, current, head)?;
+                let entries = self
+                    .index
+                    .aggregate_entries(&query.aggregate_id, 1, current, head)?;
                 current = entries.partition_point(|(_, position, _)| *position <= bound) as u64;
             }
         }
@@ -295,7 +326,9 @@ impl Shared {
                 let mut version = query.from_version.unwrap_or(1).max(1);
                 'pages: while version <= stop {
                     let batch_end = stop.min(version.saturating_add(BATCH - 1));
-                    let entries = self.index.aggregate_entries(&query.aggregate_id, version, batch_end, head)?;
+                    let entries =
+                        self.index
+                            .aggregate_entries(&query.aggregate_id, version, batch_end, head)?;
                     let locs: Vec<Loc> = entries.iter().map(|e| e.2).collect();
                     for event in self.log.read_events(&locs)? {
                         if query.matches(&event) {
@@ -315,7 +348,9 @@ impl Shared {
                 let mut version = query.from_version.unwrap_or(current).min(current);
                 'pages: while version >= stop && version > 0 {
                     let batch_start = stop.max(version.saturating_sub(BATCH - 1));
-                    let entries = self.index.aggregate_entries(&query.aggregate_id, batch_start, version, head)?;
+                    let entries =
+                        self.index
+                            .aggregate_entries(&query.aggregate_id, batch_start, version, head)?;
                     let locs: Vec<Loc> = entries.iter().map(|e| e.2).collect();
                     let mut batch = self.log.read_events(&locs)?;
                     batch.reverse();
@@ -352,7 +387,10 @@ impl Shared {
     pub fn head_info(&self) -> Head {
         let position = self.head();
         let micros = self.head_recorded_at.load(Ordering::Acquire);
-        Head { position, recorded_at: (position > 0).then(|| Timestamp::from_micros(micros)) }
+        Head {
+            position,
+            recorded_at: (position > 0).then(|| Timestamp::from_micros(micros)),
+        }
     }
 }
 
@@ -371,7 +409,9 @@ impl Engine {
     pub fn open(dir: &Path, options: EngineOptions) -> Result<Engine> {
         options.limits.check().map_err(EngineError::Options)?;
         if options.segment_bytes_max < 4096 || options.segment_bytes_max > u64::from(u32::MAX) {
-            return Err(EngineError::Options("segment_bytes_max must be between 4 KiB and 4 GiB".into()));
+            return Err(EngineError::Options(
+                "segment_bytes_max must be between 4 KiB and 4 GiB".into(),
+            ));
         }
         let fs = options.fs.clone();
         let recovered = recovery::recover(&*fs, dir)?;
@@ -423,7 +463,10 @@ impl Engine {
         }
         let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender.send(WriteRequest { commit, reply }).await.map_err(|_| EngineError::Closed)?;
+        sender
+            .send(WriteRequest { commit, reply })
+            .await
+            .map_err(|_| EngineError::Closed)?;
         answer.await.map_err(|_| EngineError::Closed)?
     }
 
@@ -434,7 +477,9 @@ impl Engine {
         }
         let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender.blocking_send(WriteRequest { commit, reply }).map_err(|_| EngineError::Closed)?;
+        sender
+            .blocking_send(WriteRequest { commit, reply })
+            .map_err(|_| EngineError::Closed)?;
         answer.blocking_recv().map_err(|_| EngineError::Closed)?
     }
 

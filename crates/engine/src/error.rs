@@ -15,7 +15,11 @@ pub enum EngineError {
     /// Data on disk is not what the engine wrote: a checksum, a length or an order is wrong.
     /// Never silently repaired; names the file and the byte offset.
     #[error("corrupt data in {} at offset {offset}: {reason}", path.display())]
-    Corruption { path: PathBuf, offset: u64, reason: String },
+    Corruption {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// An earlier write or sync failed, so the engine no longer knows what is on disk and
     /// refuses every write until it is reopened.
     #[error("the store accepts no more writes since an earlier failure: {0}")]
@@ -34,11 +38,18 @@ pub enum EngineError {
 impl EngineError {
     /// Wraps an `io::Error` with the path it concerns.
     pub fn io(path: &Path) -> impl FnOnce(io::Error) -> EngineError + '_ {
-        move |source| EngineError::Io { path: path.to_owned(), source }
+        move |source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     pub fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> EngineError {
-        EngineError::Corruption { path: path.to_owned(), offset, reason: reason.into() }
+        EngineError::Corruption {
+            path: path.to_owned(),
+            offset,
+            reason: reason.into(),
+        }
     }
 }
 

@@ -39,7 +39,11 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn new(shared: Arc<Shared>, manifest: Manifest, memtable_events_max: usize) -> Indexer {
-        Indexer { shared, manifest, memtable_events_max }
+        Indexer {
+            shared,
+            manifest,
+            memtable_events_max,
+        }
     }
 
     /// Runs until the writer hangs up.
@@ -69,8 +73,13 @@ impl Indexer {
         let mut next = self.manifest.clone();
         next.indexed_through = frozen.last_position();
         next.resume = frozen.end().0;
-        next.last_recorded_at = frozen.recorded_at(frozen.last_position()).unwrap_or(next.last_recorded_at);
-        next.runs.push(ManifestRun { id: source.id, level: 0 });
+        next.last_recorded_at = frozen
+            .recorded_at(frozen.last_position())
+            .unwrap_or(next.last_recorded_at);
+        next.runs.push(ManifestRun {
+            id: source.id,
+            level: 0,
+        });
         next.store(&*self.shared.fs, &self.shared.index_dir())?;
         self.manifest = next;
         self.shared.index.replace_frozen(&frozen, Arc::new(source));
@@ -95,7 +104,12 @@ impl Indexer {
         let dir = self.shared.index_dir();
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
         let run = Run::open(fs, &path)?;
-        Ok(RunSource { id, level: 0, run, table })
+        Ok(RunSource {
+            id,
+            level: 0,
+            run,
+            table,
+        })
     }
 
     /// Merges the newest runs while [`MERGE_FAN_IN`] of one level stand together at the end.
@@ -106,7 +120,12 @@ impl Indexer {
                 return Ok(());
             };
             let level = last.level;
-            let same: Vec<Arc<RunSource>> = runs.iter().rev().take_while(|r| r.level == level).cloned().collect();
+            let same: Vec<Arc<RunSource>> = runs
+                .iter()
+                .rev()
+                .take_while(|r| r.level == level)
+                .cloned()
+                .collect();
             if same.len() < MERGE_FAN_IN {
                 return Ok(());
             }
@@ -133,7 +152,15 @@ impl Indexer {
         next.runs.push(ManifestRun { id, level });
         next.store(fs, &dir)?;
         self.manifest = next;
-        self.shared.index.replace_runs(inputs, Arc::new(RunSource { id, level, run, table }));
+        self.shared.index.replace_runs(
+            inputs,
+            Arc::new(RunSource {
+                id,
+                level,
+                run,
+                table,
+            }),
+        );
         for input in inputs {
             // Readers may still hold the old run open; the file handle keeps it readable.
             let path = input.run.path().to_owned();

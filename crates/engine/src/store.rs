@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
-    StoreError,
+    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
+    Limits, StoreError,
 };
 use tokio::sync::watch;
 use uuid::Uuid;

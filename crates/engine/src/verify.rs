@@ -18,8 +18,8 @@ use crate::index::run::Run;
 use crate::index::table::PositionTable;
 use crate::io::{FileSystem, OpenMode};
 use crate::log::format::{
-    FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name,
-    segment_file_name, split_records,
+    FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    parse_segment_file_name, segment_file_name, split_records,
 };
 
 /// What verification found.
@@ -69,7 +69,9 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
                 }
                 match PositionTable::decode(run.extra()) {
                     Ok(table) => runs.push(IndexedRun { run, table, path }),
-                    Err(reason) => report.problems.push(format!("{}: position table: {reason}", path.display())),
+                    Err(reason) => report
+                        .problems
+                        .push(format!("{}: position table: {reason}", path.display())),
                 }
             }
             Err(e) => report.problems.push(e.to_string()),
@@ -93,12 +95,17 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
         report.segments += 1;
         let path = log_dir.join(segment_file_name(no));
         if i > 0 && numbers[i - 1] + 1 != no {
-            report.problems.push(format!("segment {} is missing", numbers[i - 1] + 1));
+            report
+                .problems
+                .push(format!("segment {} is missing", numbers[i - 1] + 1));
         }
-        let file = fs.open(&path, OpenMode::Read).map_err(crate::EngineError::io(&path))?;
+        let file = fs
+            .open(&path, OpenMode::Read)
+            .map_err(crate::EngineError::io(&path))?;
         let len = file.len().map_err(crate::EngineError::io(&path))?;
         let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        file.read_exact_at(&mut data, 0).map_err(crate::EngineError::io(&path))?;
+        file.read_exact_at(&mut data, 0)
+            .map_err(crate::EngineError::io(&path))?;
         match SegmentHeader::decode(&data) {
             Ok(h) if h.segment_no == no => {
                 if h.first_position != next_position {
@@ -109,9 +116,14 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
                     ));
                 }
             }
-            Ok(_) => report.problems.push(format!("{}: segment number does not match its name", path.display())),
+            Ok(_) => report.problems.push(format!(
+                "{}: segment number does not match its name",
+                path.display()
+            )),
             Err(reason) => {
-                report.problems.push(format!("{} at offset 0: {reason}", path.display()));
+                report
+                    .problems
+                    .push(format!("{} at offset 0: {reason}", path.display()));
                 continue;
             }
         }
@@ -127,7 +139,9 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
             };
             let end = at + FRAME_HEADER_LEN + header.body_len as usize;
             let Some(body) = data.get(at + FRAME_HEADER_LEN..end) else {
-                report.problems.push(problem("frame runs past the end of the file"));
+                report
+                    .problems
+                    .push(problem("frame runs past the end of the file"));
                 break;
             };
             if !header.check_body(&data[at..], body) {
@@ -155,7 +169,9 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
                 let event = match Event::from_bytes(bytes::Bytes::copy_from_slice(&body[range])) {
                     Ok(e) => e,
                     Err(e) => {
-                        report.problems.push(format!("{} at offset {record_offset}: {e}", path.display()));
+                        report
+                            .problems
+                            .push(format!("{} at offset {record_offset}: {e}", path.display()));
                         continue;
                     }
                 };
@@ -168,7 +184,9 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
                     ));
                 }
                 next_position = event.position() + 1;
-                let entry = versions.entry(event.aggregate_id().to_owned()).or_insert((0, event.aggregate_type().to_owned()));
+                let entry = versions
+                    .entry(event.aggregate_id().to_owned())
+                    .or_insert((0, event.aggregate_type().to_owned()));
                 if event.version() != entry.0 + 1 {
                     report.problems.push(format!(
                         "position {}: aggregate '{}' at version {} after version {}",
@@ -179,11 +197,17 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
                     ));
                 }
                 if event.aggregate_type() != entry.1 {
-                    report.problems.push(format!("position {}: aggregate type changed", event.position()));
+                    report
+                        .problems
+                        .push(format!("position {}: aggregate type changed", event.position()));
                 }
                 entry.0 = event.version();
                 if !ids.insert(event.event_id()) {
-                    report.problems.push(format!("position {}: event id {} stored twice", event.position(), event.event_id()));
+                    report.problems.push(format!(
+                        "position {}: event id {} stored twice",
+                        event.position(),
+                        event.event_id()
+                    ));
                 }
                 if event.position() <= manifest.indexed_through {
                     check_index_entries(&runs, &mut expected_entries, &event, loc, &mut report);
@@ -213,10 +237,18 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
     Ok(report)
 }
 
-fn check_index_entries(runs: &[IndexedRun], expected: &mut [u64], event: &Event, loc: Loc, report: &mut Report) {
+fn check_index_entries(
+    runs: &[IndexedRun],
+    expected: &mut [u64],
+    event: &Event,
+    loc: Loc,
+    report: &mut Report,
+) {
     let position = event.position();
     let Some(index) = runs.iter().position(|r| r.table.block_of(position).is_some()) else {
-        report.problems.push(format!("position {position} is below the index checkpoint but in no run"));
+        report.problems.push(format!(
+            "position {position} is below the index checkpoint but in no run"
+        ));
         return;
     };
     let run = &runs[index];
@@ -224,14 +256,23 @@ fn check_index_entries(runs: &[IndexedRun], expected: &mut [u64], event: &Event,
         expected[index] += 1;
         match run.run.get(&key) {
             Ok(Some(found)) if found == value => {}
-            Ok(Some(_)) => report.problems.push(format!("{}: wrong {what} entry for position {position}", run.path.display())),
-            Ok(None) => report.problems.push(format!("{}: missing {what} entry for position {position}", run.path.display())),
+            Ok(Some(_)) => report.problems.push(format!(
+                "{}: wrong {what} entry for position {position}",
+                run.path.display()
+            )),
+            Ok(None) => report.problems.push(format!(
+                "{}: missing {what} entry for position {position}",
+                run.path.display()
+            )),
             Err(e) => report.problems.push(e.to_string()),
         }
     };
     let with_loc = keys::position_loc_value(position, loc).to_vec();
     check(
-        keys::with_suffix(&keys::term_prefix(keys::KIND_AGGREGATE, event.aggregate_id()), event.version()),
+        keys::with_suffix(
+            &keys::term_prefix(keys::KIND_AGGREGATE, event.aggregate_id()),
+            event.version(),
+        ),
         with_loc.clone(),
         "aggregate",
     );
@@ -243,17 +284,27 @@ fn check_index_entries(runs: &[IndexedRun], expected: &mut [u64], event: &Event,
     ];
     for (kind, term) in terms {
         if let Some(term) = term {
-            check(keys::with_suffix(&keys::term_prefix(kind.byte(), term), position), loc.0.to_le_bytes().to_vec(), "term");
+            check(
+                keys::with_suffix(&keys::term_prefix(kind.byte(), term), position),
+                loc.0.to_le_bytes().to_vec(),
+                "term",
+            );
         }
     }
     if let Some(block) = run.table.block_of(position) {
         let sample = run.table.samples[block];
         let created = event.created_at().as_micros();
         if created < sample.min_created || created > sample.max_created {
-            report.problems.push(format!("{}: the time range of position {position}'s block is wrong", run.path.display()));
+            report.problems.push(format!(
+                "{}: the time range of position {position}'s block is wrong",
+                run.path.display()
+            ));
         }
         if sample.position == position && sample.loc != loc {
-            report.problems.push(format!("{}: the location of position {position} is wrong", run.path.display()));
+            report.problems.push(format!(
+                "{}: the location of position {position} is wrong",
+                run.path.display()
+            ));
         }
     }
 }

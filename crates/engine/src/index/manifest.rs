@@ -63,11 +63,17 @@ impl Manifest {
         }
         let file = fs.open(&path, OpenMode::Read).map_err(EngineError::io(&path))?;
         let len = file.len().map_err(EngineError::io(&path))?;
-        let len = usize::try_from(len).map_err(|_| EngineError::corruption(&path, 0, "manifest too large"))?;
+        let len =
+            usize::try_from(len).map_err(|_| EngineError::corruption(&path, 0, "manifest too large"))?;
         let mut bytes = vec![0u8; len];
-        file.read_exact_at(&mut bytes, 0).map_err(EngineError::io(&path))?;
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(EngineError::io(&path))?;
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
-            return Err(EngineError::corruption(&path, 0, "not a manifest (bad magic or too short)"));
+            return Err(EngineError::corruption(
+                &path,
+                0,
+                "not a manifest (bad magic or too short)",
+            ));
         }
         let body_len = le_u32(&bytes[8..12]) as usize;
         let body = bytes
@@ -79,7 +85,11 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_slice(body)
             .map_err(|e| EngineError::corruption(&path, 16, format!("manifest is not valid: {e}")))?;
         if manifest.format != 1 {
-            return Err(EngineError::corruption(&path, 16, format!("unsupported manifest format {}", manifest.format)));
+            return Err(EngineError::corruption(
+                &path,
+                16,
+                format!("unsupported manifest format {}", manifest.format),
+            ));
         }
         Ok(Some(manifest))
     }
@@ -96,7 +106,9 @@ impl Manifest {
         bytes.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
         bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
-        let file = fs.open(&tmp, OpenMode::CreateNew).map_err(EngineError::io(&tmp))?;
+        let file = fs
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(EngineError::io(&tmp))?;
         file.write_all_at(&bytes, 0).map_err(EngineError::io(&tmp))?;
         file.sync_data().map_err(EngineError::io(&tmp))?;
         let path = dir.join(FILE_NAME);

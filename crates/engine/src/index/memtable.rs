@@ -15,6 +15,9 @@ use crate::index::keys::{self, TermKind};
 use crate::index::table::PositionTable;
 use crate::log::format::Loc;
 
+/// A key and its value, as written to a run file.
+pub type RunEntry = (Vec<u8>, Vec<u8>);
+
 /// One aggregate's events in this memtable.
 #[derive(Debug)]
 pub struct AggregateTail {
@@ -87,7 +90,11 @@ impl MemTable {
     /// Adds the next event. Positions must arrive in order with no gap, and an aggregate's
     /// versions likewise: anything else is a bug in the writer or recovery.
     pub fn insert(&mut self, event: &EventFields<'_>, loc: Loc) {
-        assert_eq!(event.position, self.first_position + self.locs.len() as u64, "positions are dense");
+        assert_eq!(
+            event.position,
+            self.first_position + self.locs.len() as u64,
+            "positions are dense"
+        );
         self.locs.push(loc);
         self.created.push(event.created_at.as_micros());
         self.recorded.push(event.recorded_at.as_micros());
@@ -129,11 +136,15 @@ impl MemTable {
     }
 
     pub fn loc(&self, position: u64) -> Option<Loc> {
-        self.locs.get(usize::try_from(position.checked_sub(self.first_position)?).ok()?).copied()
+        self.locs
+            .get(usize::try_from(position.checked_sub(self.first_position)?).ok()?)
+            .copied()
     }
 
     pub fn created_at(&self, position: u64) -> Option<i64> {
-        self.created.get(usize::try_from(position.checked_sub(self.first_position)?).ok()?).copied()
+        self.created
+            .get(usize::try_from(position.checked_sub(self.first_position)?).ok()?)
+            .copied()
     }
 
     /// The last position whose `recorded_at` is at most `micros`, if any is in this memtable.
@@ -143,7 +154,9 @@ impl MemTable {
     }
 
     pub fn recorded_at(&self, position: u64) -> Option<i64> {
-        self.recorded.get(usize::try_from(position.checked_sub(self.first_position)?).ok()?).copied()
+        self.recorded
+            .get(usize::try_from(position.checked_sub(self.first_position)?).ok()?)
+            .copied()
     }
 
     pub fn aggregate(&self, aggregate_id: &str) -> Option<&AggregateTail> {
@@ -160,7 +173,7 @@ impl MemTable {
     }
 
     /// Every entry as a sorted (key, value) list for a run file, and the position table.
-    pub fn to_run_entries(&self) -> (Vec<(Vec<u8>, Vec<u8>)>, PositionTable) {
+    pub fn to_run_entries(&self) -> (Vec<RunEntry>, PositionTable) {
         let mut entries = Vec::with_capacity(self.locs.len() * 3 + self.aggregates.len());
         for (aggregate_id, tail) in &self.aggregates {
             let prefix = keys::term_prefix(keys::KIND_AGGREGATE, aggregate_id);
@@ -174,12 +187,16 @@ impl MemTable {
         }
         for (event_id, &position) in &self.event_ids {
             let loc = self.locs[(position - self.first_position) as usize];
-            entries.push((keys::event_id_key(*event_id), keys::position_loc_value(position, loc).to_vec()));
+            entries.push((
+                keys::event_id_key(*event_id),
+                keys::position_loc_value(position, loc).to_vec(),
+            ));
         }
-        for (kind, term, positions) in TermKind::ALL
-            .iter()
-            .flat_map(|&kind| self.terms[kind.index()].iter().map(move |(term, list)| (kind, term, list)))
-        {
+        for (kind, term, positions) in TermKind::ALL.iter().flat_map(|&kind| {
+            self.terms[kind.index()]
+                .iter()
+                .map(move |(term, list)| (kind, term, list))
+        }) {
             let prefix = keys::term_prefix(kind.byte(), term);
             for &position in positions {
                 let loc = self.locs[(position - self.first_position) as usize];

@@ -80,12 +80,21 @@ pub struct Index {
 
 impl Index {
     pub fn new(runs: Vec<Arc<RunSource>>, active: MemTable) -> Index {
-        Index { state: RwLock::new(IndexState { runs, frozen: Vec::new(), active }) }
+        Index {
+            state: RwLock::new(IndexState {
+                runs,
+                frozen: Vec::new(),
+                active,
+            }),
+        }
     }
 
     fn sources(&self) -> Sources {
         let state = self.state.read();
-        Sources { runs: state.runs.clone(), frozen: state.frozen.clone() }
+        Sources {
+            runs: state.runs.clone(),
+            frozen: state.frozen.clone(),
+        }
     }
 
     /// The aggregate's last event at or below `head`.
@@ -95,7 +104,10 @@ impl Index {
             if let Some(found) = memtable_aggregate_last(&state.active, aggregate_id, head) {
                 return Ok(Some(found));
             }
-            Sources { runs: state.runs.clone(), frozen: state.frozen.clone() }
+            Sources {
+                runs: state.runs.clone(),
+                frozen: state.frozen.clone(),
+            }
         };
         for frozen in sources.frozen.iter().rev() {
             if let Some(found) = memtable_aggregate_last(frozen, aggregate_id, head) {
@@ -112,18 +124,28 @@ impl Index {
             for entry in source.run.range_rev(&prefix, &end) {
                 let (key, value) = entry?;
                 let version = keys::suffix(&key).unwrap_or(0);
-                if let Some((position, loc)) = keys::decode_position_loc(&value) {
-                    if position <= head {
-                        return Ok(Some(AggregateLast { version, position, loc, aggregate_type: None }));
+                if let Some((position, loc)) = keys::decode_position_loc(&value)
+                    && position <= head {
+                        return Ok(Some(AggregateLast {
+                            version,
+                            position,
+                            loc,
+                            aggregate_type: None,
+                        }));
                     }
-                }
             }
         }
         Ok(None)
     }
 
     /// The aggregate's entries with versions in `from..=to`, ascending, at or below `head`.
-    pub fn aggregate_entries(&self, aggregate_id: &str, from: u64, to: u64, head: u64) -> Result<Vec<(u64, u64, Loc)>> {
+    pub fn aggregate_entries(
+        &self,
+        aggregate_id: &str,
+        from: u64,
+        to: u64,
+        head: u64,
+    ) -> Result<Vec<(u64, u64, Loc)>> {
         let mut out = Vec::new();
         if from > to {
             return Ok(out);
@@ -132,7 +154,13 @@ impl Index {
         let (sources, tail) = {
             let state = self.state.read();
             let tail = memtable_aggregate_entries(&state.active, aggregate_id, from, to, head);
-            (Sources { runs: state.runs.clone(), frozen: state.frozen.clone() }, tail)
+            (
+                Sources {
+                    runs: state.runs.clone(),
+                    frozen: state.frozen.clone(),
+                },
+                tail,
+            )
         };
         for source in &sources.runs {
             if source.first_position() > head || !source.run.may_contain(&prefix) {
@@ -142,11 +170,11 @@ impl Index {
             let end = keys::with_suffix(&prefix, to.saturating_add(1));
             for entry in source.run.range(&start, &end) {
                 let (key, value) = entry?;
-                if let (Some(version), Some((position, loc))) = (keys::suffix(&key), keys::decode_position_loc(&value)) {
-                    if position <= head {
+                if let (Some(version), Some((position, loc))) =
+                    (keys::suffix(&key), keys::decode_position_loc(&value))
+                    && position <= head {
                         out.push((version, position, loc));
                     }
-                }
             }
         }
         for frozen in &sources.frozen {
@@ -161,13 +189,23 @@ impl Index {
         let sources = {
             let state = self.state.read();
             if let Some(position) = state.active.event_id(&event_id) {
-                return Ok(state.active.loc(position).filter(|_| position <= head).map(|loc| (position, loc)));
+                return Ok(state
+                    .active
+                    .loc(position)
+                    .filter(|_| position <= head)
+                    .map(|loc| (position, loc)));
             }
-            Sources { runs: state.runs.clone(), frozen: state.frozen.clone() }
+            Sources {
+                runs: state.runs.clone(),
+                frozen: state.frozen.clone(),
+            }
         };
         for frozen in sources.frozen.iter().rev() {
             if let Some(position) = frozen.event_id(&event_id) {
-                return Ok(frozen.loc(position).filter(|_| position <= head).map(|loc| (position, loc)));
+                return Ok(frozen
+                    .loc(position)
+                    .filter(|_| position <= head)
+                    .map(|loc| (position, loc)));
             }
         }
         let key = keys::event_id_key(event_id);
@@ -183,19 +221,35 @@ impl Index {
     }
 
     /// Entries of a term with `after < position <= head`, ascending, at most `limit`.
-    pub fn term_entries(&self, kind: TermKind, term: &str, after: u64, head: u64, limit: usize) -> Result<Vec<(u64, Loc)>> {
+    pub fn term_entries(
+        &self,
+        kind: TermKind,
+        term: &str,
+        after: u64,
+        head: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Loc)>> {
         let mut out = Vec::new();
         let (sources, tail) = {
             let state = self.state.read();
             let tail = memtable_term_entries(&state.active, kind, term, after, head, limit);
-            (Sources { runs: state.runs.clone(), frozen: state.frozen.clone() }, tail)
+            (
+                Sources {
+                    runs: state.runs.clone(),
+                    frozen: state.frozen.clone(),
+                },
+                tail,
+            )
         };
         let prefix = keys::term_prefix(kind.byte(), term);
         for source in &sources.runs {
             if out.len() >= limit {
                 return Ok(out);
             }
-            if source.last_position() <= after || source.first_position() > head || !source.run.may_contain(&prefix) {
+            if source.last_position() <= after
+                || source.first_position() > head
+                || !source.run.may_contain(&prefix)
+            {
                 continue;
             }
             let start = keys::with_suffix(&prefix, after.saturating_add(1));
@@ -214,7 +268,14 @@ impl Index {
             if out.len() >= limit {
                 return Ok(out);
             }
-            out.extend(memtable_term_entries(frozen, kind, term, after, head, limit - out.len()));
+            out.extend(memtable_term_entries(
+                frozen,
+                kind,
+                term,
+                after,
+                head,
+                limit - out.len(),
+            ));
         }
         let room = limit.saturating_sub(out.len());
         out.extend(tail.into_iter().take(room));
@@ -249,7 +310,11 @@ impl Index {
         for source in state.runs.iter().rev() {
             if let Some(block) = source.table.block_of(position) {
                 let sample = source.table.samples[block];
-                return Some((sample.min_created, sample.max_created, source.table.block_end(block)));
+                return Some((
+                    sample.min_created,
+                    sample.max_created,
+                    source.table.block_end(block),
+                ));
             }
         }
         None
@@ -261,7 +326,9 @@ impl Index {
     /// not qualify). The caller refines it by reading.
     pub fn recorded_bound(&self, micros: i64, head: u64) -> (u64, u64) {
         let state = self.state.read();
-        let tail = [&state.active].into_iter().chain(state.frozen.iter().map(|f| &**f).rev());
+        let tail = [&state.active]
+            .into_iter()
+            .chain(state.frozen.iter().map(|f| &**f).rev());
         for memtable in tail {
             if memtable.is_empty() || memtable.first_position() > head {
                 continue;
@@ -328,7 +395,13 @@ fn memtable_aggregate_last(memtable: &MemTable, aggregate_id: &str, head: u64) -
     })
 }
 
-fn memtable_aggregate_entries(memtable: &MemTable, aggregate_id: &str, from: u64, to: u64, head: u64) -> Vec<(u64, u64, Loc)> {
+fn memtable_aggregate_entries(
+    memtable: &MemTable,
+    aggregate_id: &str,
+    from: u64,
+    to: u64,
+    head: u64,
+) -> Vec<(u64, u64, Loc)> {
     let Some(tail) = memtable.aggregate(aggregate_id) else {
         return Vec::new();
     };
@@ -346,7 +419,14 @@ fn memtable_aggregate_entries(memtable: &MemTable, aggregate_id: &str, from: u64
         .collect()
 }
 
-fn memtable_term_entries(memtable: &MemTable, kind: TermKind, term: &str, after: u64, head: u64, limit: usize) -> Vec<(u64, Loc)> {
+fn memtable_term_entries(
+    memtable: &MemTable,
+    kind: TermKind,
+    term: &str,
+    after: u64,
+    head: u64,
+    limit: usize,
+) -> Vec<(u64, Loc)> {
     let positions = memtable.term(kind, term);
     let start = positions.partition_point(|&p| p <= after);
     positions[start..]

@@ -42,7 +42,10 @@ impl PositionTable {
                 first_recorded: recorded[at],
             });
         }
-        PositionTable { samples, end_position: first_position + locs.len() as u64 }
+        PositionTable {
+            samples,
+            end_position: first_position + locs.len() as u64,
+        }
     }
 
     pub fn first_position(&self) -> Option<u64> {
@@ -54,12 +57,16 @@ impl PositionTable {
         if position >= self.end_position {
             return None;
         }
-        self.samples.partition_point(|s| s.position <= position).checked_sub(1)
+        self.samples
+            .partition_point(|s| s.position <= position)
+            .checked_sub(1)
     }
 
     /// One past the last position of block `index`.
     pub fn block_end(&self, index: usize) -> u64 {
-        self.samples.get(index + 1).map_or(self.end_position, |s| s.position)
+        self.samples
+            .get(index + 1)
+            .map_or(self.end_position, |s| s.position)
     }
 
     /// Appends another table that continues this one.
@@ -106,7 +113,10 @@ impl PositionTable {
         {
             return Err("position table is not ascending");
         }
-        Ok(PositionTable { samples, end_position })
+        Ok(PositionTable {
+            samples,
+            end_position,
+        })
     }
 }
 

@@ -58,7 +58,10 @@ impl SegmentHeader {
         if format != SEGMENT_FORMAT {
             return Err("unsupported segment format version");
         }
-        Ok(SegmentHeader { segment_no: le_u32(&bytes[12..16]), first_position: le_u64(&bytes[16..24]) })
+        Ok(SegmentHeader {
+            segment_no: le_u32(&bytes[12..16]),
+            first_position: le_u64(&bytes[16..24]),
+        })
     }
 }
 
@@ -77,7 +80,12 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     /// Header bytes with the CRC computed over them and `body`.
-    pub fn encode(first_position: u64, event_count: u32, commit_count: u32, body: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+    pub fn encode(
+        first_position: u64,
+        event_count: u32,
+        commit_count: u32,
+        body: &[u8],
+    ) -> [u8; FRAME_HEADER_LEN] {
         let mut out = [0u8; FRAME_HEADER_LEN];
         out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
         let body_len = u32::try_from(body.len()).expect("frames are bounded far below 4 GiB");
@@ -151,7 +159,10 @@ pub fn record_head(bytes: &[u8]) -> RecordHead {
     if len as usize >= RECORD_LEN_LIMIT || (len as usize) < factstore_core::event::HEADER_LEN {
         return RecordHead::Invalid;
     }
-    RecordHead::Record { len: len as usize, crc: le_u32(&head[4..8]) }
+    RecordHead::Record {
+        len: len as usize,
+        crc: le_u32(&head[4..8]),
+    }
 }
 
 /// Splits a frame body into its record bodies, checking every record's length and CRC.
@@ -163,7 +174,9 @@ pub fn split_records(body: &[u8], expected: u32) -> Result<Vec<std::ops::Range<u
             RecordHead::Record { len, crc } => {
                 let start = at + RECORD_HEADER_LEN;
                 let end = start.checked_add(len).ok_or("record length overflows")?;
-                let record = body.get(start..end).ok_or("record runs past the end of its frame")?;
+                let record = body
+                    .get(start..end)
+                    .ok_or("record runs past the end of its frame")?;
                 if crc32c::crc32c(record) != crc {
                     return Err("record checksum mismatch");
                 }
@@ -231,7 +244,10 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_detects_damage() {
-        let header = SegmentHeader { segment_no: 7, first_position: 1234 };
+        let header = SegmentHeader {
+            segment_no: 7,
+            first_position: 1234,
+        };
         let mut bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         bytes[17] ^= 1;

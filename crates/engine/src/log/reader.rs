@@ -14,7 +14,9 @@ use parking_lot::RwLock;
 
 use crate::error::{EngineError, Result};
 use crate::io::File;
-use crate::log::format::{FRAME_HEADER_LEN, Loc, RECORD_HEADER_LEN, RecordHead, SEGMENT_HEADER_LEN, record_head};
+use crate::log::format::{
+    FRAME_HEADER_LEN, Loc, RECORD_HEADER_LEN, RecordHead, SEGMENT_HEADER_LEN, record_head,
+};
 
 /// Bytes read at a time by sequential scans.
 const SCAN_CHUNK_BYTES: u64 = 1 << 20;
@@ -40,7 +42,9 @@ impl Segment {
 
     fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        self.file.read_exact_at(&mut buf, offset).map_err(EngineError::io(&self.path))?;
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(EngineError::io(&self.path))?;
         Ok(Bytes::from(buf))
     }
 }
@@ -53,7 +57,9 @@ pub struct Log {
 
 impl Log {
     pub fn new(segments: Vec<Arc<Segment>>) -> Log {
-        Log { segments: RwLock::new(segments) }
+        Log {
+            segments: RwLock::new(segments),
+        }
     }
 
     pub fn push(&self, segment: Arc<Segment>) {
@@ -81,15 +87,27 @@ impl Log {
                 }
                 let body = chunk.slice(at + RECORD_HEADER_LEN..end);
                 if crc32c::crc32c(&body) != crc {
-                    return Err(EngineError::corruption(&segment.path, offset, "record checksum mismatch"));
+                    return Err(EngineError::corruption(
+                        &segment.path,
+                        offset,
+                        "record checksum mismatch",
+                    ));
                 }
                 let event = Event::from_bytes(body)
                     .map_err(|e| EngineError::corruption(&segment.path, offset, e.to_string()))?;
                 Ok(Some((event, end - at)))
             }
             RecordHead::Truncated => Ok(None),
-            RecordHead::Frame => Err(EngineError::corruption(&segment.path, offset, "expected a record, found a frame")),
-            RecordHead::Invalid => Err(EngineError::corruption(&segment.path, offset, "invalid record length")),
+            RecordHead::Frame => Err(EngineError::corruption(
+                &segment.path,
+                offset,
+                "expected a record, found a frame",
+            )),
+            RecordHead::Invalid => Err(EngineError::corruption(
+                &segment.path,
+                offset,
+                "invalid record length",
+            )),
         }
     }
 
@@ -106,7 +124,11 @@ impl Log {
         while i < locs.len() {
             let first = locs[i];
             let segment = self.segment(first.segment_no()).ok_or_else(|| {
-                EngineError::corruption(&PathBuf::from("log"), u64::from(first.offset()), "index points to a missing segment")
+                EngineError::corruption(
+                    &PathBuf::from("log"),
+                    u64::from(first.offset()),
+                    "index points to a missing segment",
+                )
             })?;
             let mut j = i + 1;
             while j < locs.len()
@@ -120,7 +142,11 @@ impl Log {
             let durable = segment.durable_len();
             let want_end = (u64::from(locs[j - 1].offset()) + RECORD_GUESS_BYTES).min(durable);
             if want_end <= base {
-                return Err(EngineError::corruption(&segment.path, base, "index points past the durable end of the segment"));
+                return Err(EngineError::corruption(
+                    &segment.path,
+                    base,
+                    "index points past the durable end of the segment",
+                ));
             }
             let mut chunk = segment.read(base, want_end - base)?;
             for loc in &locs[i..j] {
@@ -133,18 +159,38 @@ impl Log {
                         let head = segment.read(offset, RECORD_HEADER_LEN as u64)?;
                         let len = match record_head(&head) {
                             RecordHead::Record { len, .. } => len as u64,
-                            _ => return Err(EngineError::corruption(&segment.path, offset, "invalid record length")),
+                            _ => {
+                                return Err(EngineError::corruption(
+                                    &segment.path,
+                                    offset,
+                                    "invalid record length",
+                                ));
+                            }
                         };
                         if offset + RECORD_HEADER_LEN as u64 + len > durable {
-                            return Err(EngineError::corruption(&segment.path, offset, "record runs past the durable end"));
+                            return Err(EngineError::corruption(
+                                &segment.path,
+                                offset,
+                                "record runs past the durable end",
+                            ));
                         }
                         chunk = segment.read(offset, RECORD_HEADER_LEN as u64 + len)?;
                         match Self::decode(&segment, &chunk, 0, offset)? {
                             Some((event, _)) => out.push(event),
-                            None => return Err(EngineError::corruption(&segment.path, offset, "record is truncated")),
+                            None => {
+                                return Err(EngineError::corruption(
+                                    &segment.path,
+                                    offset,
+                                    "record is truncated",
+                                ));
+                            }
                         }
                         // Later locations of this group are read again relative to a new chunk.
-                        let rest: Vec<Loc> = locs[i..j].iter().copied().filter(|l| l.offset() > loc.offset()).collect();
+                        let rest: Vec<Loc> = locs[i..j]
+                            .iter()
+                            .copied()
+                            .filter(|l| l.offset() > loc.offset())
+                            .collect();
                         out.extend(self.read_events(&rest)?);
                         break;
                     }
@@ -189,15 +235,14 @@ impl Log {
                     break;
                 };
                 let position = event.position();
-                if let Some(expected) = expected {
-                    if position != expected {
+                if let Some(expected) = expected
+                    && position != expected {
                         return Err(EngineError::corruption(
                             &segment.path,
                             offset + at as u64,
                             format!("expected position {expected}, found {position}"),
                         ));
                     }
-                }
                 expected = Some(position + 1);
                 at += used;
                 if position > to_position {
@@ -209,7 +254,11 @@ impl Log {
             }
             if at == 0 {
                 if chunk.len() as u64 >= durable - offset {
-                    return Err(EngineError::corruption(&segment.path, offset, "truncated record below the durable end"));
+                    return Err(EngineError::corruption(
+                        &segment.path,
+                        offset,
+                        "truncated record below the durable end",
+                    ));
                 }
                 // One record larger than the chunk: read enough for it.
                 want = want.saturating_mul(2);

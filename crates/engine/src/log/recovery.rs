@@ -19,15 +19,15 @@ use bytes::Bytes;
 use factstore_core::{Event, Timestamp};
 
 use crate::error::{EngineError, Result};
+use crate::index::RunSource;
 use crate::index::manifest::{self, Manifest};
 use crate::index::memtable::MemTable;
 use crate::index::run::Run;
 use crate::index::table::PositionTable;
-use crate::index::RunSource;
 use crate::io::{File, FileSystem, OpenMode};
 use crate::log::format::{
-    FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader, Loc, SEGMENT_HEADER_LEN, SegmentHeader, parse_segment_file_name,
-    segment_file_name, split_records,
+    FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader, Loc, SEGMENT_HEADER_LEN, SegmentHeader,
+    parse_segment_file_name, segment_file_name, split_records,
 };
 use crate::log::reader::Segment;
 use crate::log::writer::WriterStart;
@@ -62,7 +62,10 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
     ensure_dir(fs, &log_dir)?;
     ensure_dir(fs, &index_dir)?;
 
-    let manifest = Manifest::load(fs, &index_dir)?.unwrap_or(Manifest { format: 1, ..Manifest::default() });
+    let manifest = Manifest::load(fs, &index_dir)?.unwrap_or(Manifest {
+        format: 1,
+        ..Manifest::default()
+    });
     let runs = open_runs(fs, &index_dir, &manifest)?;
     let segments = open_segments(fs, &log_dir)?;
 
@@ -72,22 +75,38 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
         let loc = Loc(manifest.resume);
         (loc.segment_no(), u64::from(loc.offset()))
     };
-    let mut memtable = MemTable::new(manifest.indexed_through + 1, Loc::new(start_segment, start_offset as u32));
+    let mut memtable = MemTable::new(
+        manifest.indexed_through + 1,
+        Loc::new(start_segment, start_offset as u32),
+    );
     let mut next_position = manifest.indexed_through + 1;
     let mut last_recorded_at = Timestamp::from_micros(manifest.last_recorded_at);
     let first_index = segments
         .iter()
         .position(|s| s.no == start_segment)
-        .ok_or_else(|| EngineError::corruption(&index_dir.join(manifest::FILE_NAME), 0, "the manifest resumes in a missing segment"))?;
+        .ok_or_else(|| {
+            EngineError::corruption(
+                &index_dir.join(manifest::FILE_NAME),
+                0,
+                "the manifest resumes in a missing segment",
+            )
+        })?;
     let last_index = segments.len() - 1;
     let mut write_offset = SEGMENT_HEADER_LEN as u64;
     for (i, segment) in segments.iter().enumerate().skip(first_index) {
-        let mut offset = if i == first_index { start_offset } else { SEGMENT_HEADER_LEN as u64 };
+        let mut offset = if i == first_index {
+            start_offset
+        } else {
+            SEGMENT_HEADER_LEN as u64
+        };
         if i != first_index && segment.first_position != next_position {
             return Err(EngineError::corruption(
                 &segment.path,
                 16,
-                format!("segment starts at position {} but the log continues at {next_position}", segment.first_position),
+                format!(
+                    "segment starts at position {} but the log continues at {next_position}",
+                    segment.first_position
+                ),
             ));
         }
         let len = segment.file.len().map_err(EngineError::io(&segment.path))?;
@@ -114,7 +133,10 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
                         return Err(EngineError::corruption(
                             &segment.path,
                             bad,
-                            format!("{reason}, yet a valid frame follows at offset {}", offset + valid as u64),
+                            format!(
+                                "{reason}, yet a valid frame follows at offset {}",
+                                offset + valid as u64
+                            ),
                         ));
                     }
                     tracing::warn!(
@@ -123,27 +145,31 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
                         dropped_bytes = len - bad,
                         "truncating a torn tail left by a crash (it was never acknowledged)"
                     );
-                    segment.file.set_len(bad).map_err(EngineError::io(&segment.path))?;
+                    segment
+                        .file
+                        .set_len(bad)
+                        .map_err(EngineError::io(&segment.path))?;
                     segment.file.sync_data().map_err(EngineError::io(&segment.path))?;
                     break;
                 }
             }
         }
         let end = offset + at as u64;
-        segment.durable_len.store(end, std::sync::atomic::Ordering::Release);
+        segment
+            .durable_len
+            .store(end, std::sync::atomic::Ordering::Release);
         offset = end;
         write_offset = offset;
     }
     let head = next_position - 1;
-    if let Some(last_run) = runs.last() {
-        if last_run.last_position() != manifest.indexed_through {
+    if let Some(last_run) = runs.last()
+        && last_run.last_position() != manifest.indexed_through {
             return Err(EngineError::corruption(
-                &last_run.run.path().to_owned(),
+                last_run.run.path(),
                 0,
                 "the runs do not end where the manifest says the index ends",
             ));
         }
-    }
     let segment = segments.last().cloned().ok_or(EngineError::Closed)?;
     Ok(Recovered {
         lock,
@@ -151,7 +177,12 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
         runs,
         memtable,
         head,
-        writer: WriterStart { segment, write_offset, next_position, last_recorded_at },
+        writer: WriterStart {
+            segment,
+            write_offset,
+            next_position,
+            last_recorded_at,
+        },
         segments,
     })
 }
@@ -160,14 +191,26 @@ fn read_range(file: &dyn File, path: &Path, from: u64, to: u64) -> Result<Vec<u8
     if to <= from {
         return Ok(Vec::new());
     }
-    let mut data = vec![0u8; usize::try_from(to - from).map_err(|_| EngineError::corruption(path, from, "segment too large"))?];
-    file.read_exact_at(&mut data, from).map_err(EngineError::io(path))?;
+    let mut data = vec![
+        0u8;
+        usize::try_from(to - from).map_err(|_| EngineError::corruption(
+            path,
+            from,
+            "segment too large"
+        ))?
+    ];
+    file.read_exact_at(&mut data, from)
+        .map_err(EngineError::io(path))?;
     Ok(data)
 }
 
 /// Decodes the frame at `at`: its events with their record offsets (relative to `data`'s
 /// start minus `at`... relative to `at`), and the bytes it takes.
-fn parse_frame(data: &[u8], at: usize, expected_position: u64) -> std::result::Result<(Vec<(Event, usize)>, usize), String> {
+fn parse_frame(
+    data: &[u8],
+    at: usize,
+    expected_position: u64,
+) -> std::result::Result<(Vec<(Event, usize)>, usize), String> {
     let rest = &data[at..];
     let header = FrameHeader::decode(rest).map_err(str::to_owned)?;
     let body_end = FRAME_HEADER_LEN
@@ -191,7 +234,11 @@ fn parse_frame(data: &[u8], at: usize, expected_position: u64) -> std::result::R
         let record_at = FRAME_HEADER_LEN + range.start - crate::log::format::RECORD_HEADER_LEN;
         let event = Event::from_bytes(body.slice(range)).map_err(|e| e.to_string())?;
         if event.position() != expected_position + i as u64 {
-            return Err(format!("record holds position {}, expected {}", event.position(), expected_position + i as u64));
+            return Err(format!(
+                "record holds position {}, expected {}",
+                event.position(),
+                expected_position + i as u64
+            ));
         }
         events.push((event, record_at));
     }
@@ -203,14 +250,13 @@ fn find_valid_frame(data: &[u8], from: usize) -> Option<usize> {
     let magic = FRAME_MAGIC.to_le_bytes();
     let mut at = from;
     while at + FRAME_HEADER_LEN <= data.len() {
-        if data[at..at + 4] == magic {
-            if let Ok(header) = FrameHeader::decode(&data[at..]) {
+        if data[at..at + 4] == magic
+            && let Ok(header) = FrameHeader::decode(&data[at..]) {
                 let end = at + FRAME_HEADER_LEN + header.body_len as usize;
                 if end <= data.len() && header.check_body(&data[at..], &data[at + FRAME_HEADER_LEN..end]) {
                     return Some(at);
                 }
             }
-        }
         at += 1;
     }
     None
@@ -221,8 +267,14 @@ fn open_runs(fs: &dyn FileSystem, index_dir: &Path, manifest: &Manifest) -> Resu
     for listed in &manifest.runs {
         let path = index_dir.join(manifest::run_file_name(listed.id));
         let run = Run::open(fs, &path)?;
-        let table = PositionTable::decode(run.extra()).map_err(|reason| EngineError::corruption(&path, 0, reason))?;
-        runs.push(Arc::new(RunSource { id: listed.id, level: listed.level, run, table }));
+        let table =
+            PositionTable::decode(run.extra()).map_err(|reason| EngineError::corruption(&path, 0, reason))?;
+        runs.push(Arc::new(RunSource {
+            id: listed.id,
+            level: listed.level,
+            run,
+            table,
+        }));
     }
     runs.sort_by_key(|r| r.first_position());
     let mut expected = 1u64;
@@ -231,7 +283,10 @@ fn open_runs(fs: &dyn FileSystem, index_dir: &Path, manifest: &Manifest) -> Resu
             return Err(EngineError::corruption(
                 run.run.path(),
                 0,
-                format!("index run starts at position {} where {expected} was expected", run.first_position()),
+                format!(
+                    "index run starts at position {} where {expected} was expected",
+                    run.first_position()
+                ),
             ));
         }
         expected = run.table.end_position;
@@ -239,7 +294,8 @@ fn open_runs(fs: &dyn FileSystem, index_dir: &Path, manifest: &Manifest) -> Resu
     // Files not in the manifest are left from an interrupted flush or compaction.
     let names = fs.list_dir(index_dir).map_err(EngineError::io(index_dir))?;
     for name in names {
-        let listed = manifest::parse_run_file_name(&name).is_some_and(|id| manifest.runs.iter().any(|r| r.id == id));
+        let listed =
+            manifest::parse_run_file_name(&name).is_some_and(|id| manifest.runs.iter().any(|r| r.id == id));
         if !listed && name != manifest::FILE_NAME && name != "LOCK" {
             let path = index_dir.join(&name);
             tracing::info!(file = %path.display(), "removing an index file the manifest does not list");
@@ -260,12 +316,17 @@ fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(numbers.len());
     for (i, &no) in numbers.iter().enumerate() {
         let path = log_dir.join(segment_file_name(no));
-        if let Some(previous) = segments.last() {
-            if previous.no + 1 != no {
-                return Err(EngineError::corruption(&path, 0, format!("segment {} is missing", previous.no + 1)));
+        if let Some(previous) = segments.last()
+            && previous.no + 1 != no {
+                return Err(EngineError::corruption(
+                    &path,
+                    0,
+                    format!("segment {} is missing", previous.no + 1),
+                ));
             }
-        }
-        let file = fs.open(&path, OpenMode::ReadWrite).map_err(EngineError::io(&path))?;
+        let file = fs
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(EngineError::io(&path))?;
         let len = file.len().map_err(EngineError::io(&path))?;
         let mut head = vec![0u8; SEGMENT_HEADER_LEN.min(len as usize)];
         file.read_exact_at(&mut head, 0).map_err(EngineError::io(&path))?;
@@ -289,7 +350,11 @@ fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>
             }
         };
         if header.segment_no != no {
-            return Err(EngineError::corruption(&path, 12, "segment number does not match the file name"));
+            return Err(EngineError::corruption(
+                &path,
+                12,
+                "segment number does not match the file name",
+            ));
         }
         segments.push(Arc::new(Segment {
             no,
@@ -307,9 +372,18 @@ fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>
 
 fn create_first_segment(fs: &dyn FileSystem, log_dir: &Path) -> Result<Arc<Segment>> {
     let path: PathBuf = log_dir.join(segment_file_name(1));
-    let file = fs.open(&path, OpenMode::CreateNew).map_err(EngineError::io(&path))?;
-    file.write_all_at(&SegmentHeader { segment_no: 1, first_position: 1 }.encode(), 0)
+    let file = fs
+        .open(&path, OpenMode::CreateNew)
         .map_err(EngineError::io(&path))?;
+    file.write_all_at(
+        &SegmentHeader {
+            segment_no: 1,
+            first_position: 1,
+        }
+        .encode(),
+        0,
+    )
+    .map_err(EngineError::io(&path))?;
     file.sync_data().map_err(EngineError::io(&path))?;
     fs.sync_dir(log_dir).map_err(EngineError::io(log_dir))?;
     Ok(Arc::new(Segment {

@@ -23,8 +23,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use factstore_core::{
-    AppendedAggregate, AppendedEvent, CommitOutcome, Event, EventFilter, EventQuery, PreparedCommit, StoreError,
-    Timestamp,
+    AppendedAggregate, AppendedEvent, CommitOutcome, Event, EventFilter, EventQuery, PreparedCommit,
+    StoreError, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -33,7 +33,8 @@ use crate::engine::Shared;
 use crate::error::{EngineError, Result};
 use crate::io::OpenMode;
 use crate::log::format::{
-    FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, segment_file_name,
+    FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    segment_file_name,
 };
 use crate::log::reader::Segment;
 
@@ -83,7 +84,9 @@ pub struct Writer {
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("next_position", &self.next_position).finish_non_exhaustive()
+        f.debug_struct("Writer")
+            .field("next_position", &self.next_position)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,9 +186,20 @@ impl Writer {
     }
 
     /// Writes and syncs the frame, then makes its events visible.
-    fn write_group(&mut self, first_position: u64, commits: u32, pending: &Pending, recorded_at: Timestamp) -> Result<()> {
+    fn write_group(
+        &mut self,
+        first_position: u64,
+        commits: u32,
+        pending: &Pending,
+        recorded_at: Timestamp,
+    ) -> Result<()> {
         let event_count = u32::try_from(pending.records.len()).expect("groups are bounded");
-        let header = FrameHeader::encode(first_position, event_count, commits, &self.frame[FRAME_HEADER_LEN..]);
+        let header = FrameHeader::encode(
+            first_position,
+            event_count,
+            commits,
+            &self.frame[FRAME_HEADER_LEN..],
+        );
         self.frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
         if self.write_offset > SEGMENT_HEADER_LEN as u64
             && self.write_offset + self.frame.len() as u64 > self.segment_bytes_max
@@ -198,7 +212,10 @@ impl Writer {
             return Err(EngineError::Options("a segment may not grow past 4 GiB".into()));
         }
         let path = &self.segment.path;
-        self.segment.file.write_all_at(&self.frame, frame_offset).map_err(EngineError::io(path))?;
+        self.segment
+            .file
+            .write_all_at(&self.frame, frame_offset)
+            .map_err(EngineError::io(path))?;
         self.segment.file.sync_data().map_err(EngineError::io(path))?;
 
         // Durable: index, then publish.
@@ -208,7 +225,10 @@ impl Writer {
             for range in &pending.records {
                 let event = Event::from_bytes(frame.slice(range.clone()))
                     .map_err(|e| EngineError::corruption(path, frame_offset, e.to_string()))?;
-                let loc = Loc::new(self.segment.no, (frame_offset as usize + range.start - RECORD_HEADER_LEN) as u32);
+                let loc = Loc::new(
+                    self.segment.no,
+                    (frame_offset as usize + range.start - RECORD_HEADER_LEN) as u32,
+                );
                 state.active.insert(&event.fields(), loc);
             }
             state.active.set_end(Loc::new(self.segment.no, end as u32));
@@ -229,8 +249,14 @@ impl Writer {
         let dir = self.shared.log_dir();
         let path = dir.join(segment_file_name(no));
         let fs = &self.shared.fs;
-        let file = fs.open(&path, OpenMode::CreateNew).map_err(EngineError::io(&path))?;
-        let header = SegmentHeader { segment_no: no, first_position }.encode();
+        let file = fs
+            .open(&path, OpenMode::CreateNew)
+            .map_err(EngineError::io(&path))?;
+        let header = SegmentHeader {
+            segment_no: no,
+            first_position,
+        }
+        .encode();
         file.write_all_at(&header, 0).map_err(EngineError::io(&path))?;
         file.sync_data().map_err(EngineError::io(&path))?;
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
@@ -255,7 +281,12 @@ impl Writer {
 
     /// Checks a commit against the store and the group so far; when it passes, encodes its
     /// events into the frame and records them as pending.
-    fn check_and_encode(&mut self, commit: &PreparedCommit, pending: &mut Pending, recorded_at: Timestamp) -> Result<CommitOutcome> {
+    fn check_and_encode(
+        &mut self,
+        commit: &PreparedCommit,
+        pending: &mut Pending,
+        recorded_at: Timestamp,
+    ) -> Result<CommitOutcome> {
         if let Some(outcome) = self.check_idempotency(commit, pending)? {
             return Ok(outcome);
         }
@@ -283,17 +314,19 @@ impl Writer {
                 }
                 .into());
             }
-            states.push(AggregateState { version, aggregate_type: aggregate_type.into() });
+            states.push(AggregateState {
+                version,
+                aggregate_type: aggregate_type.into(),
+            });
         }
-        if let Some(condition) = &commit.condition {
-            if let Some(conflict) = self.first_match(&condition.filter, condition.after_position, pending)? {
+        if let Some(condition) = &commit.condition
+            && let Some(conflict) = self.first_match(&condition.filter, condition.after_position, pending)? {
                 return Err(StoreError::ConditionFailed {
                     after_position: condition.after_position,
                     conflicting_position: conflict,
                 }
                 .into());
             }
-        }
 
         // Every check passed: encode.
         let mut appended = Vec::with_capacity(commit.appends.len());
@@ -305,7 +338,9 @@ impl Writer {
                 self.next_position += 1;
                 let start = self.frame.len() + RECORD_HEADER_LEN;
                 self.frame.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
-                event.fields(&append.aggregate_id, position, state.version, recorded_at).encode_into(&mut self.frame);
+                event
+                    .fields(&append.aggregate_id, position, state.version, recorded_at)
+                    .encode_into(&mut self.frame);
                 let end = self.frame.len();
                 let len = u32::try_from(end - start).expect("events are bounded");
                 let crc = crc32c::crc32c(&self.frame[start..end]);
@@ -313,19 +348,34 @@ impl Writer {
                 self.frame[start - 4..start].copy_from_slice(&crc.to_le_bytes());
                 pending.records.push(start..end);
                 pending.event_ids.insert(event.event_id, start..end);
-                events.push(AppendedEvent { event_id: event.event_id, version: state.version, position, recorded_at });
+                events.push(AppendedEvent {
+                    event_id: event.event_id,
+                    version: state.version,
+                    position,
+                    recorded_at,
+                });
             }
-            appended.push(AppendedAggregate { aggregate_id: append.aggregate_id.clone(), version: state.version, events });
+            appended.push(AppendedAggregate {
+                aggregate_id: append.aggregate_id.clone(),
+                version: state.version,
+                events,
+            });
             pending.aggregates.insert(append.aggregate_id.clone(), state);
         }
-        Ok(CommitOutcome { created: true, position: self.next_position - 1, appends: appended })
+        Ok(CommitOutcome {
+            created: true,
+            position: self.next_position - 1,
+            appends: appended,
+        })
     }
 
     /// The stored or pending event with this id.
     fn find_event(&self, event_id: Uuid, pending: &Pending) -> Result<Option<Event>> {
         if let Some(range) = pending.event_ids.get(&event_id) {
             let bytes = Bytes::copy_from_slice(&self.frame[range.clone()]);
-            return Ok(Some(Event::from_bytes(bytes).map_err(|e| EngineError::Options(e.to_string()))?));
+            return Ok(Some(
+                Event::from_bytes(bytes).map_err(|e| EngineError::Options(e.to_string()))?,
+            ));
         }
         match self.shared.index.event_id(event_id, u64::MAX)? {
             Some((_, loc)) => Ok(Some(self.shared.log.read_event(loc)?)),
@@ -350,9 +400,18 @@ impl Writer {
         if !any_client_id || found.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let first_stored = found.iter().flatten().next().map(Event::event_id).unwrap_or_default();
+        let first_stored = found
+            .iter()
+            .flatten()
+            .next()
+            .map(Event::event_id)
+            .unwrap_or_default();
         let duplicate = |reason: &str| -> EngineError {
-            StoreError::DuplicateEventId { event_id: first_stored, reason: reason.to_owned() }.into()
+            StoreError::DuplicateEventId {
+                event_id: first_stored,
+                reason: reason.to_owned(),
+            }
+            .into()
         };
         if found.iter().any(Option::is_none) {
             return Err(duplicate("the request mixes new events with stored ones"));
@@ -371,7 +430,9 @@ impl Writer {
                     return Err(duplicate("it is stored in another aggregate"));
                 }
                 if previous.is_some_and(|v| v + 1 != stored.version()) {
-                    return Err(duplicate("the stored events are not at consecutive versions in this order"));
+                    return Err(duplicate(
+                        "the stored events are not at consecutive versions in this order",
+                    ));
                 }
                 if !event.same_content_as(&stored) {
                     return Err(duplicate("the stored event has different content"));
@@ -391,7 +452,11 @@ impl Writer {
                 events,
             });
         }
-        Ok(Some(CommitOutcome { created: false, position: last_position, appends }))
+        Ok(Some(CommitOutcome {
+            created: false,
+            position: last_position,
+            appends,
+        }))
     }
 
     fn aggregate_state(&mut self, aggregate_id: &str, pending: &Pending) -> Result<Option<AggregateState>> {
@@ -408,7 +473,10 @@ impl Writer {
             Some(t) => t.into_boxed_str(),
             None => self.shared.log.read_event(last.loc)?.aggregate_type().into(),
         };
-        Ok(Some(AggregateState { version: last.version, aggregate_type }))
+        Ok(Some(AggregateState {
+            version: last.version,
+            aggregate_type,
+        }))
     }
 
     /// The first position above `after` whose event passes `filter`, stored or pending.
@@ -433,5 +501,10 @@ impl Writer {
 
 /// An estimate of a commit's encoded size, to bound a group.
 fn commit_bytes(commit: &PreparedCommit) -> usize {
-    commit.appends.iter().flat_map(|a| a.events.iter()).map(|e| e.payload_bytes() + 256).sum()
+    commit
+        .appends
+        .iter()
+        .flat_map(|a| a.events.iter())
+        .map(|e| e.payload_bytes() + 256)
+        .sum()
 }

@@ -1,0 +1,250 @@
+//! A real crash test: the `factstore` binary under concurrent appends over HTTP, killed with
+//! SIGKILL at random moments and restarted, again and again on the same data folder.
+//!
+//! After every restart: every acknowledged event is present exactly once, at the position it
+//! was acknowledged with; positions are 1..=head with no gap; each aggregate's versions are
+//! dense; a batch is never half there. At the end `factstore verify` must find no problem.
+//!
+//! `FACTSTORE_CRASH_CYCLES` sets the number of cycles (CI runs 20; run thousands locally).
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_factstore");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("FACTSTORE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start factstore");
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await
+                && r.status().is_success() {
+                    return;
+                }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no chance to flush or clean up.
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+/// Every batch sent (acknowledged or not, to check atomicity) and every acknowledged event with
+/// the position the server gave it.
+#[derive(Default)]
+struct Ledger {
+    acked: HashMap<Uuid, u64>,
+    batches: Vec<Vec<Uuid>>,
+}
+
+async fn writer(
+    client: reqwest::Client,
+    url: String,
+    worker: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Instant,
+) {
+    let mut rng = StdRng::from_os_rng();
+    while Instant::now() < stop {
+        let aggregate = format!("crash:{worker}:{}", rng.random_range(0..4));
+        let size = rng.random_range(1..=3);
+        let ids: Vec<Uuid> = (0..size).map(|_| Uuid::now_v7()).collect();
+        let events: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                json!({"event_id": id, "aggregate_type": "Crash", "event_type": "Tick",
+                       "event_data": {"worker": worker, "pad": "x".repeat(150)}})
+            })
+            .collect();
+        ledger.lock().expect("lock").batches.push(ids.clone());
+        let response = client
+            .post(format!("{url}/v1/aggregates/{aggregate}/events"))
+            .json(&json!({"events": events}))
+            .send()
+            .await;
+        let Ok(response) = response else { return };
+        if response.status().as_u16() != 201 {
+            return;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return;
+        };
+        let mut ledger = ledger.lock().expect("lock");
+        for event in body["events"].as_array().expect("events") {
+            let id: Uuid = event["event_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("id");
+            ledger
+                .acked
+                .insert(id, event["position"].as_u64().expect("position"));
+        }
+    }
+}
+
+async fn read_all(client: &reqwest::Client, url: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: Value = client
+            .get(format!("{url}/v1/events?after_position={after}&limit=10000"))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("json");
+        let events = page["events"].as_array().expect("events").clone();
+        let next = page["next_after_position"].as_u64().expect("next");
+        let done = events.is_empty() || next >= page["head_position"].as_u64().expect("head");
+        all.extend(events);
+        if done {
+            return all;
+        }
+        after = next;
+    }
+}
+
+fn check(all: &[Value], ledger: &Ledger, cycle: usize) {
+    let mut positions_by_id = HashMap::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for (i, event) in all.iter().enumerate() {
+        let position = event["position"].as_u64().expect("position");
+        assert_eq!(position, i as u64 + 1, "cycle {cycle}: positions must be dense");
+        let id: Uuid = event["event_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id");
+        assert!(
+            positions_by_id.insert(id, position).is_none(),
+            "cycle {cycle}: event {id} stored twice"
+        );
+        let aggregate = event["aggregate_id"].as_str().expect("aggregate").to_owned();
+        let version = versions.entry(aggregate.clone()).or_insert(0);
+        *version += 1;
+        assert_eq!(
+            event["version"].as_u64(),
+            Some(*version),
+            "cycle {cycle}: versions of {aggregate} must be dense"
+        );
+    }
+    for (id, position) in &ledger.acked {
+        assert_eq!(
+            positions_by_id.get(id),
+            Some(position),
+            "cycle {cycle}: acknowledged event {id} lost or moved"
+        );
+    }
+    for batch in &ledger.batches {
+        let present = batch
+            .iter()
+            .filter(|id| positions_by_id.contains_key(*id))
+            .count();
+        assert!(
+            present == 0 || present == batch.len(),
+            "cycle {cycle}: a batch is half there: {batch:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9() {
+    let cycles: usize = std::env::var("FACTSTORE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut rng = rand::rng();
+    let mut acked_total: HashSet<Uuid> = HashSet::new();
+    for cycle in 0..cycles {
+        let server = Server::start(dir.path());
+        server.wait_ready(&client).await;
+        check(
+            &read_all(&client, &server.url).await,
+            &ledger.lock().expect("lock"),
+            cycle,
+        );
+        let run_for = Duration::from_millis(rng.random_range(50..400));
+        let stop = Instant::now() + Duration::from_secs(5);
+        let tasks: Vec<_> = (0..8)
+            .map(|worker| {
+                tokio::spawn(writer(
+                    client.clone(),
+                    server.url.clone(),
+                    worker,
+                    ledger.clone(),
+                    stop,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(run_for).await;
+        server.kill();
+        for task in tasks {
+            let _ = task.await;
+        }
+        acked_total.extend(ledger.lock().expect("lock").acked.keys().copied());
+    }
+    let server = Server::start(dir.path());
+    server.wait_ready(&client).await;
+    let all = read_all(&client, &server.url).await;
+    check(&all, &ledger.lock().expect("lock"), cycles);
+    assert!(!acked_total.is_empty(), "the writers got acknowledgements");
+    server.kill();
+    let verify = Command::new(BIN)
+        .args(["verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("verify");
+    assert!(
+        verify.status.success(),
+        "factstore verify found problems:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
