@@ -687,6 +687,9 @@ impl BlockCursor {
     /// the previous key of the block (0 before the first). `None` after the last entry. The
     /// block's checksum already matched, so an error here means a writer bug or a CRC
     /// collision; the checks are there so that even then nothing panics.
+    // Always inlined: it is the per-entry step of every read, and inlining it into `find` and
+    // `advance` measurably speeds up lookups and scans.
+    #[inline(always)]
     fn next_raw(&mut self, previous_len: usize, path: &Path) -> Result<Option<RawEntry>> {
         let corrupt =
             |pos: usize, reason: &str| EngineError::corruption(path, self.offset + pos as u64, reason);
