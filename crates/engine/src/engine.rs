@@ -100,7 +100,11 @@ impl Shared {
 
     /// Reads events as `read_events` does, with an explicit head.
     pub fn read_events_until(&self, query: &EventQuery, head: u64) -> Result<EventPage> {
-        let mut end = head.min(query.to_position.unwrap_or(u64::MAX));
+        // The range ends at min(head, to_position) whatever `as_of` says: `next_after_position`
+        // of a page that is not full is that end. `as_of` only shortens the part worth
+        // reading, since `recorded_at` never decreases along positions.
+        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
+        let mut end = range_end;
         if let Some(as_of) = query.as_of {
             end = end.min(self.last_recorded_at_or_before(as_of, head)?);
         }
@@ -142,9 +146,9 @@ impl Shared {
             }
         }
         let next_after_position = if events.len() >= limit {
-            events.last().map_or(end, Event::position)
+            events.last().map_or(range_end, Event::position)
         } else {
-            end.max(after)
+            range_end.max(after)
         };
         Ok(EventPage {
             events,
