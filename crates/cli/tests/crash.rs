@@ -56,9 +56,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/health", self.url)).send().await
-                && r.status().is_success() {
-                    return;
-                }
+                && r.status().is_success()
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the server did not become ready");

@@ -29,7 +29,9 @@ fn payload(i: usize) -> serde_json::Value {
 }
 
 fn batch(n: usize, start: usize) -> Vec<NewEvent> {
-    (0..n).map(|i| NewEvent::new("Account", "MoneyDeposited", payload(start + i))).collect()
+    (0..n)
+        .map(|i| NewEvent::new("Account", "MoneyDeposited", payload(start + i)))
+        .collect()
 }
 
 fn fill(engine: &Engine, events: usize, aggregates: usize, per_commit: usize) {
@@ -54,47 +56,61 @@ fn append(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1000));
     group.bench_function("batch_1000", |b| {
         let events = batch(1000, 0);
+        // Validation (`prepare`) is timed too: it is part of every append.
         b.iter_batched(
-            || Commit::single("account:batch", ExpectedVersion::Any, events.clone()).prepare(engine.limits()).expect("valid"),
-            |commit| engine.commit_blocking(commit).expect("commit"),
+            || events.clone(),
+            |events| {
+                let commit = Commit::single("account:batch", ExpectedVersion::Any, events)
+                    .prepare(engine.limits())
+                    .expect("valid");
+                engine.commit_blocking(commit).expect("commit")
+            },
             criterion::BatchSize::SmallInput,
         );
     });
     drop(engine);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     let store = Arc::new(EmbeddedStore::new(Arc::new(
         Engine::open(dir.path(), EngineOptions::default()).expect("open"),
     )));
     for writers in [16usize, 64] {
         group.throughput(Throughput::Elements(writers as u64 * 100));
-        group.bench_with_input(BenchmarkId::new("concurrent", writers), &writers, |b, &writers| {
-            b.to_async(&runtime).iter(|| {
-                let store = store.clone();
-                async move {
-                    let tasks: Vec<_> = (0..writers)
-                        .map(|w| {
-                            let store = store.clone();
-                            tokio::spawn(async move {
-                                use factstore_core::EventStore;
-                                for i in 0..100 {
-                                    let commit = Commit::single(
-                                        &format!("account:{w}"),
-                                        ExpectedVersion::Any,
-                                        batch(1, i),
-                                    );
-                                    store.commit(commit).await.expect("commit");
-                                }
+        group.bench_with_input(
+            BenchmarkId::new("concurrent", writers),
+            &writers,
+            |b, &writers| {
+                b.to_async(&runtime).iter(|| {
+                    let store = store.clone();
+                    async move {
+                        let tasks: Vec<_> = (0..writers)
+                            .map(|w| {
+                                let store = store.clone();
+                                tokio::spawn(async move {
+                                    use factstore_core::EventStore;
+                                    for i in 0..100 {
+                                        let commit = Commit::single(
+                                            &format!("account:{w}"),
+                                            ExpectedVersion::Any,
+                                            batch(1, i),
+                                        );
+                                        store.commit(commit).await.expect("commit");
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("task");
+                            .collect();
+                        for task in tasks {
+                            task.await.expect("task");
+                        }
                     }
-                }
-            });
-        });
+                });
+            },
+        );
     }
     group.finish();
 }
@@ -109,8 +125,14 @@ fn read(c: &mut Criterion) {
     // One aggregate of 10,000 events interleaved with 10 others, 100 events per commit.
     let mut written = 0;
     while written < 110_000 {
-        let aggregate = if (written / 100) % 11 == 0 { "account:big".to_owned() } else { format!("account:o{}", written % 10) };
-        let commit = Commit::single(&aggregate, ExpectedVersion::Any, batch(100, written)).prepare(engine.limits()).expect("valid");
+        let aggregate = if (written / 100) % 11 == 0 {
+            "account:big".to_owned()
+        } else {
+            format!("account:o{}", written % 10)
+        };
+        let commit = Commit::single(&aggregate, ExpectedVersion::Any, batch(100, written))
+            .prepare(engine.limits())
+            .expect("valid");
         engine.commit_blocking(commit).expect("commit");
         written += 100;
     }
@@ -134,7 +156,9 @@ fn read(c: &mut Criterion) {
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("aggregate_10000", |b| {
         b.iter(|| {
-            let page = engine.read_aggregate(&AggregateQuery::forward("account:big", 10_000)).expect("read");
+            let page = engine
+                .read_aggregate(&AggregateQuery::forward("account:big", 10_000))
+                .expect("read");
             assert_eq!(black_box(page.events.len()), 10_000);
         });
     });
@@ -142,7 +166,10 @@ fn read(c: &mut Criterion) {
 }
 
 fn open(c: &mut Criterion) {
-    let events: usize = std::env::var("FACTSTORE_BENCH_OPEN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: usize = std::env::var("FACTSTORE_BENCH_OPEN_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let mut group = c.benchmark_group("open");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     let dir = tempfile::tempdir().expect("tempdir");

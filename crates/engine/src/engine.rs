@@ -237,15 +237,16 @@ impl Shared {
             // Skip whole blocks whose created_at range misses the bounds.
             let mut to = end;
             if (query.from.is_some() || query.to.is_some())
-                && let Some((min, max, block_end)) = self.index.created_block(from) {
-                    let misses = query.from.is_some_and(|f| max < f.as_micros())
-                        || query.to.is_some_and(|t| min > t.as_micros());
-                    if misses {
-                        from = block_end;
-                        continue;
-                    }
-                    to = end.min(block_end - 1);
+                && let Some((min, max, block_end)) = self.index.created_block(from)
+            {
+                let misses = query.from.is_some_and(|f| max < f.as_micros())
+                    || query.to.is_some_and(|t| min > t.as_micros());
+                if misses {
+                    from = block_end;
+                    continue;
                 }
+                to = end.min(block_end - 1);
+            }
             let Some((_, start)) = self.index.scan_start(from) else {
                 return Err(StoreError::Internal(format!(
                     "position {from} is below the head but not indexed"

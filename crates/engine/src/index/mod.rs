@@ -125,14 +125,15 @@ impl Index {
                 let (key, value) = entry?;
                 let version = keys::suffix(&key).unwrap_or(0);
                 if let Some((position, loc)) = keys::decode_position_loc(&value)
-                    && position <= head {
-                        return Ok(Some(AggregateLast {
-                            version,
-                            position,
-                            loc,
-                            aggregate_type: None,
-                        }));
-                    }
+                    && position <= head
+                {
+                    return Ok(Some(AggregateLast {
+                        version,
+                        position,
+                        loc,
+                        aggregate_type: None,
+                    }));
+                }
             }
         }
         Ok(None)
@@ -172,9 +173,10 @@ impl Index {
                 let (key, value) = entry?;
                 if let (Some(version), Some((position, loc))) =
                     (keys::suffix(&key), keys::decode_position_loc(&value))
-                    && position <= head {
-                        out.push((version, position, loc));
-                    }
+                    && position <= head
+                {
+                    out.push((version, position, loc));
+                }
             }
         }
         for frozen in &sources.frozen {

@@ -34,7 +34,10 @@ pub enum OpenMode {
 }
 
 /// A file, read and written at explicit offsets. Shared between threads.
-#[expect(clippy::len_without_is_empty, reason = "a file's length is all the engine asks of it")]
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is all the engine asks of it"
+)]
 pub trait File: Send + Sync + Debug {
     /// Reads exactly `buf.len()` bytes at `offset`; fails with `UnexpectedEof` past the end.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;

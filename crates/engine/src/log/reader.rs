@@ -236,13 +236,14 @@ impl Log {
                 };
                 let position = event.position();
                 if let Some(expected) = expected
-                    && position != expected {
-                        return Err(EngineError::corruption(
-                            &segment.path,
-                            offset + at as u64,
-                            format!("expected position {expected}, found {position}"),
-                        ));
-                    }
+                    && position != expected
+                {
+                    return Err(EngineError::corruption(
+                        &segment.path,
+                        offset + at as u64,
+                        format!("expected position {expected}, found {position}"),
+                    ));
+                }
                 expected = Some(position + 1);
                 at += used;
                 if position > to_position {

@@ -163,13 +163,14 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
     }
     let head = next_position - 1;
     if let Some(last_run) = runs.last()
-        && last_run.last_position() != manifest.indexed_through {
-            return Err(EngineError::corruption(
-                last_run.run.path(),
-                0,
-                "the runs do not end where the manifest says the index ends",
-            ));
-        }
+        && last_run.last_position() != manifest.indexed_through
+    {
+        return Err(EngineError::corruption(
+            last_run.run.path(),
+            0,
+            "the runs do not end where the manifest says the index ends",
+        ));
+    }
     let segment = segments.last().cloned().ok_or(EngineError::Closed)?;
     Ok(Recovered {
         lock,
@@ -251,12 +252,13 @@ fn find_valid_frame(data: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while at + FRAME_HEADER_LEN <= data.len() {
         if data[at..at + 4] == magic
-            && let Ok(header) = FrameHeader::decode(&data[at..]) {
-                let end = at + FRAME_HEADER_LEN + header.body_len as usize;
-                if end <= data.len() && header.check_body(&data[at..], &data[at + FRAME_HEADER_LEN..end]) {
-                    return Some(at);
-                }
+            && let Ok(header) = FrameHeader::decode(&data[at..])
+        {
+            let end = at + FRAME_HEADER_LEN + header.body_len as usize;
+            if end <= data.len() && header.check_body(&data[at..], &data[at + FRAME_HEADER_LEN..end]) {
+                return Some(at);
             }
+        }
         at += 1;
     }
     None
@@ -317,13 +319,14 @@ fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>
     for (i, &no) in numbers.iter().enumerate() {
         let path = log_dir.join(segment_file_name(no));
         if let Some(previous) = segments.last()
-            && previous.no + 1 != no {
-                return Err(EngineError::corruption(
-                    &path,
-                    0,
-                    format!("segment {} is missing", previous.no + 1),
-                ));
-            }
+            && previous.no + 1 != no
+        {
+            return Err(EngineError::corruption(
+                &path,
+                0,
+                format!("segment {} is missing", previous.no + 1),
+            ));
+        }
         let file = fs
             .open(&path, OpenMode::ReadWrite)
             .map_err(EngineError::io(&path))?;

@@ -320,13 +320,14 @@ impl Writer {
             });
         }
         if let Some(condition) = &commit.condition
-            && let Some(conflict) = self.first_match(&condition.filter, condition.after_position, pending)? {
-                return Err(StoreError::ConditionFailed {
-                    after_position: condition.after_position,
-                    conflicting_position: conflict,
-                }
-                .into());
+            && let Some(conflict) = self.first_match(&condition.filter, condition.after_position, pending)?
+        {
+            return Err(StoreError::ConditionFailed {
+                after_position: condition.after_position,
+                conflicting_position: conflict,
             }
+            .into());
+        }
 
         // Every check passed: encode.
         let mut appended = Vec::with_capacity(commit.appends.len());
