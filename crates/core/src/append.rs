@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::EventFields;
-use crate::json::compact_json;
+use crate::json::{compact_json, compact_json_owned};
 use crate::limits::Limits;
 use crate::query::EventFilter;
 use crate::time::Timestamp;
@@ -370,7 +370,7 @@ impl PreparedEvent {
                 by.len()
             )));
         }
-        let event_data = compact_json(event.event_data.get());
+        let event_data = compact_json_owned(event.event_data.into());
         if !event_data.starts_with('{') {
             return Err(StoreError::invalid(format!(
                 "{} must be a JSON object",
@@ -433,7 +433,7 @@ impl PreparedEvent {
             aggregate_type: event.aggregate_type,
             event_type: event.event_type,
             event_version,
-            event_data: event_data.into_owned(),
+            event_data,
             created_by: event.created_by,
             created_at: event.created_at,
             metadata,

@@ -93,13 +93,10 @@ impl Indexer {
     }
 
     fn write_run(&mut self, memtable: &MemTable) -> Result<RunSource> {
-        let (entries, table) = memtable.to_run_entries();
         let (id, path) = self.next_run_path();
         let fs = &*self.shared.fs;
-        let mut writer = RunWriter::create(fs, &path, entries.len(), keys::bloom_key)?;
-        for (key, value) in &entries {
-            writer.add(key, value)?;
-        }
+        let mut writer = RunWriter::create(fs, &path, memtable.bloom_keys(), keys::bloom_key)?;
+        let table = memtable.write_run(&mut writer)?;
         writer.finish(&table.encode())?;
         let dir = self.shared.index_dir();
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;

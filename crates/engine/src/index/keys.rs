@@ -69,6 +69,16 @@ pub fn with_suffix(prefix: &[u8], suffix: u64) -> Vec<u8> {
     key
 }
 
+/// Writes `kind | len | term | suffix` into `key`, replacing what it held.
+pub fn write_term_key(key: &mut Vec<u8>, kind: u8, term: &str, suffix: u64) {
+    let len = u16::try_from(term.len()).expect("identifiers are at most 65535 bytes");
+    key.clear();
+    key.push(kind);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(term.as_bytes());
+    key.extend_from_slice(&suffix.to_be_bytes());
+}
+
 pub fn event_id_key(event_id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
     key.push(KIND_EVENT_ID);

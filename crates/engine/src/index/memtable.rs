@@ -11,12 +11,11 @@ use factstore_core::EventFields;
 use foldhash::fast::RandomState;
 use uuid::Uuid;
 
+use crate::error::Result;
 use crate::index::keys::{self, TermKind};
+use crate::index::run::RunWriter;
 use crate::index::table::PositionTable;
 use crate::log::format::Loc;
-
-/// A key and its value, as written to a run file.
-pub type RunEntry = (Vec<u8>, Vec<u8>);
 
 /// One aggregate's events in this memtable.
 #[derive(Debug)]
@@ -172,39 +171,73 @@ impl MemTable {
         self.terms[kind.index()].get(term).map_or(&[], Vec::as_slice)
     }
 
-    /// Every entry as a sorted (key, value) list for a run file, and the position table.
-    pub fn to_run_entries(&self) -> (Vec<RunEntry>, PositionTable) {
-        let mut entries = Vec::with_capacity(self.locs.len() * 3 + self.aggregates.len());
-        for (aggregate_id, tail) in &self.aggregates {
-            let prefix = keys::term_prefix(keys::KIND_AGGREGATE, aggregate_id);
+    /// How many distinct keys the run's bloom filter will hold.
+    pub fn bloom_keys(&self) -> usize {
+        self.aggregates.len() + self.event_ids.len() + self.terms.iter().map(HashMap::len).sum::<usize>()
+    }
+
+    /// Writes every entry, in key order, to a run, and returns the position table.
+    ///
+    /// No global sort: key order is kind, then term (by length, then bytes, as the key encodes
+    /// them), then suffix; within an aggregate or a term the suffixes (versions, positions) are
+    /// already ascending. Only the distinct terms and the event ids are sorted.
+    pub fn write_run(&self, writer: &mut RunWriter) -> Result<PositionTable> {
+        let mut key = Vec::with_capacity(512);
+        let by_term = |a: &&Box<str>, b: &&Box<str>| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()));
+        // 'A': aggregates.
+        let mut aggregates: Vec<&Box<str>> = self.aggregates.keys().collect();
+        aggregates.sort_unstable_by(by_term);
+        for aggregate_id in aggregates {
+            let tail = &self.aggregates[aggregate_id];
             for (i, &position) in tail.positions.iter().enumerate() {
-                let loc = self.locs[(position - self.first_position) as usize];
-                entries.push((
-                    keys::with_suffix(&prefix, tail.first_version + i as u64),
-                    keys::position_loc_value(position, loc).to_vec(),
-                ));
+                keys::write_term_key(
+                    &mut key,
+                    keys::KIND_AGGREGATE,
+                    aggregate_id,
+                    tail.first_version + i as u64,
+                );
+                writer.add(
+                    &key,
+                    &keys::position_loc_value(position, self.loc_unchecked(position)),
+                )?;
             }
         }
-        for (event_id, &position) in &self.event_ids {
-            let loc = self.locs[(position - self.first_position) as usize];
-            entries.push((
-                keys::event_id_key(*event_id),
-                keys::position_loc_value(position, loc).to_vec(),
-            ));
-        }
-        for (kind, term, positions) in TermKind::ALL.iter().flat_map(|&kind| {
-            self.terms[kind.index()]
-                .iter()
-                .map(move |(term, list)| (kind, term, list))
-        }) {
-            let prefix = keys::term_prefix(kind.byte(), term);
-            for &position in positions {
-                let loc = self.locs[(position - self.first_position) as usize];
-                entries.push((keys::with_suffix(&prefix, position), loc.0.to_le_bytes().to_vec()));
+        let write_terms = |kind: TermKind, key: &mut Vec<u8>, writer: &mut RunWriter| -> Result<()> {
+            let map = &self.terms[kind.index()];
+            let mut terms: Vec<&Box<str>> = map.keys().collect();
+            terms.sort_unstable_by(by_term);
+            for term in terms {
+                for &position in &map[term] {
+                    keys::write_term_key(key, kind.byte(), term, position);
+                    writer.add(key, &self.loc_unchecked(position).0.to_le_bytes())?;
+                }
             }
+            Ok(())
+        };
+        // 'C': correlation ids.
+        write_terms(TermKind::Correlation, &mut key, writer)?;
+        // 'E': event ids.
+        let mut ids: Vec<(&Uuid, &u64)> = self.event_ids.iter().collect();
+        ids.sort_unstable_by_key(|(id, _)| id.as_u128());
+        for (event_id, &position) in ids {
+            writer.add(
+                &keys::event_id_key(*event_id),
+                &keys::position_loc_value(position, self.loc_unchecked(position)),
+            )?;
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let table = PositionTable::build(self.first_position, &self.locs, &self.created, &self.recorded);
-        (entries, table)
+        // 'K': causation ids, then 'T': event types.
+        write_terms(TermKind::Causation, &mut key, writer)?;
+        write_terms(TermKind::EventType, &mut key, writer)?;
+        Ok(PositionTable::build(
+            self.first_position,
+            &self.locs,
+            &self.created,
+            &self.recorded,
+        ))
+    }
+
+    fn loc_unchecked(&self, position: u64) -> Loc {
+        // Every position a map holds was inserted with its location.
+        self.locs[(position - self.first_position) as usize]
     }
 }

@@ -153,22 +153,17 @@ impl Writer {
         self.frame.clear();
         self.frame.resize(FRAME_HEADER_LEN, 0);
         let mut pending = Pending::default();
-        let mut answers = Vec::with_capacity(group.len());
-        let mut commits = 0u32;
-        for request in group {
-            let answer = self.check_and_encode(&request.commit, &mut pending, recorded_at);
-            if matches!(&answer, Ok(outcome) if outcome.created) {
-                commits += 1;
-            }
-            answers.push((request.reply, answer));
-        }
+        let answers: Vec<Result<CommitOutcome>> = group
+            .iter()
+            .map(|request| self.check_and_encode(&request.commit, &mut pending, recorded_at))
+            .collect();
         if !pending.records.is_empty() {
-            if let Err(error) = self.write_group(first_position, commits, &pending, recorded_at) {
+            if let Err(error) = self.write_group(first_position, &pending, recorded_at, &group, &answers) {
                 let reason = error.to_string();
                 tracing::error!(%reason, "write failed; the store is poisoned and accepts no more writes");
                 self.shared.poison(reason.clone());
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(EngineError::Poisoned(reason.clone())));
+                for request in group {
+                    let _ = request.reply.send(Err(EngineError::Poisoned(reason.clone())));
                 }
                 return;
             }
@@ -180,8 +175,8 @@ impl Writer {
                 self.cache.insert(aggregate_id.into_boxed_str(), state);
             }
         }
-        for (reply, answer) in answers {
-            let _ = reply.send(answer);
+        for (request, answer) in group.into_iter().zip(answers) {
+            let _ = request.reply.send(answer);
         }
     }
 
@@ -189,11 +184,18 @@ impl Writer {
     fn write_group(
         &mut self,
         first_position: u64,
-        commits: u32,
         pending: &Pending,
         recorded_at: Timestamp,
+        group: &[WriteRequest],
+        answers: &[Result<CommitOutcome>],
     ) -> Result<()> {
+        let written: Vec<(&WriteRequest, &CommitOutcome)> = group
+            .iter()
+            .zip(answers)
+            .filter_map(|(request, answer)| answer.as_ref().ok().filter(|o| o.created).map(|o| (request, o)))
+            .collect();
         let event_count = u32::try_from(pending.records.len()).expect("groups are bounded");
+        let commits = u32::try_from(written.len()).expect("groups are bounded");
         let header = FrameHeader::encode(
             first_position,
             event_count,
@@ -218,28 +220,31 @@ impl Writer {
             .map_err(EngineError::io(path))?;
         self.segment.file.sync_data().map_err(EngineError::io(path))?;
 
-        // Durable: index, then publish.
-        let frame = Bytes::copy_from_slice(&self.frame);
+        // Durable: index, then publish. The fields come from the requests, in the order their
+        // records were encoded, so nothing is decoded again.
         {
             let mut state = self.shared.index.state.write();
-            for range in &pending.records {
-                let event = Event::from_bytes(frame.slice(range.clone()))
-                    .map_err(|e| EngineError::corruption(path, frame_offset, e.to_string()))?;
-                let loc = Loc::new(
-                    self.segment.no,
-                    (frame_offset as usize + range.start - RECORD_HEADER_LEN) as u32,
-                );
-                state.active.insert(&event.fields(), loc);
+            let mut records = pending.records.iter();
+            for (request, outcome) in written {
+                for (append, appended) in request.commit.appends.iter().zip(&outcome.appends) {
+                    for (event, at) in append.events.iter().zip(&appended.events) {
+                        let range = records.next().expect("one record per written event");
+                        let offset = frame_offset as usize + range.start - RECORD_HEADER_LEN;
+                        let loc = Loc::new(self.segment.no, offset as u32);
+                        let fields = event.fields(&append.aggregate_id, at.position, at.version, recorded_at);
+                        state.active.insert(&fields, loc);
+                    }
+                }
             }
             state.active.set_end(Loc::new(self.segment.no, end as u32));
+            if state.active.len() >= self.memtable_events_max {
+                let _ = self.flush.send(());
+            }
         }
         self.write_offset = end;
         self.segment.durable_len.store(end, Ordering::Release);
         self.last_recorded_at = recorded_at;
         self.shared.publish_head(self.next_position - 1, recorded_at);
-        if self.shared.index.state.read().active.len() >= self.memtable_events_max {
-            let _ = self.flush.send(());
-        }
         Ok(())
     }
 
