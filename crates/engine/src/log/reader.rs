@@ -79,7 +79,11 @@ impl Log {
     /// Decodes the record at `at` in `chunk`, read from `segment` at `base`.
     fn decode(segment: &Segment, chunk: &Bytes, at: usize, base: u64) -> Result<Option<(Event, usize)>> {
         let offset = base + at as u64;
-        match record_head(&chunk[at..]) {
+        // A location past the chunk (the chunk stops at the durable end) is read alone.
+        let Some(rest) = chunk.get(at..) else {
+            return Ok(None);
+        };
+        match record_head(rest) {
             RecordHead::Record { len, crc } => {
                 let end = at + RECORD_HEADER_LEN + len;
                 if end > chunk.len() {
@@ -93,7 +97,7 @@ impl Log {
                         "record checksum mismatch",
                     ));
                 }
-                let event = Event::from_bytes(body)
+                let event = Event::from_checked_bytes(body)
                     .map_err(|e| EngineError::corruption(&segment.path, offset, e.to_string()))?;
                 Ok(Some((event, end - at)))
             }
@@ -156,6 +160,13 @@ impl Log {
                     None => {
                         // The record runs past what was read: read it alone, at its full size.
                         let offset = u64::from(loc.offset());
+                        if offset + RECORD_HEADER_LEN as u64 > durable {
+                            return Err(EngineError::corruption(
+                                &segment.path,
+                                offset,
+                                "index points past the durable end of the segment",
+                            ));
+                        }
                         let head = segment.read(offset, RECORD_HEADER_LEN as u64)?;
                         let len = match record_head(&head) {
                             RecordHead::Record { len, .. } => len as u64,
