@@ -281,21 +281,25 @@ pub fn validate_aggregate_id(aggregate_id: &str, limits: &Limits) -> Result<(), 
 
 /// Checks an identifier: 1 to `max` bytes, no control characters.
 pub fn validate_identifier(field: &str, value: &str, max: usize) -> Result<(), StoreError> {
+    match identifier_problem(value, max) {
+        None => Ok(()),
+        Some(problem) => Err(StoreError::invalid(format!("{field} {problem}"))),
+    }
+}
+
+/// What is wrong with an identifier, if anything; the caller names the field (the name is
+/// formatted only on failure, as this runs for every event).
+fn identifier_problem(value: &str, max: usize) -> Option<String> {
     if value.is_empty() {
-        return Err(StoreError::invalid(format!("{field} must not be empty")));
+        return Some("must not be empty".to_owned());
     }
     if value.len() > max {
-        return Err(StoreError::invalid(format!(
-            "{field} may be at most {max} bytes, got {}",
-            value.len()
-        )));
+        return Some(format!("may be at most {max} bytes, got {}", value.len()));
     }
     if value.chars().any(char::is_control) {
-        return Err(StoreError::invalid(format!(
-            "{field} must not contain control characters"
-        )));
+        return Some("must not contain control characters".to_owned());
     }
-    Ok(())
+    None
 }
 
 /// A validated commit, ready for a backend.
@@ -342,12 +346,18 @@ struct LinkIds<'a> {
 impl PreparedEvent {
     fn new(event: NewEvent, index: usize, limits: &Limits) -> Result<PreparedEvent, StoreError> {
         let at = |field: &str| format!("events[{index}].{field}");
-        validate_identifier(
-            &at("aggregate_type"),
-            &event.aggregate_type,
-            limits.aggregate_type_bytes_max,
-        )?;
-        validate_identifier(&at("event_type"), &event.event_type, limits.event_type_bytes_max)?;
+        for (field, value, max) in [
+            (
+                "aggregate_type",
+                &event.aggregate_type,
+                limits.aggregate_type_bytes_max,
+            ),
+            ("event_type", &event.event_type, limits.event_type_bytes_max),
+        ] {
+            if let Some(problem) = identifier_problem(value, max) {
+                return Err(StoreError::invalid(format!("{} {problem}", at(field))));
+            }
+        }
         let event_version = match event.event_version {
             None => 1,
             Some(v) if (1..=i64::from(i32::MAX)).contains(&v) => v as u32,

@@ -217,11 +217,13 @@ impl MemTable {
         // 'C': correlation ids.
         write_terms(TermKind::Correlation, &mut key, writer)?;
         // 'E': event ids.
-        let mut ids: Vec<(&Uuid, &u64)> = self.event_ids.iter().collect();
-        ids.sort_unstable_by_key(|(id, _)| id.as_u128());
-        for (event_id, &position) in ids {
+        // Sorting owned (u128, u64) pairs, not references into the map, keeps the sort in cache.
+        let mut ids: Vec<(u128, u64)> = self.event_ids.iter().map(|(id, &p)| (id.as_u128(), p)).collect();
+        ids.sort_unstable();
+        for (event_id, position) in ids {
+            let key = keys::event_id_key(Uuid::from_u128(event_id));
             writer.add(
-                &keys::event_id_key(*event_id),
+                &key,
                 &keys::position_loc_value(position, self.loc_unchecked(position)),
             )?;
         }
