@@ -167,7 +167,10 @@ pub fn record_head(bytes: &[u8]) -> RecordHead {
 
 /// Splits a frame body into its record bodies, checking every record's length and CRC.
 pub fn split_records(body: &[u8], expected: u32) -> Result<Vec<std::ops::Range<usize>>, &'static str> {
-    let mut ranges = Vec::with_capacity(expected as usize);
+    // `expected` comes from the frame header: reserve no more than the body can hold, so that
+    // a corrupt count cannot ask for gigabytes.
+    let fits = body.len() / (RECORD_HEADER_LEN + factstore_core::event::HEADER_LEN);
+    let mut ranges = Vec::with_capacity((expected as usize).min(fits));
     let mut at = 0usize;
     while at < body.len() {
         match record_head(&body[at..]) {

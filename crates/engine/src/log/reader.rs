@@ -246,9 +246,14 @@ impl Log {
                     break;
                 };
                 let position = event.position();
-                if let Some(expected) = expected
-                    && position != expected
-                {
+                let hole = match expected {
+                    Some(expected) => position != expected,
+                    // A scan starts at or before `from_position`; a later first event means
+                    // the events from the start on are missing (e.g. a segment cut short).
+                    None => position > from_position,
+                };
+                if hole {
+                    let expected = expected.unwrap_or(from_position);
                     return Err(EngineError::corruption(
                         &segment.path,
                         offset + at as u64,

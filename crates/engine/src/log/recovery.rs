@@ -110,6 +110,15 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
             ));
         }
         let len = segment.file.len().map_err(EngineError::io(&segment.path))?;
+        if offset > len {
+            // The manifest is stored only after the frames it covers are synced, so no crash
+            // leaves a segment shorter than the checkpoint: indexed events are gone.
+            return Err(EngineError::corruption(
+                &segment.path,
+                len,
+                format!("the segment ends before the index checkpoint at offset {offset}"),
+            ));
+        }
         let data = read_range(&*segment.file, &segment.path, offset, len)?;
         let mut at = 0usize;
         while at < data.len() {

@@ -1,0 +1,543 @@
+//! Property tests of the decoders and of recovery: the checks of the fuzz targets in `fuzz/`,
+//! run on stable with a bounded number of cases so that CI runs them on every change.
+//!
+//! - Events: any bytes, valid events, valid events with a flipped byte or cut short
+//!   (`decode_props/decoders.rs`, shared with the `event_decode` fuzz target).
+//! - Frames: the same for frames of records (shared with `frame_decode`).
+//! - Recovery: a data folder written by the engine, damaged, then opened
+//!   (`decode_props/damage.rs`, shared with `recovery`): the store opens with a prefix of what
+//!   was committed, byte for byte, or refuses with a `Corruption` error naming the file; a
+//!   damaged last frame is a torn tail and is cut off, a damaged earlier frame is refused.
+
+#[path = "decode_props/damage.rs"]
+mod damage;
+#[path = "decode_props/decoders.rs"]
+mod decoders;
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use damage::{Damage, Expect, Fixture, Kind};
+use decoders::{check_event, check_frame, frame_is_valid};
+use factstore_core::{Event, EventFields, Timestamp};
+use factstore_engine::log::format::{FrameHeader, encode_record, split_records};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+/// Cases per decoder property: cheap, so many.
+const DECODER_CASES: u32 = 512;
+/// Cases per recovery property: each opens the engine once or twice.
+const RECOVERY_CASES: u32 = 48;
+
+fn log_only() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| Fixture::build(Kind::LogOnly))
+}
+
+fn indexed() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| Fixture::build(Kind::Indexed))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+/// The fields of an event, owned, so that a strategy can make them.
+#[derive(Debug, Clone)]
+struct OwnedFields {
+    numbers: (u64, u64, u128, i64, i64, u32),
+    aggregate_id: String,
+    aggregate_type: String,
+    event_type: String,
+    created_by: Option<String>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    event_data: String,
+    metadata: Option<String>,
+}
+
+impl OwnedFields {
+    fn fields(&self) -> EventFields<'_> {
+        let (position, version, id, created, recorded, event_version) = self.numbers;
+        EventFields {
+            position,
+            version,
+            event_id: Uuid::from_u128(id),
+            created_at: Timestamp::from_micros(created),
+            recorded_at: Timestamp::from_micros(recorded),
+            event_version,
+            aggregate_id: &self.aggregate_id,
+            aggregate_type: &self.aggregate_type,
+            event_type: &self.event_type,
+            created_by: self.created_by.as_deref(),
+            correlation_id: self.correlation_id.as_deref(),
+            causation_id: self.causation_id.as_deref(),
+            event_data: &self.event_data,
+            metadata: self.metadata.as_deref(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.fields().encode_into(&mut out);
+        out
+    }
+}
+
+/// Any characters, control characters, quotes and backslashes included: at most 80 bytes, so
+/// that it fits every length field.
+fn text(chars_max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(any::<char>(), 0..=chars_max.min(20)).prop_map(String::from_iter)
+}
+
+fn json_leaf() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        text(12).prop_map(serde_json::Value::from),
+    ]
+}
+
+/// A compact JSON object, as the store keeps payloads.
+fn json_object() -> impl Strategy<Value = String> {
+    prop::collection::btree_map(text(6), json_leaf(), 0..4)
+        .prop_map(|map| serde_json::to_string(&map).expect("a map of JSON values serialises"))
+}
+
+fn owned_fields() -> impl Strategy<Value = OwnedFields> {
+    (
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u128>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<u32>(),
+        ),
+        (text(20), text(20), text(20)),
+        (
+            prop::option::of(text(20)),
+            prop::option::of(text(20)),
+            prop::option::of(text(20)),
+        ),
+        (json_object(), prop::option::of(json_object())),
+    )
+        .prop_map(
+            |(numbers, (aggregate_id, aggregate_type, event_type), links, (event_data, metadata))| {
+                OwnedFields {
+                    numbers,
+                    aggregate_id,
+                    aggregate_type,
+                    event_type,
+                    created_by: links.0,
+                    correlation_id: links.1,
+                    causation_id: links.2,
+                    event_data,
+                    metadata,
+                }
+            },
+        )
+}
+
+/// A byte flip: an index (taken modulo the length) and a non-zero mask.
+fn flip() -> impl Strategy<Value = (usize, u8)> {
+    (any::<usize>(), 1u8..=255)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(DECODER_CASES))]
+
+    #[test]
+    fn event_decoder_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        check_event(&bytes);
+    }
+
+    /// A header with lengths that add up, followed by random bytes: reaches the UTF-8 and JSON
+    /// checks far more often than uniformly random bytes do.
+    #[test]
+    fn event_decoder_survives_any_fields(
+        fields in owned_fields(),
+        tail in prop::collection::vec(any::<u8>(), 0..40),
+        at in any::<usize>(),
+    ) {
+        let mut bytes = fields.encode();
+        let from = factstore_core::event::HEADER_LEN + at % (bytes.len() - factstore_core::event::HEADER_LEN + 1);
+        let end = (from + tail.len()).min(bytes.len());
+        bytes[from..end].copy_from_slice(&tail[..end - from]);
+        check_event(&bytes);
+    }
+
+    #[test]
+    fn valid_events_round_trip(fields in owned_fields()) {
+        let bytes = fields.encode();
+        let event = check_event(&bytes).expect("a valid event decodes");
+        prop_assert_eq!(event.as_bytes().as_ref(), &bytes[..]);
+        prop_assert_eq!(event.aggregate_id(), fields.aggregate_id.as_str());
+        prop_assert_eq!(event.event_data(), fields.event_data.as_str());
+        prop_assert_eq!(event.metadata(), fields.metadata.as_deref());
+        prop_assert_eq!(event.created_by(), fields.created_by.as_deref());
+        prop_assert_eq!(event.correlation_id(), fields.correlation_id.as_deref());
+        prop_assert_eq!(event.causation_id(), fields.causation_id.as_deref());
+        let json: serde_json::Value = serde_json::from_str(&event.to_json()).expect("valid JSON");
+        prop_assert_eq!(json["aggregate_id"].as_str(), Some(fields.aggregate_id.as_str()));
+    }
+
+    #[test]
+    fn a_flipped_event_is_refused_or_well_formed(fields in owned_fields(), (at, mask) in flip()) {
+        let mut bytes = fields.encode();
+        let at = at % bytes.len();
+        bytes[at] ^= mask;
+        check_event(&bytes);
+    }
+
+    /// The header fixes the total length, so any shorter buffer is refused.
+    #[test]
+    fn a_truncated_event_is_refused(fields in owned_fields(), len in any::<usize>()) {
+        let bytes = fields.encode();
+        let len = len % bytes.len();
+        prop_assert!(check_event(&bytes[..len]).is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+/// A frame as the writer builds it: header, then one record per event.
+fn encode_frame(first_position: u64, events: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for event in events {
+        encode_record(&mut body, event);
+    }
+    let count = u32::try_from(events.len()).expect("few events");
+    let mut frame = FrameHeader::encode(first_position, count, 1, &body).to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn frame() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>)> {
+    (any::<u64>(), prop::collection::vec(owned_fields(), 0..4)).prop_map(|(first, fields)| {
+        let events: Vec<Vec<u8>> = fields.iter().map(OwnedFields::encode).collect();
+        let frame = encode_frame(first, &events);
+        (events, frame)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(DECODER_CASES))]
+
+    #[test]
+    fn frame_decoders_survive_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        check_frame(&bytes);
+    }
+
+    #[test]
+    fn valid_frames_decode((events, frame) in frame()) {
+        prop_assert!(frame_is_valid(&frame));
+        let decoded = check_frame(&frame).expect("a valid frame decodes");
+        let decoded: Vec<&[u8]> = decoded.iter().map(|e| e.as_bytes().as_ref()).collect();
+        let events: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+        prop_assert_eq!(decoded, events);
+    }
+
+    /// CRC32C catches every error burst up to 32 bits; the reserved bytes must be zero. So no
+    /// single damaged byte anywhere in a frame goes unnoticed.
+    #[test]
+    fn a_flipped_byte_in_a_frame_is_always_detected((_, frame) in frame(), (at, mask) in flip()) {
+        let mut frame = frame;
+        let at = at % frame.len();
+        frame[at] ^= mask;
+        check_frame(&frame);
+        prop_assert!(!frame_is_valid(&frame), "flip at {} went unnoticed", at);
+    }
+
+    #[test]
+    fn a_truncated_frame_is_always_detected((_, frame) in frame(), len in any::<usize>()) {
+        let len = len % frame.len();
+        check_frame(&frame[..len]);
+        prop_assert!(!frame_is_valid(&frame[..len]));
+    }
+}
+
+/// `split_records` sized its output by the frame's `event_count` before looking at the body:
+/// a count of `u32::MAX` (a corrupt header whose checksum happens to match, or a fuzzer's
+/// input) asked for 64 GiB and aborted the process.
+#[test]
+fn split_records_does_not_allocate_what_the_event_count_claims() {
+    assert!(split_records(&[], u32::MAX).is_err());
+    let mut body = Vec::new();
+    encode_record(&mut body, &[0u8; 100]);
+    assert!(split_records(&body, u32::MAX).is_err());
+    assert_eq!(split_records(&body, 1).map(|r| r.len()), Ok(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+fn any_damage(files: usize) -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (0..files, any::<usize>(), any::<u8>()).prop_map(|(file, offset, mask)| Damage::Flip {
+            file,
+            offset,
+            mask
+        }),
+        (0..files, any::<usize>()).prop_map(|(file, len)| Damage::Truncate { file, len }),
+        (0..files, prop::collection::vec(any::<u8>(), 1..80))
+            .prop_map(|(file, bytes)| Damage::Append { file, bytes }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(RECOVERY_CASES))]
+
+    /// The brief of recovery: a flipped byte or a cut anywhere in the last segment leaves a
+    /// store that opens with a prefix of the committed events, byte for byte, or refuses with
+    /// `Corruption` naming the segment.
+    #[test]
+    fn damage_to_the_last_segment_keeps_a_prefix_or_is_refused(
+        damage in prop_oneof![
+            (any::<usize>(), 1u8..=255).prop_map(|(offset, mask)| (offset, mask, true)),
+            any::<usize>().prop_map(|len| (len, 0, false)),
+        ]
+    ) {
+        let fixture = log_only();
+        let file = fixture.last_segment().file;
+        let (n, mask, is_flip) = damage;
+        let damage = if is_flip {
+            Damage::Flip { file, offset: n, mask }
+        } else {
+            Damage::Truncate { file, len: n }
+        };
+        let outcome = fixture.run(std::slice::from_ref(&damage));
+        match outcome {
+            damage::Outcome::Opened { head, .. } => prop_assert!(head <= fixture.committed.len() as u64),
+            damage::Outcome::Refused(error) => {
+                let named = matches!(
+                    &error,
+                    factstore_engine::EngineError::Corruption { path, .. }
+                        if path.ends_with(&fixture.files[file].0)
+                );
+                prop_assert!(named, "refused with {}", error);
+            }
+        }
+    }
+
+    /// A damaged last frame is what a crash during its write leaves: never acknowledged, so
+    /// it is cut off and the store opens with everything before it.
+    #[test]
+    fn a_flip_in_the_last_frame_is_a_torn_tail(pick in any::<usize>(), mask in 1u8..=255) {
+        let fixture = log_only();
+        let segment = fixture.last_segment();
+        let last = *segment.frames.last().expect("the last segment has frames");
+        let damage = Damage::Flip { file: segment.file, offset: last.start + pick % (last.end - last.start), mask };
+        prop_assert_eq!(
+            fixture.expect(&damage),
+            Expect::Opens { events: fixture.committed.len() as u64 - last.events }
+        );
+        fixture.run(&[damage]);
+    }
+
+    /// A damaged frame with a valid frame after it cannot be a torn write: refusing is the only
+    /// way not to drop the acknowledged frames after it.
+    #[test]
+    fn a_flip_in_an_earlier_frame_is_refused(pick in any::<usize>(), mask in 1u8..=255) {
+        let fixture = log_only();
+        let segment = fixture.last_segment();
+        let frames = &segment.frames[..segment.frames.len() - 1];
+        let span = frames[0].start..frames[frames.len() - 1].end;
+        let damage = Damage::Flip { file: segment.file, offset: span.start + pick % span.len(), mask };
+        prop_assert_eq!(
+            fixture.expect(&damage),
+            Expect::Refuses { file: Some(fixture.files[segment.file].0.clone()) }
+        );
+        fixture.run(&[damage]);
+    }
+
+    /// Cutting the last segment anywhere keeps exactly the frames that are still whole.
+    #[test]
+    fn truncating_the_last_segment_keeps_the_whole_frames(len in any::<usize>()) {
+        let fixture = log_only();
+        let damage = Damage::Truncate { file: fixture.last_segment().file, len };
+        let expect = fixture.expect(&damage);
+        prop_assert!(matches!(expect, Expect::Opens { .. }), "{:?}", expect);
+        fixture.run(&[damage]);
+    }
+
+    /// Every segment but the last was complete before the next one was started: any damage
+    /// there is corruption.
+    #[test]
+    fn damage_to_an_earlier_segment_is_refused(segment in any::<usize>(), at in any::<usize>(), mask in 1u8..=255) {
+        let fixture = log_only();
+        let segments = &fixture.segments[..fixture.segments.len() - 1];
+        let file = segments[segment % segments.len()].file;
+        let damage = Damage::Flip { file, offset: at, mask };
+        let expect = fixture.expect(&damage);
+        prop_assert!(matches!(expect, Expect::Refuses { .. }), "{:?}", expect);
+        fixture.run(&[damage]);
+    }
+
+    /// Garbage after the last frame (a torn write of a frame that never got its header right)
+    /// is cut off.
+    #[test]
+    fn garbage_after_the_last_frame_is_cut_off(bytes in prop::collection::vec(any::<u8>(), 1..200)) {
+        let fixture = log_only();
+        fixture.run(&[Damage::Append { file: fixture.last_segment().file, bytes }]);
+    }
+
+    /// With runs and a manifest, any one to three damages anywhere: the contract always, and
+    /// the exact outcome for a single damage.
+    #[test]
+    fn any_damage_to_an_indexed_store_keeps_the_contract(
+        damage in prop::collection::vec(any_damage(64), 1..=3)
+    ) {
+        indexed().run(&damage);
+    }
+
+    /// A single damage in the replayed tail of an indexed store, where recovery decides.
+    #[test]
+    fn damage_after_the_index_checkpoint_is_recovered_exactly(pick in any::<usize>(), mask in 1u8..=255) {
+        let fixture = indexed();
+        let segment = fixture.last_segment();
+        let tail = fixture.resume.1..segment.frames.last().expect("frames").end;
+        fixture.run(&[Damage::Flip { file: segment.file, offset: tail.start + pick % tail.len(), mask }]);
+    }
+
+    /// The fuzz target's decoding of raw bytes into damage, on stable.
+    #[test]
+    fn fuzzer_bytes_keep_the_contract(data in prop::collection::vec(any::<u8>(), 0..48)) {
+        let (kind, damage) = Damage::parse(&data);
+        let fixture = match kind {
+            Kind::LogOnly => log_only(),
+            Kind::Indexed => indexed(),
+        };
+        fixture.run(&damage);
+    }
+}
+
+#[test]
+fn fixtures_have_the_shape_the_properties_need() {
+    for fixture in [log_only(), indexed()] {
+        assert!(
+            fixture.segments.len() >= 3,
+            "{:?}: several segments",
+            fixture.kind
+        );
+        assert!(
+            fixture.last_segment().frames.len() >= 3,
+            "{:?}: frames",
+            fixture.kind
+        );
+        let undamaged = fixture.run(&[]);
+        assert!(
+            matches!(undamaged, damage::Outcome::Opened { head, reads_clean: true, verified: true }
+                if head == fixture.committed.len() as u64),
+            "{:?}: the undamaged fixture opens cleanly: {undamaged:?}",
+            fixture.kind
+        );
+    }
+    assert_eq!(
+        log_only().resume.1,
+        factstore_engine::log::format::SEGMENT_HEADER_LEN
+    );
+    assert!(indexed().files.iter().any(|(name, _)| name.ends_with(".run")));
+}
+
+/// What the engine wrote passes every check of the event decoder.
+#[test]
+fn committed_events_pass_the_decoder_checks() {
+    for bytes in &log_only().committed {
+        let event = Event::from_bytes(Bytes::clone(bytes)).expect("committed events decode");
+        check_event(event.as_bytes());
+    }
+}
+
+/// `Log::read_events` reads nearby records with one read that stops at the segment's durable
+/// end, then sliced that chunk at each record's offset. When the index pointed past the end
+/// of a segment (one cut short before the index checkpoint, which start-up does not read), an
+/// aggregate read panicked with "range start index out of range" instead of reporting the
+/// corruption.
+#[test]
+fn reading_a_segment_shorter_than_the_index_says_is_corruption_not_a_panic() {
+    let fixture = indexed();
+    let first = &fixture.segments[0];
+    assert!(
+        first.no < fixture.resume.0,
+        "the first segment lies before the checkpoint"
+    );
+    let middle = first.frames[first.frames.len() / 2];
+    let damage = Damage::Truncate {
+        file: first.file,
+        len: middle.start + 10,
+    };
+    let outcome = fixture.run(&[damage]);
+    assert!(
+        matches!(
+            outcome,
+            damage::Outcome::Opened {
+                reads_clean: false,
+                verified: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// Start-up replays the log from the manifest's checkpoint. When the segment holding the
+/// checkpoint had been cut short below it, recovery read an empty tail and opened with the
+/// head at the checkpoint: the indexed events were gone (every read of them failed), and the
+/// writer would have written its next frame past the end of the file. It must refuse.
+#[test]
+fn a_segment_cut_below_the_index_checkpoint_is_refused() {
+    let fixture = indexed();
+    let segment = fixture.last_segment();
+    assert_eq!(
+        segment.no, fixture.resume.0,
+        "the checkpoint is in the last segment"
+    );
+    let cut = segment
+        .frames
+        .iter()
+        .rfind(|f| f.end <= fixture.resume.1)
+        .expect("an indexed frame in the last segment")
+        .start;
+    let damage = Damage::Truncate {
+        file: segment.file,
+        len: cut,
+    };
+    assert_eq!(fixture.expect(&damage), damage::Expect::Refuses { file: None });
+    let outcome = fixture.run(&[damage]);
+    let damage::Outcome::Refused(factstore_engine::EngineError::Corruption { path, .. }) = &outcome else {
+        panic!("expected a refusal, got {outcome:?}");
+    };
+    assert!(path.ends_with(&fixture.files[segment.file].0), "{outcome:?}");
+}
+
+/// Found by the `recovery` fuzz target. A scan starts at the location the index gives for its
+/// first position and checked that each event follows the one before, but not the first one.
+/// With the first segment cut short (before the index checkpoint, which start-up does not
+/// read) that location lay past the segment's end, so the scan moved on to the next segment
+/// and returned positions 21 onwards as if they were the start: a silent hole, no error.
+#[test]
+fn a_scan_that_starts_in_a_missing_part_of_the_log_is_corruption_not_a_hole() {
+    let fixture = indexed();
+    let first = &fixture.segments[0];
+    // The fuzzer's input (bytes 01 01 00 ff 9c ce f7) cut the first segment to its header and
+    // 7 bytes of its first frame.
+    let damage = [Damage::Truncate {
+        file: first.file,
+        len: factstore_engine::log::format::SEGMENT_HEADER_LEN + 7,
+    }];
+    let outcome = fixture.run(&damage);
+    assert!(
+        matches!(
+            outcome,
+            damage::Outcome::Opened {
+                reads_clean: false,
+                verified: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
