@@ -9,15 +9,22 @@
 //! - **Crashes under concurrent commits**, dropping every unsynced byte or tearing unsynced
 //!   sectors at random (`PartialPersistence`, many seeds), twice in a row: after the reopen,
 //!   acknowledged events are all there byte for byte, positions and versions are dense, and a
-//!   commit is there whole or not at all.
+//!   commit is there whole or not at all. Also a crash at each step of a recovery.
 //! - **Corruption**: a bad frame followed by a good one stops `Engine::open` with an error
 //!   naming the file and the frame's offset; a bad last frame is a torn tail, cut off; a
 //!   damaged run file stops the open or is reported by `verify`, and never makes a read answer
 //!   wrongly.
 //!
-//! Everything is deterministic in its faults (fixed counts and seeds); only the interleaving
-//! of the engine's writer and indexer threads varies between runs, and every assertion holds
-//! for any interleaving.
+//! The faults are deterministic (fixed counts and seeds), and the sequential sweeps wait for
+//! the indexer after each commit so that the Nth operation is the same one on every run. Only
+//! the interleaving of the concurrent writers varies; every assertion holds for any.
+//!
+//! A known limitation is kept as an ignored test
+//! (`restart_after_a_failed_sync_then_power_loss_keeps_later_acknowledged_commits`): like
+//! Linux, `FaultFs` marks the pages of a failed `sync_data` clean without writing them, so a
+//! plain restart after a failed sync recovers the failed group from the page cache and builds
+//! on it; a later power loss then leaves a bad frame before acknowledged ones. The sweeps
+//! below therefore recover from a failed sync by a crash only.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -1426,4 +1433,115 @@ fn assert_reads_right_or_fail(engine: &Engine, expected: &[Vec<u8>], context: &s
             "{context}: read_events answered wrongly"
         );
     }
+}
+
+/// Recovery writes too (it removes an interrupted segment and unlisted index files, cuts a
+/// torn tail): a crash at any of its steps, losing unsynced bytes or tearing them, leaves a
+/// store the next open recovers with every acknowledged event.
+#[test]
+fn a_crash_during_recovery_is_recovered_from() {
+    let disk = FaultFs::new();
+    let expected = filled(&disk, small, 12);
+    let segments = disk.file_names(log_dir());
+    let last = segments.len() as u32;
+    // A torn frame at the end of the last segment: the first half of a copy of its last frame.
+    let path = segment_path(last);
+    let segment = disk.read_file(&path).expect("the last segment");
+    let &(offset, len) = frames(&segment).last().expect("a frame");
+    let torn = &segment[offset as usize..offset as usize + len / 2];
+    let file = disk.open(&path, OpenMode::ReadWrite).expect("open the segment");
+    file.write_all_at(torn, segment.len() as u64).expect("append");
+    file.sync_data().expect("sync");
+    drop(file);
+    // A segment whose creation was cut short, and index files no manifest lists.
+    disk.install_file(segment_path(last + 1), &[0u8; 10])
+        .expect("install");
+    disk.install_file(index_dir().join("000000009999.run"), b"half a run")
+        .expect("install");
+    disk.install_file(index_dir().join("MANIFEST.tmp"), b"half a manifest")
+        .expect("install");
+
+    let mut fired = 0;
+    for k in 0..10u64 {
+        for mode in [CrashMode::DropUnsynced, CrashMode::PartialPersistence { seed: k }] {
+            let context = format!("crash after {k} operations of the recovery, {mode:?}");
+            let copy = FaultFs::new();
+            copy_store(&disk, &copy);
+            let process = Process::start(&copy);
+            process.crash_after(k, false, mode);
+            if let Ok(engine) = Engine::open(Path::new(DIR), small(&process)) {
+                drop(engine);
+            }
+            fired += usize::from(process.crash_report().is_some());
+            process.crash(mode);
+
+            let process = Process::start(&copy);
+            let engine = Engine::open(Path::new(DIR), small(&process))
+                .unwrap_or_else(|e| panic!("{context}: reopening: {e}"));
+            assert_holds_exactly(&engine, &expected, &context);
+            let commit = workload_commit(2, 0);
+            let outcome = engine
+                .commit_blocking(commit.clone().prepare(engine.limits()).expect("valid"))
+                .unwrap_or_else(|e| panic!("{context}: a commit after recovery: {e}"));
+            let mut now = expected.clone();
+            now.extend(expected_bytes(&commit, &outcome));
+            assert_holds_exactly(&engine, &now, &context);
+            engine.close();
+            drop(engine);
+            verify_clean(&copy, &context);
+        }
+    }
+    // The recovery above makes six changes to the disk: k = 0..5 crash inside it, in both modes.
+    assert!(fired >= 8, "the crash points fall inside the recovery: {fired}");
+}
+
+/// A known limitation, kept as a test so that it is not forgotten: after a failed sync, a
+/// plain restart (no crash) recovers the failed group from the page cache, where Linux (and
+/// `FaultFs`) marked it clean without writing it; the next commits are acknowledged after it,
+/// and a later power loss leaves a bad frame followed by good ones, so the store refuses to
+/// open and the commits acknowledged after the restart are out of reach.
+#[test]
+#[ignore = "known limitation: a restart after a failed fsync trusts pages that are not on disk"]
+fn restart_after_a_failed_sync_then_power_loss_keeps_later_acknowledged_commits() {
+    let disk = FaultFs::new();
+    let acked_before = filled(&disk, |p| log_only(p, 1 << 20), 4);
+    let process = Process::start(&disk);
+    let engine = open(log_only(&process, 1 << 20));
+    disk.fail_sync_after(0, Repeat::Once);
+    let failed = workload_commit(3, 0);
+    let error = engine
+        .commit_blocking(failed.clone().prepare(engine.limits()).expect("valid"))
+        .expect_err("the sync fails");
+    assert!(matches!(StoreError::from(error), StoreError::Unavailable(_)));
+    engine.close();
+    drop(engine);
+
+    // A restart, not a crash: the failed group is in the page cache and recovery keeps it.
+    let process = Process::start(&disk);
+    let engine = open(log_only(&process, 1 << 20));
+    let events = all_events(&engine);
+    let kept = events.len() - acked_before.len();
+    let refs: Vec<&Event> = events[acked_before.len()..].iter().collect();
+    assert!(rebuilt_bytes(&failed, &refs) == bytes_of(&events[acked_before.len()..]));
+    let mut after_restart = Vec::new();
+    for i in 0..3 {
+        let commit = workload_commit(4, i);
+        let outcome = engine
+            .commit_blocking(commit.clone().prepare(engine.limits()).expect("valid"))
+            .expect("a commit after the restart");
+        after_restart.extend(expected_bytes(&commit, &outcome));
+    }
+    engine.close();
+    drop(engine);
+    process.crash(CrashMode::DropUnsynced);
+
+    let process = Process::start(&disk);
+    let engine = Engine::open(Path::new(DIR), log_only(&process, 1 << 20))
+        .unwrap_or_else(|e| panic!("the commits acknowledged after the restart ({kept} kept) are lost: {e}"));
+    let events = all_events(&engine);
+    let present = bytes_of(&events);
+    assert!(
+        present.starts_with(&acked_before) && present.ends_with(&after_restart),
+        "the commits acknowledged after the restart survive"
+    );
 }

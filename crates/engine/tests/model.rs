@@ -175,11 +175,15 @@ impl FileSystem for Process {
     }
 }
 
-fn options(process: &Process) -> EngineOptions {
+/// Small enough that a few commits flush a memtable, four flushes merge runs and a few
+/// kilobytes rotate a segment. With `tiny_cache` the writer keeps two aggregates in memory and
+/// looks every other one up in the index (memtables and runs) to check a commit.
+fn options(process: &Process, tiny_cache: bool) -> EngineOptions {
     EngineOptions {
         fs: Arc::new(process.clone()),
         memtable_events_max: 8,
         segment_bytes_max: 4096,
+        aggregate_cache_entries: if tiny_cache { 2 } else { 1024 },
         ..EngineOptions::default()
     }
 }
@@ -511,17 +515,18 @@ struct Harness {
     next_id: u128,
     /// What happened so far, for failure messages.
     step: usize,
+    tiny_cache: bool,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    fn new(tiny_cache: bool) -> Harness {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         let disk = FaultFs::new();
         let process = Process::start(&disk);
-        let engine = Engine::open(Path::new(DIR), options(&process)).expect("open a new engine");
+        let engine = Engine::open(Path::new(DIR), options(&process, tiny_cache)).expect("open a new engine");
         Harness {
             rt,
             disk,
@@ -533,6 +538,7 @@ impl Harness {
             sent: Vec::new(),
             next_id: 0,
             step: 0,
+            tiny_cache,
         }
     }
 
@@ -850,7 +856,7 @@ impl Harness {
 
     fn reopen(&mut self) {
         self.process = Process::start(&self.disk);
-        let engine = Engine::open(Path::new(DIR), options(&self.process))
+        let engine = Engine::open(Path::new(DIR), options(&self.process, self.tiny_cache))
             .unwrap_or_else(|e| panic!("step {}: reopening: {e}", self.step));
         self.engine = Some(EmbeddedStore::new(Arc::new(engine)));
     }
@@ -1147,8 +1153,11 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn engine_answers_like_the_model(ops in prop::collection::vec(op_strategy(), 1..80)) {
-        let mut harness = Harness::new();
+    fn engine_answers_like_the_model(
+        tiny_cache in any::<bool>(),
+        ops in prop::collection::vec(op_strategy(), 1..80),
+    ) {
+        let mut harness = Harness::new(tiny_cache);
         for op in &ops {
             harness.apply(op);
         }
@@ -1161,7 +1170,7 @@ proptest! {
 /// instead of `min(head, to_position)`, and a reader paging with `as_of` never got past it.
 #[test]
 fn regression_read_events_as_of_ended_the_range_early() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::new(false);
     for aggregate in [0, 3, 0, 1] {
         let spec = EventSpec {
             event_type: 1,
