@@ -6,7 +6,8 @@
 //! fsync costs about ten times more then.
 //!
 //! - `append/batch_1000`: one writer appending 1000-event commits.
-//! - `append/concurrent_64`: 64 tasks appending one event each, back to back (group commit).
+//! - `append/batch_1000_x4_writers`: four writers of 1000-event commits at once.
+//! - `append/concurrent/N`: N tasks appending one event per commit, back to back (group commit).
 //! - `read/all`: reading every event in position order, 10,000 per page.
 //! - `read/aggregate_10000`: one aggregate of 10,000 events, interleaved with others.
 //! - `open/N`: start-up of a store of N events (`FACTSTORE_BENCH_OPEN_EVENTS`, default 1,000,000).
@@ -79,6 +80,34 @@ fn append(c: &mut Criterion) {
     let store = Arc::new(EmbeddedStore::new(Arc::new(
         Engine::open(dir.path(), EngineOptions::default()).expect("open"),
     )));
+    // Several writers of 1000-event commits: their commits share groups, and fsyncs.
+    group.throughput(Throughput::Elements(4 * 5 * 1000));
+    group.bench_function("batch_1000_x4_writers", |b| {
+        b.to_async(&runtime).iter(|| {
+            let store = store.clone();
+            async move {
+                let tasks: Vec<_> = (0..4)
+                    .map(|w| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            use factstore_core::EventStore;
+                            for i in 0..5 {
+                                let commit = Commit::single(
+                                    &format!("account:b{w}"),
+                                    ExpectedVersion::Any,
+                                    batch(1000, i),
+                                );
+                                store.commit(commit).await.expect("commit");
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("task");
+                }
+            }
+        });
+    });
     for writers in [16usize, 64] {
         group.throughput(Throughput::Elements(writers as u64 * 100));
         group.bench_with_input(

@@ -183,9 +183,9 @@ impl MemTable {
     /// already ascending. Only the distinct terms and the event ids are sorted.
     pub fn write_run(&self, writer: &mut RunWriter) -> Result<PositionTable> {
         let mut key = Vec::with_capacity(512);
-        let by_term = |a: &&Box<str>, b: &&Box<str>| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()));
+        let by_term = |a: &&str, b: &&str| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()));
         // 'A': aggregates.
-        let mut aggregates: Vec<&Box<str>> = self.aggregates.keys().collect();
+        let mut aggregates: Vec<&str> = self.aggregates.keys().map(|k| &**k).collect();
         aggregates.sort_unstable_by(by_term);
         for aggregate_id in aggregates {
             let tail = &self.aggregates[aggregate_id];
@@ -204,7 +204,7 @@ impl MemTable {
         }
         let write_terms = |kind: TermKind, key: &mut Vec<u8>, writer: &mut RunWriter| -> Result<()> {
             let map = &self.terms[kind.index()];
-            let mut terms: Vec<&Box<str>> = map.keys().collect();
+            let mut terms: Vec<&str> = map.keys().map(|k| &**k).collect();
             terms.sort_unstable_by(by_term);
             for term in terms {
                 for &position in &map[term] {

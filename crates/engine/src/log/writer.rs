@@ -214,11 +214,25 @@ impl Writer {
             return Err(EngineError::Options("a segment may not grow past 4 GiB".into()));
         }
         let path = &self.segment.path;
-        self.segment
+        let stored = self
+            .segment
             .file
             .write_all_at(&self.frame, frame_offset)
-            .map_err(EngineError::io(path))?;
-        self.segment.file.sync_data().map_err(EngineError::io(path))?;
+            .and_then(|()| self.segment.file.sync_data());
+        if let Err(error) = stored {
+            // After a failed write or sync the kernel may keep the frame's pages marked clean
+            // though they never reached the disk. A restart would then read the frame back as
+            // valid and append after it, and a later power loss would leave a hole before
+            // acknowledged frames. Cutting the file back drops those pages; if the cut does
+            // not reach the disk either, recovery sees at worst a torn tail.
+            if let Err(cut) = self.segment.file.set_len(frame_offset) {
+                tracing::error!(%cut, file = %path.display(), "could not cut back a failed frame");
+            }
+            return Err(EngineError::Io {
+                path: path.clone(),
+                source: error,
+            });
+        }
 
         // Durable: index, then publish. The fields come from the requests, in the order their
         // records were encoded, so nothing is decoded again.
@@ -254,17 +268,32 @@ impl Writer {
         let dir = self.shared.log_dir();
         let path = dir.join(segment_file_name(no));
         let fs = &self.shared.fs;
-        let file = fs
-            .open(&path, OpenMode::CreateNew)
-            .map_err(EngineError::io(&path))?;
         let header = SegmentHeader {
             segment_no: no,
             first_position,
         }
         .encode();
-        file.write_all_at(&header, 0).map_err(EngineError::io(&path))?;
-        file.sync_data().map_err(EngineError::io(&path))?;
-        fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
+        let created = fs
+            .open(&path, OpenMode::CreateNew)
+            .map_err(EngineError::io(&path));
+        let file = created.and_then(|file| {
+            file.write_all_at(&header, 0).map_err(EngineError::io(&path))?;
+            file.sync_data().map_err(EngineError::io(&path))?;
+            fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
+            Ok(file)
+        });
+        let file = match file {
+            Ok(file) => file,
+            Err(error) => {
+                // A header whose sync failed may sit in the page cache marked clean: a restart
+                // would see a valid segment that a later power loss empties under frames
+                // written after it. Remove the file, so a restart starts the segment again.
+                if fs.remove_file(&path).is_ok() {
+                    let _ = fs.sync_dir(&dir);
+                }
+                return Err(error);
+            }
+        };
         let segment = Arc::new(Segment {
             no,
             first_position,
