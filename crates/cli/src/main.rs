@@ -14,6 +14,11 @@ use factstore_engine::io::StdFileSystem;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 
+// The store allocates and frees on different threads (requests on the runtime's workers, their
+// events dropped by the writer); mimalloc handles that far better than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "factstore",

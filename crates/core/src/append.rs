@@ -296,7 +296,12 @@ fn identifier_problem(value: &str, max: usize) -> Option<String> {
     if value.len() > max {
         return Some(format!("may be at most {max} bytes, got {}", value.len()));
     }
-    if value.chars().any(char::is_control) {
+    // Printable ASCII (the common case) has no control character; only otherwise look at chars.
+    let printable_ascii = !value
+        .as_bytes()
+        .chunks(64)
+        .any(|c| c.iter().fold(false, |bad, &b| bad | !(0x20..0x7f).contains(&b)));
+    if !printable_ascii && value.chars().any(char::is_control) {
         return Some("must not contain control characters".to_owned());
     }
     None

@@ -23,6 +23,10 @@ use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 use serde_json::json;
 
+// As in the `factstore` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn payload(i: usize) -> serde_json::Value {
     // About 200 bytes of JSON.
     json!({"amount": i, "currency": "USD", "account": format!("ACC-{:06}", i % 1000),
@@ -91,12 +95,10 @@ fn append(c: &mut Criterion) {
                         let store = store.clone();
                         tokio::spawn(async move {
                             use factstore_core::EventStore;
-                            for i in 0..5 {
-                                let commit = Commit::single(
-                                    &format!("account:b{w}"),
-                                    ExpectedVersion::Any,
-                                    batch(1000, i),
-                                );
+                            let events = batch(1000, w);
+                            let aggregate = format!("account:b{w}");
+                            for _ in 0..5 {
+                                let commit = Commit::single(&aggregate, ExpectedVersion::Any, events.clone());
                                 store.commit(commit).await.expect("commit");
                             }
                         })
@@ -122,12 +124,12 @@ fn append(c: &mut Criterion) {
                                 let store = store.clone();
                                 tokio::spawn(async move {
                                     use factstore_core::EventStore;
-                                    for i in 0..100 {
-                                        let commit = Commit::single(
-                                            &format!("account:{w}"),
-                                            ExpectedVersion::Any,
-                                            batch(1, i),
-                                        );
+                                    // Built once: the benchmark measures the store, not serde_json.
+                                    let events = batch(1, w);
+                                    let aggregate = format!("account:{w}");
+                                    for _ in 0..100 {
+                                        let commit =
+                                            Commit::single(&aggregate, ExpectedVersion::Any, events.clone());
                                         store.commit(commit).await.expect("commit");
                                     }
                                 })

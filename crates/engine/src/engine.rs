@@ -433,7 +433,7 @@ impl Engine {
             poison: Mutex::new(None),
         });
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
-        let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest, options.memtable_events_max);
+        let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest);
         let indexer_thread = std::thread::Builder::new()
             .name("factstore-indexer".into())
             .spawn(move || indexer.run(flush_rx))

@@ -1,6 +1,9 @@
 //! The indexer thread: writes frozen memtables to run files, checkpoints the manifest, and
 //! merges runs so that their number stays small.
 //!
+//! The writer freezes the memtable between two groups, when it holds only durable events, and
+//! sends it here; this thread never freezes one itself.
+//!
 //! # Order of a flush (each step durable before the next)
 //! 1. Write the run file and `sync_data` it; `sync_dir` the index folder.
 //! 2. Store the manifest naming the run and the new checkpoint (atomic replace, see
@@ -34,29 +37,20 @@ const MERGE_FAN_IN: usize = 4;
 pub struct Indexer {
     shared: Arc<Shared>,
     manifest: Manifest,
-    memtable_events_max: usize,
 }
 
 impl Indexer {
-    pub fn new(shared: Arc<Shared>, manifest: Manifest, memtable_events_max: usize) -> Indexer {
-        Indexer {
-            shared,
-            manifest,
-            memtable_events_max,
-        }
+    pub fn new(shared: Arc<Shared>, manifest: Manifest) -> Indexer {
+        Indexer { shared, manifest }
     }
 
-    /// Runs until the writer hangs up.
-    pub fn run(mut self, requests: Receiver<()>) {
-        while requests.recv().is_ok() {
+    /// Runs until the writer hangs up, writing each memtable the writer froze.
+    pub fn run(mut self, frozen: Receiver<Arc<MemTable>>) {
+        while let Ok(memtable) = frozen.recv() {
             if self.shared.poisoned().is_some() {
                 continue;
             }
-            let full = self.shared.index.state.read().active.len() >= self.memtable_events_max;
-            if !full {
-                continue;
-            }
-            if let Err(error) = self.flush().and_then(|()| self.compact()) {
+            if let Err(error) = self.flush(&memtable).and_then(|()| self.compact()) {
                 let reason = format!("index checkpoint failed: {error}");
                 tracing::error!(%reason, "the store is poisoned and accepts no more writes");
                 self.shared.poison(reason);
@@ -64,12 +58,9 @@ impl Indexer {
         }
     }
 
-    /// Writes the active memtable to a run (see the module docs for the order).
-    pub fn flush(&mut self) -> Result<()> {
-        let Some(frozen) = self.shared.index.freeze() else {
-            return Ok(());
-        };
-        let source = self.write_run(&frozen)?;
+    /// Writes a frozen memtable to a run (see the module docs for the order).
+    pub fn flush(&mut self, frozen: &Arc<MemTable>) -> Result<()> {
+        let source = self.write_run(frozen)?;
         let mut next = self.manifest.clone();
         next.indexed_through = frozen.last_position();
         next.resume = frozen.end().0;
@@ -82,7 +73,7 @@ impl Indexer {
         });
         next.store(&*self.shared.fs, &self.shared.index_dir())?;
         self.manifest = next;
-        self.shared.index.replace_frozen(&frozen, Arc::new(source));
+        self.shared.index.replace_frozen(frozen, Arc::new(source));
         Ok(())
     }
 

@@ -49,13 +49,18 @@ pub struct MemTable {
 impl MemTable {
     /// An empty memtable whose first event will be at `first_position`, located at or after `end`.
     pub fn new(first_position: u64, end: Loc) -> MemTable {
+        Self::with_capacity(first_position, end, 0)
+    }
+
+    /// An empty memtable with room for `events` events, so that filling it never rehashes.
+    pub fn with_capacity(first_position: u64, end: Loc, events: usize) -> MemTable {
         MemTable {
             first_position,
-            locs: Vec::new(),
-            created: Vec::new(),
-            recorded: Vec::new(),
+            locs: Vec::with_capacity(events),
+            created: Vec::with_capacity(events),
+            recorded: Vec::with_capacity(events),
             aggregates: HashMap::default(),
-            event_ids: HashMap::default(),
+            event_ids: HashMap::with_capacity_and_hasher(events, RandomState::default()),
             terms: Default::default(),
             end,
         }

@@ -358,7 +358,8 @@ impl Index {
         if state.active.is_empty() {
             return None;
         }
-        let next = MemTable::new(state.active.last_position() + 1, state.active.end());
+        let capacity = state.active.len();
+        let next = MemTable::with_capacity(state.active.last_position() + 1, state.active.end(), capacity);
         let frozen = Arc::new(std::mem::replace(&mut state.active, next));
         state.frozen.push(frozen.clone());
         Some(frozen)

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::engine::Shared;
 use crate::error::{EngineError, Result};
+use crate::index::memtable::MemTable;
 use crate::io::OpenMode;
 use crate::log::format::{
     FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
@@ -44,6 +45,9 @@ pub struct WriteRequest {
     pub commit: PreparedCommit,
     pub reply: oneshot::Sender<Result<CommitOutcome>>,
 }
+
+/// Frozen memtables waiting for the indexer before the writer waits too.
+const FROZEN_MAX: usize = 4;
 
 /// Group limits: a group is cut when either is reached.
 const GROUP_EVENTS_MAX: usize = 64 * 1024;
@@ -59,9 +63,10 @@ struct AggregateState {
 /// Commits of the current group, not yet durable: later commits of the group see them.
 #[derive(Default)]
 struct Pending {
-    aggregates: HashMap<String, AggregateState>,
-    /// Event id → its record's range in the frame body.
-    event_ids: HashMap<Uuid, Range<usize>>,
+    aggregates: HashMap<String, AggregateState, foldhash::fast::RandomState>,
+    /// Client-chosen event id → its record's range in the frame body. Ids the store generated
+    /// cannot be named by another commit of the same group: no client has seen them yet.
+    event_ids: HashMap<Uuid, Range<usize>, foldhash::fast::RandomState>,
     /// Every record of the group: range in the frame body.
     records: Vec<Range<usize>>,
 }
@@ -77,7 +82,7 @@ pub struct Writer {
     cache_entries_max: usize,
     segment_bytes_max: u64,
     memtable_events_max: usize,
-    flush: std::sync::mpsc::Sender<()>,
+    flush: std::sync::mpsc::Sender<Arc<MemTable>>,
     /// Reused between groups: the frame being built (header space first).
     frame: Vec<u8>,
 }
@@ -104,7 +109,7 @@ impl Writer {
         shared: Arc<Shared>,
         start: WriterStart,
         options: &crate::EngineOptions,
-        flush: std::sync::mpsc::Sender<()>,
+        flush: std::sync::mpsc::Sender<Arc<MemTable>>,
     ) -> Writer {
         Writer {
             shared,
@@ -214,18 +219,18 @@ impl Writer {
             return Err(EngineError::Options("a segment may not grow past 4 GiB".into()));
         }
         let path = &self.segment.path;
-        let stored = self
-            .segment
-            .file
+        let file = &self.segment.file;
+        let segment_no = self.segment.no;
+        let synced = file
             .write_all_at(&self.frame, frame_offset)
-            .and_then(|()| self.segment.file.sync_data());
-        if let Err(error) = stored {
+            .and_then(|()| file.sync_data());
+        if let Err(error) = synced {
             // After a failed write or sync the kernel may keep the frame's pages marked clean
             // though they never reached the disk. A restart would then read the frame back as
             // valid and append after it, and a later power loss would leave a hole before
             // acknowledged frames. Cutting the file back drops those pages; if the cut does
             // not reach the disk either, recovery sees at worst a torn tail.
-            if let Err(cut) = self.segment.file.set_len(frame_offset) {
+            if let Err(cut) = file.set_len(frame_offset) {
                 tracing::error!(%cut, file = %path.display(), "could not cut back a failed frame");
             }
             return Err(EngineError::Io {
@@ -233,33 +238,45 @@ impl Writer {
                 source: error,
             });
         }
-
         // Durable: index, then publish. The fields come from the requests, in the order their
         // records were encoded, so nothing is decoded again.
         {
             let mut state = self.shared.index.state.write();
             let mut records = pending.records.iter();
-            for (request, outcome) in written {
+            for (request, outcome) in &written {
                 for (append, appended) in request.commit.appends.iter().zip(&outcome.appends) {
                     for (event, at) in append.events.iter().zip(&appended.events) {
                         let range = records.next().expect("one record per written event");
                         let offset = frame_offset as usize + range.start - RECORD_HEADER_LEN;
-                        let loc = Loc::new(self.segment.no, offset as u32);
                         let fields = event.fields(&append.aggregate_id, at.position, at.version, recorded_at);
-                        state.active.insert(&fields, loc);
+                        state.active.insert(&fields, Loc::new(segment_no, offset as u32));
                     }
                 }
             }
-            state.active.set_end(Loc::new(self.segment.no, end as u32));
-            if state.active.len() >= self.memtable_events_max {
-                let _ = self.flush.send(());
-            }
+            state.active.set_end(Loc::new(segment_no, end as u32));
         }
         self.write_offset = end;
         self.segment.durable_len.store(end, Ordering::Release);
         self.last_recorded_at = recorded_at;
         self.shared.publish_head(self.next_position - 1, recorded_at);
+        self.freeze_when_full();
         Ok(())
+    }
+
+    /// Hands a full memtable to the indexer. Freezing here, between groups, makes a memtable
+    /// end at a frame boundary, which is where the manifest's checkpoint resumes the log. When
+    /// the indexer falls behind by [`FROZEN_MAX`] memtables, the writer waits for it, so memory
+    /// stays bounded.
+    fn freeze_when_full(&mut self) {
+        if self.shared.index.state.read().active.len() < self.memtable_events_max {
+            return;
+        }
+        while self.shared.index.state.read().frozen.len() >= FROZEN_MAX && self.shared.poisoned().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if let Some(frozen) = self.shared.index.freeze() {
+            let _ = self.flush.send(frozen);
+        }
     }
 
     /// Starts a new segment whose first event will be `first_position`.
@@ -382,7 +399,9 @@ impl Writer {
                 self.frame[start - 8..start - 4].copy_from_slice(&len.to_le_bytes());
                 self.frame[start - 4..start].copy_from_slice(&crc.to_le_bytes());
                 pending.records.push(start..end);
-                pending.event_ids.insert(event.event_id, start..end);
+                if event.client_event_id {
+                    pending.event_ids.insert(event.event_id, start..end);
+                }
                 events.push(AppendedEvent {
                     event_id: event.event_id,
                     version: state.version,
