@@ -103,6 +103,16 @@ impl Bloom {
     }
 
     /// The number of probes per key, `k`.
+    /// An estimate of how many distinct keys were inserted, from the share of bits set
+    /// (n ≈ −m/k · ln(1 − X/m)); used to size the filter of a merged run.
+    pub fn estimated_items(&self) -> u64 {
+        let m = self.bit_count() as f64;
+        let set: u64 = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
+        let fraction = (set as f64 / m).min(1.0 - 1e-9);
+        let k = f64::from(self.hash_count.max(1));
+        (-(m / k) * (1.0 - fraction).ln()).ceil() as u64
+    }
+
     pub fn hash_count(&self) -> u32 {
         self.hash_count
     }
@@ -176,6 +186,21 @@ fn word_index(bit: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn estimates_how_many_keys_it_holds() {
+        for (capacity, inserted) in [(10_000usize, 10_000u64), (30_000, 10_000), (1_000, 100)] {
+            let mut bloom = Bloom::with_capacity(capacity);
+            for i in 0..inserted {
+                bloom.insert(&i.to_le_bytes());
+                // Inserting a key twice does not count it twice.
+                bloom.insert(&i.to_le_bytes());
+            }
+            let estimate = bloom.estimated_items();
+            assert!(estimate.abs_diff(inserted) * 20 <= inserted, "{estimate} for {inserted} keys");
+        }
+    }
+
     use super::*;
 
     fn key(i: u64) -> Vec<u8> {

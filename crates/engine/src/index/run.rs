@@ -425,6 +425,11 @@ impl Run {
 
     /// False if no key of the run has this bloom key (as chosen by the writer's
     /// [`BloomKeyFn`]); true if one probably has.
+    /// About how many distinct keys the bloom filter holds.
+    pub fn bloom_items(&self) -> u64 {
+        self.meta.bloom.estimated_items()
+    }
+
     pub fn may_contain(&self, bloom_key: &[u8]) -> bool {
         self.meta.bloom.may_contain(bloom_key)
     }
@@ -934,7 +939,10 @@ pub fn merge_runs(
     extra: &[u8],
 ) -> Result<RunInfo> {
     let expected: u64 = inputs.iter().map(|run| run.entries()).sum();
-    let expected_keys = usize::try_from(expected).unwrap_or(usize::MAX);
+    // Size the filter by the distinct bloom keys of the inputs, not by their entries: an
+    // aggregate or a term has many entries but one bloom key.
+    let bloom_items: u64 = inputs.iter().map(|run| run.bloom_items()).sum();
+    let expected_keys = usize::try_from(bloom_items.min(expected)).unwrap_or(usize::MAX);
     let mut writer = RunWriter::create(fs, path, expected_keys, bloom_key)?;
     let result = merge_into(&mut writer, inputs).and_then(|()| writer.finish(extra));
     match result {
