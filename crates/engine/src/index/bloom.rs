@@ -197,7 +197,10 @@ mod tests {
                 bloom.insert(&i.to_le_bytes());
             }
             let estimate = bloom.estimated_items();
-            assert!(estimate.abs_diff(inserted) * 20 <= inserted, "{estimate} for {inserted} keys");
+            assert!(
+                estimate.abs_diff(inserted) * 20 <= inserted,
+                "{estimate} for {inserted} keys"
+            );
         }
     }
 
