@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::event::EventFields;
+use crate::event::{Event, EventFields};
 use crate::json::{compact_json, compact_json_owned};
 use crate::limits::Limits;
 use crate::query::EventFilter;
@@ -313,6 +313,68 @@ pub struct PreparedCommit {
     pub appends: Vec<PreparedAppend>,
     pub condition: Option<Condition>,
     pub event_count: usize,
+}
+
+impl PreparedCommit {
+    /// The idempotency rule, given what the store holds for each event of the commit (in
+    /// commit order: the stored event with the same client-chosen id, or `None`).
+    ///
+    /// `Ok(None)`: no id is stored, the commit goes on. `Ok(Some(outcome))`: a full retry; the
+    /// outcome repeats the stored positions with `created == false`. `Err(DuplicateEventId)`:
+    /// any other overlap, naming the first stored id met in commit order.
+    pub fn replayed_outcome(&self, stored: Vec<Option<Event>>) -> Result<Option<CommitOutcome>, StoreError> {
+        let Some(first_stored) = stored.iter().flatten().next().map(Event::event_id) else {
+            return Ok(None);
+        };
+        let duplicate = |reason: &str| StoreError::DuplicateEventId {
+            event_id: first_stored,
+            reason: reason.to_owned(),
+        };
+        if stored.len() != self.event_count || stored.iter().any(Option::is_none) {
+            return Err(duplicate("the request mixes new events with stored ones"));
+        }
+        let mut stored = stored.into_iter().flatten();
+        let mut appends = Vec::with_capacity(self.appends.len());
+        let mut last_position = 0;
+        for append in &self.appends {
+            let mut events = Vec::with_capacity(append.events.len());
+            let mut previous: Option<u64> = None;
+            for event in &append.events {
+                let Some(stored) = stored.next() else {
+                    return Err(duplicate("the request mixes new events with stored ones"));
+                };
+                if stored.aggregate_id() != append.aggregate_id {
+                    return Err(duplicate("it is stored in another aggregate"));
+                }
+                if previous.is_some_and(|v| v + 1 != stored.version()) {
+                    return Err(duplicate(
+                        "the stored events are not at consecutive versions in this order",
+                    ));
+                }
+                if !event.same_content_as(&stored) {
+                    return Err(duplicate("the stored event has different content"));
+                }
+                previous = Some(stored.version());
+                last_position = stored.position();
+                events.push(AppendedEvent {
+                    event_id: stored.event_id(),
+                    version: stored.version(),
+                    position: stored.position(),
+                    recorded_at: stored.recorded_at(),
+                });
+            }
+            appends.push(AppendedAggregate {
+                aggregate_id: append.aggregate_id.clone(),
+                version: previous.unwrap_or(0),
+                events,
+            });
+        }
+        Ok(Some(CommitOutcome {
+            created: false,
+            position: last_position,
+            appends,
+        }))
+    }
 }
 
 /// A validated append to one aggregate.

@@ -461,14 +461,18 @@ impl Engine {
         &self.shared.limits
     }
 
-    /// Appends a validated commit; resolves once it is durable.
-    pub async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
+    /// The writer's queue, unless the store is poisoned or closed.
+    fn writer_queue(&self) -> Result<mpsc::Sender<WriteRequest>> {
         if let Some(reason) = self.shared.poisoned() {
             return Err(EngineError::Poisoned(reason));
         }
-        let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
+        self.requests.lock().clone().ok_or(EngineError::Closed)
+    }
+
+    /// Appends a validated commit; resolves once it is durable.
+    pub async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
         let (reply, answer) = oneshot::channel();
-        sender
+        self.writer_queue()?
             .send(WriteRequest { commit, reply })
             .await
             .map_err(|_| EngineError::Closed)?;
@@ -477,12 +481,8 @@ impl Engine {
 
     /// Blocking form of [`Engine::commit_prepared`], for callers outside an async runtime.
     pub fn commit_blocking(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
-        if let Some(reason) = self.shared.poisoned() {
-            return Err(EngineError::Poisoned(reason));
-        }
-        let sender = self.requests.lock().clone().ok_or(EngineError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender
+        self.writer_queue()?
             .blocking_send(WriteRequest { commit, reply })
             .map_err(|_| EngineError::Closed)?;
         answer.blocking_recv().map_err(|_| EngineError::Closed)?

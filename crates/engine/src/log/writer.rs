@@ -437,7 +437,8 @@ impl Writer {
         }
     }
 
-    /// The idempotency rule: `Some(outcome)` for a full retry, an error for any other overlap.
+    /// The idempotency rule (see [`PreparedCommit::replayed_outcome`]): `Some(outcome)` for a
+    /// full retry, an error for any other overlap.
     fn check_idempotency(&self, commit: &PreparedCommit, pending: &Pending) -> Result<Option<CommitOutcome>> {
         let mut any_client_id = false;
         let mut found: Vec<Option<Event>> = Vec::with_capacity(commit.event_count);
@@ -451,66 +452,10 @@ impl Writer {
                 }
             }
         }
-        if !any_client_id || found.iter().all(Option::is_none) {
+        if !any_client_id {
             return Ok(None);
         }
-        let first_stored = found
-            .iter()
-            .flatten()
-            .next()
-            .map(Event::event_id)
-            .unwrap_or_default();
-        let duplicate = |reason: &str| -> EngineError {
-            StoreError::DuplicateEventId {
-                event_id: first_stored,
-                reason: reason.to_owned(),
-            }
-            .into()
-        };
-        if found.iter().any(Option::is_none) {
-            return Err(duplicate("the request mixes new events with stored ones"));
-        }
-        let mut stored = found.into_iter().flatten();
-        let mut appends = Vec::with_capacity(commit.appends.len());
-        let mut last_position = 0;
-        for append in &commit.appends {
-            let mut events = Vec::with_capacity(append.events.len());
-            let mut previous: Option<u64> = None;
-            for event in &append.events {
-                let Some(stored) = stored.next() else {
-                    return Err(duplicate("internal: fewer stored events than ids"));
-                };
-                if stored.aggregate_id() != append.aggregate_id {
-                    return Err(duplicate("it is stored in another aggregate"));
-                }
-                if previous.is_some_and(|v| v + 1 != stored.version()) {
-                    return Err(duplicate(
-                        "the stored events are not at consecutive versions in this order",
-                    ));
-                }
-                if !event.same_content_as(&stored) {
-                    return Err(duplicate("the stored event has different content"));
-                }
-                previous = Some(stored.version());
-                last_position = stored.position();
-                events.push(AppendedEvent {
-                    event_id: stored.event_id(),
-                    version: stored.version(),
-                    position: stored.position(),
-                    recorded_at: stored.recorded_at(),
-                });
-            }
-            appends.push(AppendedAggregate {
-                aggregate_id: append.aggregate_id.clone(),
-                version: previous.unwrap_or(0),
-                events,
-            });
-        }
-        Ok(Some(CommitOutcome {
-            created: false,
-            position: last_position,
-            appends,
-        }))
+        Ok(commit.replayed_outcome(found)?)
     }
 
     fn aggregate_state(&mut self, aggregate_id: &str, pending: &Pending) -> Result<Option<AggregateState>> {
