@@ -114,13 +114,7 @@ impl Shared {
         if after < end {
             let filter = &query.filter;
             let driven = if let Some(aggregate_id) = &filter.aggregate_id {
-                let entries = self.index.aggregate_entries(aggregate_id, 1, u64::MAX, end)?;
-                let list: Vec<(u64, Loc)> = entries
-                    .into_iter()
-                    .filter(|(_, p, _)| *p > after)
-                    .map(|(_, p, l)| (p, l))
-                    .collect();
-                self.collect_candidates(vec![list], None, query, limit, &mut events)?;
+                self.aggregate_driven(aggregate_id, query, after, end, limit, &mut events)?;
                 true
             } else if let Some(term) = filter
                 .correlation_id
@@ -155,6 +149,56 @@ impl Shared {
             next_after_position,
             head_position: head,
         })
+    }
+
+    /// Reads one aggregate's events in position order from its index entries: finds the first
+    /// version past `after` by binary search (versions rise with positions), then pages forward,
+    /// so a page costs the same at the start and at the end of a long aggregate.
+    fn aggregate_driven(
+        &self,
+        aggregate_id: &str,
+        query: &EventQuery,
+        after: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<()> {
+        const BATCH: u64 = 1024;
+        let Some(last) = self.index.aggregate_last(aggregate_id, end)? else {
+            return Ok(());
+        };
+        let (mut lo, mut hi) = (1u64, last.version + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let position = self
+                .index
+                .aggregate_entries(aggregate_id, mid, mid, end)?
+                .first()
+                .map(|e| e.1);
+            match position {
+                Some(position) if position > after => hi = mid,
+                Some(_) => lo = mid + 1,
+                None => {
+                    return Err(StoreError::Internal(format!(
+                        "aggregate '{aggregate_id}' has no version {mid} in the index"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let mut version = lo;
+        while version <= last.version && out.len() < limit {
+            let batch_end = last.version.min(version + BATCH - 1);
+            let list: Vec<(u64, Loc)> = self
+                .index
+                .aggregate_entries(aggregate_id, version, batch_end, end)?
+                .into_iter()
+                .map(|(_, position, loc)| (position, loc))
+                .collect();
+            self.collect_candidates(vec![list], None, query, limit, out)?;
+            version = batch_end + 1;
+        }
+        Ok(())
     }
 
     /// Pages through term index entries, reads the candidates, keeps those that match.
