@@ -6,6 +6,10 @@
 //! is written out in the order the doc states it, with linear scans where an index would only
 //! add room for mistakes. If the model and a backend disagree, the doc decides which is wrong.
 //!
+//! The model writes its own idempotency check rather than calling
+//! `PreparedCommit::replayed_outcome`, which the backends share: a reference that borrowed the
+//! code under test could not catch a bug in it.
+//!
 //! Where the doc is silent the model chooses the plainest reading, and says so:
 //! - a read with `limit == 0` is `InvalidRequest` (a page that can hold nothing cannot page);
 //! - an aggregate read with `from_version == Some(0)` is `InvalidRequest` (versions start at 1);

@@ -145,12 +145,6 @@ impl MemTable {
             .copied()
     }
 
-    pub fn created_at(&self, position: u64) -> Option<i64> {
-        self.created
-            .get(usize::try_from(position.checked_sub(self.first_position)?).ok()?)
-            .copied()
-    }
-
     /// The last position whose `recorded_at` is at most `micros`, if any is in this memtable.
     pub fn last_recorded_at_or_before(&self, micros: i64) -> Option<u64> {
         let count = self.recorded.partition_point(|&r| r <= micros);

@@ -305,8 +305,9 @@ impl Index {
         None
     }
 
-    /// Whether every event in `position..end` is known to lie outside `created_at` bounds, and
-    /// where the zone-mapped block around `position` ends. Used to skip blocks in time scans.
+    /// The zone map of the run block holding `position`: the least and greatest `created_at`
+    /// in the block and the position where the block ends. `None` for positions not in a run
+    /// (the memtables have no zone maps; their events are scanned). Lets time scans skip blocks.
     pub fn created_block(&self, position: u64) -> Option<(i64, i64, u64)> {
         let state = self.state.read();
         for source in state.runs.iter().rev() {

@@ -17,7 +17,7 @@ mod std_fs;
 
 use std::fmt::Debug;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub use std_fs::StdFileSystem;
@@ -67,9 +67,4 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Takes an exclusive lock on the data folder for the life of the returned guard, so that
     /// two processes never write the same store. A file system without processes may no-op.
     fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn Debug + Send + Sync>>;
-}
-
-/// `dir/name`.
-pub fn child(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }

@@ -427,9 +427,7 @@ impl Writer {
     fn find_event(&self, event_id: Uuid, pending: &Pending) -> Result<Option<Event>> {
         if let Some(range) = pending.event_ids.get(&event_id) {
             let bytes = Bytes::copy_from_slice(&self.frame[range.clone()]);
-            return Ok(Some(
-                Event::from_bytes(bytes).map_err(|e| EngineError::Options(e.to_string()))?,
-            ));
+            return Ok(Some(Event::from_bytes(bytes).map_err(pending_decode)?));
         }
         match self.shared.index.event_id(event_id, u64::MAX)? {
             Some((_, loc)) => Ok(Some(self.shared.log.read_event(loc)?)),
@@ -489,13 +487,18 @@ impl Writer {
         }
         for range in &pending.records {
             let event = Event::from_bytes(Bytes::copy_from_slice(&self.frame[range.clone()]))
-                .map_err(|e| EngineError::Options(e.to_string()))?;
+                .map_err(pending_decode)?;
             if event.position() > after && filter.matches(&event) {
                 return Ok(Some(event.position()));
             }
         }
         Ok(None)
     }
+}
+
+/// A record this writer encoded a moment ago does not decode: a bug, not a client's error.
+fn pending_decode(error: factstore_core::event::DecodeError) -> EngineError {
+    StoreError::Internal(format!("a pending record does not decode: {error}")).into()
 }
 
 /// An estimate of a commit's encoded size, to bound a group.
