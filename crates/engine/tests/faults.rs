@@ -1568,6 +1568,7 @@ fn restart_after_a_failed_sync_during_rotation_keeps_later_acknowledged_commits(
                         matches!(StoreError::from(error), StoreError::Unavailable(_)),
                         "k={k}"
                     );
+                    failed += 1;
                     break;
                 }
             }
@@ -1607,4 +1608,8 @@ fn restart_after_a_failed_sync_during_rotation_keeps_later_acknowledged_commits(
             "k={k}: every acknowledged event survives"
         );
     }
+    assert!(
+        failed >= 6,
+        "the injected failures land inside the commits: {failed}"
+    );
 }
