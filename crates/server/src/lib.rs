@@ -25,6 +25,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use factstore_core::EventStore;
+use tokio_util::sync::CancellationToken;
 
 pub mod append;
 pub mod error;
@@ -47,6 +48,9 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     /// The server's own options.
     pub config: Arc<ServerConfig>,
+    /// Cancelled when the server begins to shut down. Long-lived responses (subscriptions)
+    /// watch it to tell their clients and end, so that the graceful drain can finish.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,6 +67,7 @@ impl AppState {
         AppState {
             store,
             config: Arc::new(config),
+            shutdown: CancellationToken::new(),
         }
     }
 }
