@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod serve;
 mod verify;
 
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(serve::ServeArgs),
+    /// Load a running server and report throughput and latency (a load generator).
+    Bench(bench::BenchArgs),
     /// Check every record and index entry of a data folder (offline: stop the server first).
     Verify {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Verify { data_dir } => verify::run(&data_dir),
     };
     match result {
