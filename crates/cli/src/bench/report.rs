@@ -209,9 +209,10 @@ fn nested(out: &mut String, indent: usize, key: &str, value: &Value) {
 fn plain(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
-        Value::Number(n) => match n.as_u64() {
-            Some(n) => group(n),
-            None => n.to_string(),
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => group(n),
+            (None, Some(x)) => format!("{x:.1}"),
+            _ => n.to_string(),
         },
         Value::Null => "-".to_owned(),
         other => other.to_string(),
