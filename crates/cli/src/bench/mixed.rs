@@ -195,6 +195,7 @@ impl Live {
                 "event" => self.event(message.id.as_deref(), &message.data),
                 "caught_up" => step = Step::CaughtUp,
                 "shutdown" => bail!("the server is shutting down: {}", message.data),
+                "error" => bail!("the server sent an error: {}", message.data),
                 _ => {}
             }
         }

@@ -167,7 +167,7 @@ async fn follow(
             Ok(None) => {
                 return Err((
                     "stream ended".to_owned(),
-                    "the stream ended before caught_up".to_owned(),
+                    "the stream ended before caught_up (--verify shows why)".to_owned(),
                 ));
             }
             Err(e) => return Err(("connection".to_owned(), e)),
@@ -201,6 +201,12 @@ async fn follow(
                         return Err((
                             "shutdown".to_owned(),
                             format!("the server is shutting down: {}", message.data),
+                        ));
+                    }
+                    "error" => {
+                        return Err((
+                            "stream error".to_owned(),
+                            format!("the server sent an error: {}", message.data),
                         ));
                     }
                     _ => {}
