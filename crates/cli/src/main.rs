@@ -33,6 +33,12 @@ enum Command {
     /// Run the server.
     Serve(serve::ServeArgs),
     /// Load a running server and report throughput and latency (a load generator).
+    ///
+    /// Every workload prints its parameters with its results, and the head position before and
+    /// after, so that a saved result describes itself. Exits with status 1 if a request failed
+    /// or --verify found a problem (conflicts of --expected-version are not failures). On a
+    /// shared machine the generator takes CPU from the server it measures, which is why it is
+    /// built to need little; see docs/benchmarks.md.
     Bench(bench::BenchArgs),
     /// Check every record and index entry of a data folder (offline: stop the server first).
     Verify {

@@ -135,7 +135,10 @@ fn append_writes_exactly_requests_times_batch() {
         "4",
     ]);
     let append = &report["append"];
-    assert_eq!((append["requests"].as_u64(), append["ok"].as_u64()), (Some(40), Some(40)));
+    assert_eq!(
+        (append["requests"].as_u64(), append["ok"].as_u64()),
+        (Some(40), Some(40))
+    );
     assert_eq!(append["events"], 200);
     assert_eq!(append["errors"], 0);
     assert_eq!(append["latency_ms"]["samples"], 40);

@@ -41,36 +41,45 @@ use http::{Client, Target, describe_failure};
 use report::{Params, Report};
 use stats::PartReport;
 
+const EXAMPLES: &str = "\
+Examples (each prints its parameters with its results; add --json for one JSON object):
+  factstore bench append --concurrency 64 --duration 30s             one event per append
+  factstore bench append --batch 1000 --concurrency 4 --duration 30s 1000 events per append
+  factstore bench append --expected-version --aggregates 1000        exact expected versions
+  factstore bench seed --events 1000000                              data for the reads below
+  factstore bench read-all --verify                                  every event, checked
+  factstore bench subscribe --concurrency 4                          catch-up rate
+  factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once";
+
 #[derive(Debug, clap::Args)]
-#[command(
-    about = "Load a running factstore server and report throughput and latency",
-    long_about = "Load a running factstore server and report throughput and latency.\n\n\
-        Every workload prints its parameters with its results, and the head position before \
-        and after, so that a saved result describes itself. Exits with status 1 if a request \
-        failed or --verify found a problem (conflicts of --expected-version are not failures).\n\n\
-        Run the generator beside the server only knowingly: on a shared machine it takes CPU \
-        from the server, which is why it is built to need little."
-)]
+#[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
     /// The server's base address (plain http).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "FACTSTORE_URL",
         default_value = "http://127.0.0.1:6180"
     )]
     pub url: String,
     /// A bearer token sent with every request (for a server run with --auth).
-    #[arg(long, global = true, env = "FACTSTORE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FACTSTORE_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Threads of the generator's runtime. 1 (the default) when the server runs on the same
     /// two cores: the generator then never takes more than one core from it, and a
     /// current-thread runtime has no work stealing or cross-thread wake-ups. Use 2 or more
     /// only when the server runs elsewhere or the generator itself shows 100% CPU.
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(long, global = true, help_heading = "Global options", default_value_t = 1)]
     pub threads: usize,
     /// Print the report as one JSON object instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     #[command(subcommand)]
     pub workload: Workload,
