@@ -6,7 +6,8 @@
 //! appenders are done (`--duration` or `--requests`, which counts append requests); the
 //! readers stop then. The subscriber then waits (at most 30 s) until it has received every
 //! event up to the head, so it reports whether anything was missed; its latency is the delay
-//! from an event's `recorded_at` to its arrival (one machine's clock, so no skew).
+//! from an event's `recorded_at` to its arrival (one machine's clock, so no skew). It counts
+//! every event from the start, warm-up included, over the time from the start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +102,8 @@ pub async fn run(bench: &Bench, args: &MixedArgs) -> anyhow::Result<Finished> {
         None
     };
 
+    // The subscriber counts every event from here on, warm-up included.
+    let started = Instant::now();
     let control = Arc::new(Control::start(&args.length));
     let read_control = Arc::new(Control::open(args.length.warmup));
     let append_tasks = appenders.spawn(control.clone());
@@ -125,7 +128,7 @@ pub async fn run(bench: &Bench, args: &MixedArgs) -> anyhow::Result<Finished> {
         // The receiver is gone only if the subscriber already ended (with an error).
         let _ = target_position.send(end);
         let done = live.await.context("the subscriber panicked")?;
-        parts.push(("subscribe", done.report(control.measure_from())));
+        parts.push(("subscribe", done.report(started)));
     }
     Ok(Finished { params, parts })
 }
@@ -287,7 +290,7 @@ struct LiveDone {
 }
 
 impl LiveDone {
-    fn report(mut self, measure_from: Instant) -> PartReport {
+    fn report(mut self, started: Instant) -> PartReport {
         self.stats.answered = 1;
         self.stats.ok = 1;
         let received = self.stats.events;
@@ -305,7 +308,7 @@ impl LiveDone {
                 )
             });
         }
-        let elapsed = self.stats.elapsed_since(measure_from);
+        let elapsed = self.stats.elapsed_since(started);
         self.stats
             .summary(elapsed)
             .with("from_position", self.from)
