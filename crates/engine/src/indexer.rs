@@ -96,12 +96,7 @@ impl Indexer {
         let dir = self.shared.index_dir();
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
         let run = Run::open(fs, &path)?;
-        Ok(RunSource {
-            id,
-            level: 0,
-            run,
-            table,
-        })
+        Ok(RunSource::new(id, 0, run, table))
     }
 
     /// Merges the newest runs while `merge_fan_in` of one level stand together at the end.
@@ -144,15 +139,9 @@ impl Indexer {
         next.runs.push(ManifestRun { id, level });
         next.store(fs, &dir)?;
         self.manifest = next;
-        self.shared.index.replace_runs(
-            inputs,
-            Arc::new(RunSource {
-                id,
-                level,
-                run,
-                table,
-            }),
-        );
+        self.shared
+            .index
+            .replace_runs(inputs, Arc::new(RunSource::new(id, level, run, table)));
         for input in inputs {
             // Readers may still hold the old run open; the file handle keeps it readable.
             let path = input.run.path().to_owned();

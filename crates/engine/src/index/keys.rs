@@ -86,6 +86,14 @@ pub fn event_id_key(event_id: Uuid) -> Vec<u8> {
     key
 }
 
+/// The event id of an event-id key, as a number (`None` for any other key).
+pub fn decode_event_id_key(key: &[u8]) -> Option<u128> {
+    match key {
+        [KIND_EVENT_ID, id @ ..] => Some(u128::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// The part of a key that goes into a run's bloom filter.
 pub fn bloom_key(key: &[u8]) -> Option<&[u8]> {
     match key.first() {

@@ -17,7 +17,7 @@ pub mod memtable;
 pub mod run;
 pub mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use uuid::Uuid;
@@ -37,9 +37,44 @@ pub struct RunSource {
     pub level: u32,
     pub run: Run,
     pub table: PositionTable,
+    /// The smallest and largest event id in the run, found on first use.
+    event_id_bounds: OnceLock<(u128, u128)>,
 }
 
 impl RunSource {
+    pub fn new(id: u64, level: u32, run: Run, table: PositionTable) -> RunSource {
+        RunSource {
+            id,
+            level,
+            run,
+            table,
+            event_id_bounds: OnceLock::new(),
+        }
+    }
+
+    /// Whether the run may hold `event_id`, judged by the smallest and largest id it holds.
+    ///
+    /// A run covers consecutive positions, and ids from UUIDv7 clocks grow with time, so the
+    /// id ranges of runs barely overlap: for such ids this rules out nearly every run with two
+    /// comparisons, where each bloom filter would cost a hash and cache misses. The bounds are
+    /// read once (at most two blocks); if that read fails, the run is simply not ruled out.
+    pub fn may_hold_event_id(&self, event_id: Uuid) -> bool {
+        let (low, high) = *self.event_id_bounds.get_or_init(|| {
+            let (from, to) = ([keys::KIND_EVENT_ID], [keys::KIND_EVENT_ID + 1]);
+            let first = self.run.range(&from, &to).next();
+            let last = self.run.range_rev(&from, &to).next();
+            let id = |entry: Option<Result<(Vec<u8>, Vec<u8>)>>| {
+                entry.map(|entry| entry.map(|(key, _)| keys::decode_event_id_key(&key)))
+            };
+            match (id(first), id(last)) {
+                (None, None) => (1, 0), // no event id at all: an empty interval
+                (Some(Ok(Some(low))), Some(Ok(Some(high)))) => (low, high),
+                _ => (0, u128::MAX),
+            }
+        });
+        (low..=high).contains(&event_id.as_u128())
+    }
+
     pub fn first_position(&self) -> u64 {
         self.table.first_position().unwrap_or(self.table.end_position)
     }
@@ -212,7 +247,7 @@ impl Index {
         }
         let key = keys::event_id_key(event_id);
         for source in sources.runs.iter().rev() {
-            if !source.run.may_contain(&key) {
+            if !source.may_hold_event_id(event_id) || !source.run.may_contain(&key) {
                 continue;
             }
             if let Some(value) = source.run.get(&key)? {

@@ -280,12 +280,7 @@ fn open_runs(fs: &dyn FileSystem, index_dir: &Path, manifest: &Manifest) -> Resu
         let run = Run::open(fs, &path)?;
         let table =
             PositionTable::decode(run.extra()).map_err(|reason| EngineError::corruption(&path, 0, reason))?;
-        runs.push(Arc::new(RunSource {
-            id: listed.id,
-            level: listed.level,
-            run,
-            table,
-        }));
+        runs.push(Arc::new(RunSource::new(listed.id, listed.level, run, table)));
     }
     runs.sort_by_key(|r| r.first_position());
     let mut expected = 1u64;
