@@ -6,7 +6,7 @@
 //! Both need the writer role (checked before the body is read) and aggregates within the
 //! token's prefixes.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use factstore_core::{AppendedEvent, Commit, CommitOutcome, ExpectedVersion, NewEvent, StoreError};
@@ -50,10 +50,12 @@ pub async fn append_to_aggregate(
     Writer(principal): Writer,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     RawQuery(query): RawQuery,
-    JsonBody(body): JsonBody<AppendBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
+    // Before the body is read: a token that may not write here learns nothing from it.
     principal.check_aggregate(&aggregate_id)?;
+    let JsonBody(body) = JsonBody::<AppendBody>::from_request(request, &state).await?;
     let commit = Commit::single(&aggregate_id, body.expected_version, body.events);
     let size = CommitSize::of(&commit);
     let outcome = state.store.commit(commit).await?;
