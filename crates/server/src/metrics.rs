@@ -4,8 +4,8 @@
 //! friends; the engine's writer times its fsyncs that way); this module installs the one global
 //! Prometheus recorder and renders it in our own route, so there is no second listener.
 //!
-//! The recorder is global to the process and installed once, by the first [`app_with_state`]
-//! (crate::app_with_state); later apps (tests build many) share it. Counters therefore add up
+//! The recorder is global to the process and installed once, by the first
+//! [`app_with_state`](crate::app_with_state); later apps (tests build many) share it. Counters therefore add up
 //! over every app of a process. If some other recorder was installed first, ours is not, and
 //! `/metrics` shows only what is set at scrape time.
 //!

@@ -2,7 +2,7 @@
 //!
 //! The crypto provider is named explicitly (aws-lc-rs) rather than taken from the process
 //! default, so the configuration builds the same whatever other crates of the binary enable.
-//! Only HTTP/1.1 is offered by ALPN, which is what [`serve`](crate::serve) speaks.
+//! Only HTTP/1.1 is offered by ALPN, which is what [`serve`](mod@crate::serve) speaks.
 
 use std::fmt;
 use std::path::Path;
