@@ -269,8 +269,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("server failed")
     })?;
-    // Nothing uses the store any more: every connection has finished or been dropped.
-    drop(runtime);
+    // Every connection has finished or been dropped; stop the runtime too (a blocking read
+    // still running gets a moment), so nothing uses the store when it closes.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     engine.close();
     match drain {
         Drain::Complete => tracing::info!("factstore stopped: every request in flight was answered"),
