@@ -1,14 +1,21 @@
-//! `factstore serve`: open the store, bind the listener, serve until SIGTERM or Ctrl-C.
+//! `factstore serve`: check the options, open the store, bind the listener, serve until SIGTERM
+//! or Ctrl-C, drain, close the store.
+//!
+//! Everything that can be wrong in the options (the auth file, the TLS files, the limits, a
+//! non-loopback address without auth) is found before the store is opened, and reported as
+//! one line naming the flag or the file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
-use factstore_server::{AppState, ServerConfig};
+use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -18,46 +25,281 @@ pub struct ServeArgs {
     /// The address to listen on.
     #[arg(long, env = "FACTSTORE_LISTEN", default_value = "127.0.0.1:6180")]
     pub listen: SocketAddr,
-    /// Listen on a non-loopback address without authentication.
+    /// A TOML file of bearer tokens with their roles (reader, writer, admin) and optional
+    /// aggregate id prefixes; without it, every request is allowed.
+    #[arg(long, env = "FACTSTORE_AUTH", value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "FACTSTORE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FACTSTORE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without --auth.
     #[arg(long, env = "FACTSTORE_INSECURE")]
     pub insecure: bool,
+    /// On SIGTERM or Ctrl-C, how long to wait for requests in flight before dropping their
+    /// connections, in seconds.
+    #[arg(long, env = "FACTSTORE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    pub shutdown_timeout: f64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The limits of the API contract. Sizes take a plain number of bytes or a KiB/MiB/GiB suffix.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Longest aggregate_id, in bytes (at most 65535).
+    #[arg(long, env = "FACTSTORE_MAX_AGGREGATE_ID_BYTES", value_name = "BYTES", default_value = "255",
+          value_parser = parse_size)]
+    pub max_aggregate_id_bytes: usize,
+    /// Longest aggregate_type, in bytes (at most 255).
+    #[arg(long, env = "FACTSTORE_MAX_AGGREGATE_TYPE_BYTES", value_name = "BYTES", default_value = "50",
+          value_parser = parse_size)]
+    pub max_aggregate_type_bytes: usize,
+    /// Longest event_type, in bytes (at most 255).
+    #[arg(long, env = "FACTSTORE_MAX_EVENT_TYPE_BYTES", value_name = "BYTES", default_value = "100",
+          value_parser = parse_size)]
+    pub max_event_type_bytes: usize,
+    /// Longest created_by, in bytes (at most 255).
+    #[arg(long, env = "FACTSTORE_MAX_CREATED_BY_BYTES", value_name = "BYTES", default_value = "255",
+          value_parser = parse_size)]
+    pub max_created_by_bytes: usize,
+    /// Longest metadata.correlation_id or causation_id, in bytes (at most 255).
+    #[arg(long, env = "FACTSTORE_MAX_LINK_ID_BYTES", value_name = "BYTES", default_value = "255",
+          value_parser = parse_size)]
+    pub max_link_id_bytes: usize,
+    /// Largest event_data plus metadata of one event (at most 64MiB).
+    #[arg(long, env = "FACTSTORE_MAX_EVENT_PAYLOAD_BYTES", value_name = "BYTES", default_value = "1MiB",
+          value_parser = parse_size)]
+    pub max_event_payload_bytes: usize,
+    /// Most events in one append request (at most 100000).
+    #[arg(
+        long,
+        env = "FACTSTORE_MAX_EVENTS_PER_REQUEST",
+        value_name = "N",
+        default_value = "1000"
+    )]
+    pub max_events_per_request: usize,
+    /// Largest request body (at most 256MiB).
+    #[arg(long, env = "FACTSTORE_MAX_REQUEST_BYTES", value_name = "BYTES", default_value = "16MiB",
+          value_parser = parse_size)]
+    pub max_request_bytes: usize,
+    /// Most events in one page of a read: the largest `limit` (at most 100000).
+    #[arg(
+        long,
+        env = "FACTSTORE_MAX_PAGE_EVENTS",
+        value_name = "N",
+        default_value = "10000"
+    )]
+    pub max_page_events: usize,
+}
+
+impl LimitArgs {
+    /// The limits, each checked against its ceiling with an error naming the flag.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let limits = Limits {
+            aggregate_id_bytes_max: self.max_aggregate_id_bytes,
+            aggregate_type_bytes_max: self.max_aggregate_type_bytes,
+            event_type_bytes_max: self.max_event_type_bytes,
+            created_by_bytes_max: self.max_created_by_bytes,
+            link_id_bytes_max: self.max_link_id_bytes,
+            event_payload_bytes_max: self.max_event_payload_bytes,
+            events_per_request_max: self.max_events_per_request,
+            request_bytes_max: self.max_request_bytes,
+            page_events_max: self.max_page_events,
+        };
+        let ceiling = Limits::CEILING;
+        let flags = [
+            (
+                "--max-aggregate-id-bytes",
+                limits.aggregate_id_bytes_max,
+                ceiling.aggregate_id_bytes_max,
+            ),
+            (
+                "--max-aggregate-type-bytes",
+                limits.aggregate_type_bytes_max,
+                ceiling.aggregate_type_bytes_max,
+            ),
+            (
+                "--max-event-type-bytes",
+                limits.event_type_bytes_max,
+                ceiling.event_type_bytes_max,
+            ),
+            (
+                "--max-created-by-bytes",
+                limits.created_by_bytes_max,
+                ceiling.created_by_bytes_max,
+            ),
+            (
+                "--max-link-id-bytes",
+                limits.link_id_bytes_max,
+                ceiling.link_id_bytes_max,
+            ),
+            (
+                "--max-event-payload-bytes",
+                limits.event_payload_bytes_max,
+                ceiling.event_payload_bytes_max,
+            ),
+            (
+                "--max-events-per-request",
+                limits.events_per_request_max,
+                ceiling.events_per_request_max,
+            ),
+            (
+                "--max-request-bytes",
+                limits.request_bytes_max,
+                ceiling.request_bytes_max,
+            ),
+            (
+                "--max-page-events",
+                limits.page_events_max,
+                ceiling.page_events_max,
+            ),
+        ];
+        for (flag, value, max) in flags {
+            if value == 0 || value > max {
+                bail!("{flag} must be between 1 and {max}, not {value}");
+            }
+        }
+        // The flags above cover every limit; this keeps them honest if a limit is added.
+        limits.check().map_err(anyhow::Error::msg)?;
+        Ok(limits)
+    }
+}
+
+/// A size: digits, optionally followed by KiB, MiB or GiB (any case).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    let (digits, unit) = [("kib", 1usize << 10), ("mib", 1 << 20), ("gib", 1 << 30)]
+        .into_iter()
+        .find_map(|(suffix, unit)| lower.strip_suffix(suffix).map(|d| (d.trim(), unit)))
+        .unwrap_or((lower.as_str(), 1));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{text}' is not a size (a whole number, optionally with KiB, MiB or GiB)"
+        ));
+    }
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!("'{text}' is not a number of seconds from 0 to 86400")),
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if !args.listen.ip().is_loopback() && !args.insecure {
+    let limits = args.limits.limits()?;
+    let auth = match &args.auth {
+        Some(path) => {
+            let auth = Auth::load(path)?;
+            warn_if_readable_by_others(path);
+            Some(auth)
+        }
+        None => None,
+    };
+    if !args.listen.ip().is_loopback() && auth.is_none() && !args.insecure {
         bail!(
-            "refusing to listen on {} without authentication; pass --insecure to do it anyway",
+            "refusing to listen on {} without authentication: give --auth FILE, or --insecure to do it anyway",
             args.listen
         );
     }
-    let engine = Engine::open(&args.data_dir, EngineOptions::default())
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(factstore_server::tls::load(cert, key)?),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback() && auth.is_some() && tls.is_none() {
+        tracing::warn!(
+            "listening on {} with tokens but without TLS: tokens cross the network in clear text",
+            args.listen
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let auth_tokens = auth.as_ref().map(Auth::len);
+    let options = EngineOptions {
+        limits,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let drain = runtime.block_on(async {
         let store = Arc::new(EmbeddedStore::new(engine.clone()));
-        let state = AppState::new(store, ServerConfig::default());
+        let mut config = ServerConfig::default();
+        if let Some(auth) = auth {
+            config = config.with_auth(auth);
+        }
+        let state = AppState::new(store, config);
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("no local address")?;
-        tracing::info!(address = %local, data_dir = %args.data_dir.display(), "factstore listening on {local}");
+        let serve_options = ServeOptions {
+            tls,
+            drain_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+            ..ServeOptions::default()
+        };
+        tracing::info!(
+            address = %local,
+            data_dir = %args.data_dir.display(),
+            auth_tokens,
+            "factstore listening on {scheme}://{local}"
+        );
         let signal = async move {
             shutdown_signal().await;
-            // Subscriptions end when this token is cancelled; the drain below waits for them.
+            // Subscriptions end when this token is cancelled; the drain waits for them.
             shutdown.cancel();
         };
-        factstore_server::serve(listener, app, signal).await.context("server failed")?;
-        anyhow::Ok(())
+        factstore_server::serve_with(listener, app, serve_options, signal)
+            .await
+            .context("server failed")
     })?;
+    // Every connection has finished or been dropped; stop the runtime too (a blocking read
+    // still running gets a moment), so nothing uses the store when it closes.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     engine.close();
-    tracing::info!("factstore stopped");
+    match drain {
+        Drain::Complete => tracing::info!("factstore stopped: every request in flight was answered"),
+        Drain::TimedOut { dropped } => tracing::warn!(
+            dropped,
+            "factstore stopped: {dropped} connection(s) were dropped at the shutdown timeout"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tokens are secrets: say so when the file is readable by anyone but its owner.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "the auth file {} may be read by other users (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 async fn shutdown_signal() {
@@ -79,5 +321,22 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: refusing new connections, finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("16 mib"), Ok(16 << 20));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("1MB").is_err());
+    }
 }

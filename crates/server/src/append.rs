@@ -3,16 +3,20 @@
 //!
 //! Both hand a [`Commit`] to the store, which validates it (`Commit::prepare`) before it looks
 //! anything up; the status is 201 for a new write and 200 for an idempotent retry.
+//! Both need the writer role (checked before the body is read) and aggregates within the
+//! token's prefixes.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use factstore_core::{AppendedEvent, Commit, CommitOutcome, ExpectedVersion, NewEvent, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::auth::Writer;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, JsonBody, Params};
+use crate::metrics::CommitSize;
 use crate::render;
 
 /// The body of an append to one aggregate (its id is in the path).
@@ -43,13 +47,19 @@ fn status_of(outcome: &CommitOutcome) -> StatusCode {
 /// `POST /v1/aggregates/{aggregate_id}/events`
 pub async fn append_to_aggregate(
     State(state): State<AppState>,
+    Writer(principal): Writer,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     RawQuery(query): RawQuery,
-    JsonBody(body): JsonBody<AppendBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
+    // Before the body is read: a token that may not write here learns nothing from it.
+    principal.check_aggregate(&aggregate_id)?;
+    let JsonBody(body) = JsonBody::<AppendBody>::from_request(request, &state).await?;
     let commit = Commit::single(&aggregate_id, body.expected_version, body.events);
+    let size = CommitSize::of(&commit);
     let outcome = state.store.commit(commit).await?;
+    size.record(&outcome);
     let Some(append) = outcome.appends.first() else {
         return Err(StoreError::Internal("a commit of one append answered with no append".to_owned()).into());
     };
@@ -64,10 +74,14 @@ pub async fn append_to_aggregate(
 /// `POST /v1/events`
 pub async fn commit(
     State(state): State<AppState>,
+    Writer(principal): Writer,
     RawQuery(query): RawQuery,
     JsonBody(commit): JsonBody<Commit>,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
+    principal.check_commit(&commit)?;
+    let size = CommitSize::of(&commit);
     let outcome = state.store.commit(commit).await?;
+    size.record(&outcome);
     render::json(status_of(&outcome), &outcome)
 }

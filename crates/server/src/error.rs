@@ -23,6 +23,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// A body sent with a `Content-Type` other than `application/json`.
     UnsupportedMediaType(String),
+    /// The server needs a token and the request has none, or one it does not know. The
+    /// message never repeats the token.
+    Unauthorized(String),
+    /// A valid token whose role or aggregate prefixes do not allow this request.
+    Forbidden(String),
     /// No route has this path.
     RouteNotFound,
     /// A route has this path but not this method.
@@ -56,6 +61,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Store(StoreError::WrongExpectedVersion {
@@ -118,7 +125,9 @@ impl ApiError {
             ApiError::Store(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
-            | ApiError::UnsupportedMediaType(message) => message.clone(),
+            | ApiError::UnsupportedMediaType(message)
+            | ApiError::Unauthorized(message)
+            | ApiError::Forbidden(message) => message.clone(),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
@@ -143,11 +152,20 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        crate::metrics::record_error(code);
         body.insert("code".to_owned(), Value::from(code));
         body.insert("message".to_owned(), Value::from(self.message()));
         let body = json!({ "error": body });
         // Serialising a Value into a Vec cannot fail.
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client should use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Bearer realm="factstore""#),
+            );
+        }
+        response
     }
 }

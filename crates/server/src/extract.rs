@@ -33,12 +33,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         check_content_type(req.headers().get(header::CONTENT_TYPE))?;
+        let limit = state.store.limits().request_bytes_max;
+        let too_large =
+            || ApiError::PayloadTooLarge(format!("the request body may be at most {limit} bytes"));
+        // A body announced over the limit is refused at once, not after waiting for it.
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > limit as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!(
-                    "the request body may be at most {} bytes",
-                    state.store.limits().request_bytes_max
-                ))
+                too_large()
             } else {
                 ApiError::invalid(format!("could not read the request body: {rejection}"))
             }
@@ -62,12 +71,57 @@ fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiErro
     }
 }
 
+/// The deepest nesting of arrays and objects a body may have: serde_json's own recursion
+/// limit. `event_data` and `metadata` are kept as raw text, which serde_json does not limit,
+/// so without this check the store would accept events that projections, upcasters and most
+/// clients could never parse again.
+pub const JSON_DEPTH_MAX: usize = 128;
+
+/// Whether arrays and objects in `bytes` (JSON text) nest deeper than `max`.
+fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    // Fewer opening brackets than the limit cannot nest deeper: one vectorisable count settles
+    // nearly every body; only the others are walked, minding strings.
+    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses a body as JSON into `T`, naming what is wrong when it cannot.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "the request body is empty; a JSON object is expected",
         ));
+    }
+    if nests_deeper_than(bytes, JSON_DEPTH_MAX) {
+        return Err(ApiError::invalid(format!(
+            "the request body nests arrays and objects more than {JSON_DEPTH_MAX} levels deep"
+        )));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::invalid(format!(
@@ -313,6 +367,17 @@ mod tests {
         assert!(matches!(err, Err(ApiError::InvalidRequest(m)) if m.contains("'limt'")));
         let err = Params::parse(Some("limit=5&limit=6"), &["limit"]);
         assert!(matches!(err, Err(ApiError::InvalidRequest(m)) if m.contains("more than once")));
+    }
+
+    #[test]
+    fn nesting_depth_counts_brackets_outside_strings() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!nests_deeper_than(nested(128).as_bytes(), 128));
+        assert!(nests_deeper_than(nested(129).as_bytes(), 128));
+        let in_strings = format!(r#"{{"a": "{}", "b": "\"{}"}}"#, "[".repeat(300), "{".repeat(300));
+        assert!(!nests_deeper_than(in_strings.as_bytes(), 128));
+        let siblings = "[[]]".repeat(200);
+        assert!(!nests_deeper_than(siblings.as_bytes(), 128));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The factstore HTTP API, over any [`EventStore`].
 //!
 //! # Layout
-//! - [`app`] builds the [`Router`]: every route of the API, the JSON 404/405 fallbacks and the
-//!   request body limit. Tests drive it in-process with `tower::ServiceExt::oneshot`.
-//! - [`serve`] runs a router on a listener until a shutdown signal, then drains connections.
+//! - [`app`] builds the [`Router`]: every route of the API, the JSON 404/405 fallbacks, the
+//!   request body limit, and the layers every request goes through (request id and log span,
+//!   metrics, authentication). Tests drive it in-process with `tower::ServiceExt::oneshot`.
+//! - [`serve`](serve()) / [`serve_with`] run a router on a listener (plain or TLS, [`tls`])
+//!   until a shutdown signal, then drain connections within a bound.
 //! - [`error`]: [`ApiError`], the one place where errors become HTTP statuses and codes.
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
+//! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
+//! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
 //! - [`append`], [`read`] and [`subscribe`]: the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
@@ -15,9 +19,8 @@
 //! own beyond the shape of requests. What an event is and what a commit may do is decided by
 //! `factstore-core` and the store behind `Arc<dyn EventStore>`; the limits are the store's.
 //! The binary (`factstore serve`) opens the store, binds the listener, logs where it listens
-//! and calls [`serve`].
+//! and calls [`serve_with`].
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -25,26 +28,38 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use factstore_core::EventStore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
 
 pub mod append;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod metrics;
 pub mod read;
 pub mod render;
+pub mod serve;
 pub mod subscribe;
+pub mod tls;
+pub mod trace;
 
+pub use auth::{Auth, Principal, Role, Scope};
 pub use error::ApiError;
 use feed::Feed;
+pub use serve::{Drain, ServeOptions, serve, serve_with};
 pub use subscribe::SubscribeTimers;
 
-/// Options of the server that are not the store's.
+/// Options of the server that are not the store's (the store's limits are its own).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// The tokens of `--auth`; `None` leaves every route open.
+    pub auth: Option<Arc<Auth>>,
     /// When subscriptions send keep-alives and checkpoints.
     pub subscribe: SubscribeTimers,
     /// The live feed's budget: the newest events with their JSON, shared by subscribers and
@@ -55,9 +70,18 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
+            auth: None,
             subscribe: SubscribeTimers::default(),
             feed_bytes_max: 64 << 20,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Requires the tokens of `auth` on every route but [`auth::OPEN_PATHS`].
+    pub fn with_auth(mut self, auth: Auth) -> ServerConfig {
+        self.auth = Some(Arc::new(auth));
+        self
     }
 }
 
@@ -120,9 +144,33 @@ pub fn app_with_state(state: AppState) -> Router {
     if tokio::runtime::Handle::try_current().is_ok() {
         state.feed();
     }
+    crate::metrics::install();
     let body_limit = state.store.limits().request_bytes_max;
+    // Outermost first. Each layer wraps every route and the fallback, after routing, so the
+    // matched route pattern is known to the span and the metrics.
+    let layers = ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new(trace::SENSITIVE_HEADERS))
+        .map_request(trace::drop_unusable_request_id)
+        .layer(SetRequestIdLayer::new(trace::REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(trace::make_span)
+                .on_request(())
+                .on_response(trace::on_response)
+                // Failures are logged where they happen (`ApiError`), with their cause.
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(trace::REQUEST_ID))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.
+        .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::render))
         .route(
             "/v1/aggregates/{aggregate_id}/events",
             post(append::append_to_aggregate).get(read::read_aggregate),
@@ -133,26 +181,8 @@ pub fn app_with_state(state: AppState) -> Router {
         .route("/v1/subscribe", get(subscribe::subscribe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(layers)
         .with_state(state)
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting connections and
-/// waits for the requests in flight to finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Responses are small and written whole: without TCP_NODELAY, Nagle's algorithm and the
-    // client's delayed ACK can hold a response back for tens of milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// `GET /health`

@@ -3,6 +3,9 @@
 //! Every parameter is parsed and checked before the store is asked anything, so a bad
 //! parameter is 400 even for an aggregate that does not exist.
 //!
+//! With `--auth`, a token limited to aggregate prefixes gets 403 for one aggregate outside
+//! them, `GET /v1/events` filtered to them, and 404 for an event by id outside them.
+//!
 //! `raw` is accepted (`true` or `false`) and has no effect yet: no upcasters exist, so every
 //! event is read as stored either way.
 
@@ -13,6 +16,7 @@ use factstore_core::time::Bound;
 use factstore_core::{AggregateQuery, EventFilter, EventQuery, Limits, StoreError};
 
 use crate::AppState;
+use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, EventIdPath, Params};
 use crate::feed::{Feed, Slice};
@@ -53,9 +57,12 @@ const EVENTS_PARAMS: &[&str] = &[
 /// `GET /v1/aggregates/{aggregate_id}/events`
 pub async fn read_aggregate(
     State(state): State<AppState>,
+    principal: Principal,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
+    principal.check_aggregate(&aggregate_id)?;
     let params = Params::parse(query.as_deref(), AGGREGATE_PARAMS)?;
     let to = match (params.get("to"), params.get("until")) {
         (Some(_), Some(_)) => {
@@ -119,11 +126,13 @@ pub(crate) fn filter_from(params: &Params, limits: &Limits) -> Result<EventFilte
 /// `GET /v1/events`
 pub async fn read_events(
     State(state): State<AppState>,
+    principal: Principal,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), EVENTS_PARAMS)?;
     let limits = state.store.limits();
-    let query = EventQuery {
+    let mut query = EventQuery {
         filter: filter_from(&params, limits)?,
         after_position: params.u64("after_position")?.unwrap_or(0),
         to_position: params.u64("to_position")?,
@@ -133,14 +142,16 @@ pub async fn read_events(
         limit: params.limit(DEFAULT_LIMIT, limits.page_events_max)?,
     };
     params.bool("raw")?;
-    if query.filter.is_empty() {
+    let scope = principal.restrict(&mut query);
+    if query.filter.is_empty() && scope.is_everything() {
         // The tail of the log is usually in the live feed, JSON and all.
         let head = *state.store.watch_head().borrow();
         if let Some(page) = page_from_feed(&state.feed(), &query, head) {
             return Ok(render::json_bytes(StatusCode::OK, render::feed_page(&page)));
         }
     }
-    let page = state.store.read_events(query).await?;
+    let mut page = state.store.read_events(query).await?;
+    scope.retain(&mut page.events);
     Ok(render::json_bytes(StatusCode::OK, render::event_page(&page)))
 }
 
@@ -190,9 +201,11 @@ const FEED_SCAN: usize = 4096;
 /// `GET /v1/events/{event_id}`
 pub async fn get_event(
     State(state): State<AppState>,
+    principal: Principal,
     EventIdPath(event_id): EventIdPath,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), &["raw"])?;
     params.bool("raw")?;
     let event = state.store.get_event(event_id).await?;
@@ -203,11 +216,20 @@ pub async fn get_event(
         ))
         .into());
     }
+    if !principal.can_see(event.aggregate_id()) {
+        // As if it did not exist: a 403 would tell the token it does.
+        return Err(StoreError::EventNotFound { event_id }.into());
+    }
     Ok(render::json_bytes(StatusCode::OK, render::event(&event)))
 }
 
 /// `GET /v1/head`
-pub async fn head(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn head(
+    State(state): State<AppState>,
+    principal: Principal,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     let head = state.store.head().await?;
     render::json(StatusCode::OK, &head)

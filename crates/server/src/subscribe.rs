@@ -38,9 +38,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::auth::{Principal, Role, Scope};
 use crate::error::ApiError;
 use crate::extract::Params;
 use crate::feed::{Feed, Slice};
+use crate::metrics;
 use crate::read::filter_from;
 
 /// Events per chunk written to the socket (and per read from the store).
@@ -82,9 +84,11 @@ impl Default for SubscribeTimers {
 /// `GET /v1/subscribe`
 pub async fn subscribe(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), SUBSCRIBE_PARAMS)?;
     let limits = state.store.limits();
     let mut query = EventQuery {
@@ -100,6 +104,9 @@ pub async fn subscribe(
     if let Some(value) = headers.get("last-event-id") {
         query.after_position = last_event_id(value)?;
     }
+    // A token limited to aggregate prefixes sees only those aggregates' events; the others
+    // are passed over like filtered ones (checkpoints move past them).
+    let scope = principal.restrict(&mut query);
     let head = state.store.head().await?.position;
     let feed = state.feed();
     let subscription = Subscription {
@@ -116,6 +123,8 @@ pub async fn subscribe(
         last_id_at: Instant::now(),
         shutdown: state.shutdown.clone(),
         finished: false,
+        scope,
+        _counted: metrics::subscriber_guard(),
     };
     let body = futures::stream::unfold(subscription, |mut sub| async move {
         let chunk = sub.next_chunk().await?;
@@ -171,6 +180,10 @@ struct Subscription {
     last_id_at: Instant,
     shutdown: CancellationToken,
     finished: bool,
+    /// The aggregates the caller's token may see.
+    scope: Scope,
+    /// Counts this subscription in `factstore_subscribers` while it lives.
+    _counted: metrics::SubscriberGuard,
 }
 
 impl Subscription {
@@ -244,7 +257,7 @@ impl Subscription {
         match self.feed.after(self.cursor, CHUNK_EVENTS) {
             Slice::Events(events) => {
                 for event in &events {
-                    if self.query.matches(&event.event) {
+                    if self.query.matches(&event.event) && self.scope.allows(&event.event) {
                         write_event(out, event.event.position(), event.json());
                         self.last_id = event.event.position();
                         self.last_id_at = Instant::now();
@@ -259,7 +272,7 @@ impl Subscription {
                 query.after_position = self.cursor;
                 let page = self.store.read_events(query).await?;
                 let mut json = Vec::new();
-                for event in &page.events {
+                for event in page.events.iter().filter(|e| self.scope.allows(e)) {
                     json.clear();
                     event.write_json(&mut json);
                     write_event(out, event.position(), &json);

@@ -123,9 +123,17 @@ impl Setup {
     }
 
     async fn open(&self, uri: &str, last_event_id: Option<&str>) -> Result<Stream, (StatusCode, Value)> {
+        let headers: Vec<(&str, String)> = last_event_id
+            .map(|id| ("last-event-id", id.to_owned()))
+            .into_iter()
+            .collect();
+        self.open_with(uri, &headers).await
+    }
+
+    async fn open_with(&self, uri: &str, headers: &[(&str, String)]) -> Result<Stream, (StatusCode, Value)> {
         let mut request = Request::builder().uri(uri);
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         let response = app_with_state(self.state.clone())
             .oneshot(request.body(Body::empty()).unwrap())
@@ -367,4 +375,59 @@ async fn reads_of_the_tail_from_the_feed_match_the_store() {
         let from_store: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(from_feed, from_store, "{uri}");
     }
+}
+
+#[tokio::test]
+async fn a_token_limited_to_prefixes_hears_only_those_aggregates() {
+    let auth = factstore_server::Auth::parse(
+        r#"
+[[token]]
+token = "limited-reader-token-0123456789"
+role = "reader"
+aggregate_id_prefixes = ["acc:", "ord:"]
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    let setup = Setup::with(|config| {
+        *config = config.clone().with_auth(auth);
+        config.subscribe.checkpoint = Duration::from_millis(50);
+    });
+    setup.append("acc:1", "E", 2).await; // 1, 2
+    setup.append("other:1", "E", 2).await; // 3, 4
+    setup.append("ord:1", "E", 1).await; // 5
+
+    let Err((status, body)) = setup.open("/v1/subscribe", None).await else {
+        panic!("a subscription without a token was accepted");
+    };
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+
+    let token = vec![(
+        "authorization",
+        "Bearer limited-reader-token-0123456789".to_owned(),
+    )];
+    let mut stream = setup.open_with("/v1/subscribe", &token).await.unwrap();
+    assert_eq!(stream.events(3).await, vec![1, 2, 5]);
+    assert_eq!(stream.next_message().await.id, Some(5), "caught up at the head");
+    // Live: an event outside the prefixes is passed over, and only moves the checkpoint.
+    setup.append("other:2", "E", 1).await; // 6
+    setup.append("acc:2", "E", 1).await; // 7
+    assert_eq!(stream.events(1).await, vec![7]);
+    setup.append("other:3", "E", 1).await; // 8
+    let checkpoint = stream.next_message().await;
+    assert_eq!(
+        (checkpoint.event.as_str(), checkpoint.id),
+        ("checkpoint", Some(8))
+    );
+
+    // Asking for an aggregate outside the prefixes gives nothing of it.
+    let mut outside = setup
+        .open_with("/v1/subscribe?aggregate_id=other:1", &token)
+        .await
+        .unwrap();
+    let first = outside.next_message().await;
+    assert_eq!((first.event.as_str(), first.id), ("caught_up", Some(8)));
 }

@@ -221,9 +221,13 @@ impl Writer {
         let path = &self.segment.path;
         let file = &self.segment.file;
         let segment_no = self.segment.no;
-        let synced = file
-            .write_all_at(&self.frame, frame_offset)
-            .and_then(|()| file.sync_data());
+        let synced = file.write_all_at(&self.frame, frame_offset).and_then(|()| {
+            let started = std::time::Instant::now();
+            let synced = file.sync_data();
+            // The facade is a no-op until a recorder is installed (the server installs one).
+            metrics::histogram!("factstore_fsync_duration_seconds").record(started.elapsed());
+            synced
+        });
         if let Err(error) = synced {
             // After a failed write or sync the kernel may keep the frame's pages marked clean
             // though they never reached the disk. A restart would then read the frame back as
