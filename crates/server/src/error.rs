@@ -34,6 +34,12 @@ impl ApiError {
         ApiError::InvalidRequest(message.into())
     }
 
+    /// The code and the human sentence, for errors reported inside a stream that has already
+    /// begun (where no status can be sent any more).
+    pub fn code_and_message(&self) -> (&'static str, String) {
+        (self.parts().1, self.message())
+    }
+
     /// The status, the code and the details of this error: the mapping table of the API.
     fn parts(&self) -> (StatusCode, &'static str, Map<String, Value>) {
         let mut details = Map::new();

@@ -6,7 +6,9 @@
 //! - [`serve`] runs a router on a listener until a shutdown signal, then drains connections.
 //! - [`error`]: [`ApiError`], the one place where errors become HTTP statuses and codes.
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
-//! - [`append`] and [`read`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`] and [`subscribe`]: the handlers. [`render`]: response bodies.
+//! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
+//!   tail reads.
 //!
 //! # API boundary
 //! This crate speaks HTTP and JSON and nothing else: no storage, no validation rules of its
@@ -16,7 +18,7 @@
 //! and calls [`serve`].
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,16 +32,34 @@ use tokio_util::sync::CancellationToken;
 pub mod append;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod read;
 pub mod render;
+pub mod subscribe;
 
 pub use error::ApiError;
+use feed::Feed;
+pub use subscribe::SubscribeTimers;
 
-/// Options of the server that are not the store's. Empty for now; authentication, TLS and
-/// the like will live here.
-#[derive(Debug, Clone, Default)]
+/// Options of the server that are not the store's.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct ServerConfig {}
+pub struct ServerConfig {
+    /// When subscriptions send keep-alives and checkpoints.
+    pub subscribe: SubscribeTimers,
+    /// The live feed's budget: the newest events with their JSON, shared by subscribers and
+    /// tail reads (see [`feed`]). Older events are read from the store.
+    pub feed_bytes_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            subscribe: SubscribeTimers::default(),
+            feed_bytes_max: 64 << 20,
+        }
+    }
+}
 
 /// What every handler shares. Cheap to clone (two reference counts).
 #[derive(Clone)]
@@ -51,6 +71,8 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down. Long-lived responses (subscriptions)
     /// watch it to tell their clients and end, so that the graceful drain can finish.
     pub shutdown: CancellationToken,
+    /// The live feed, started on first use (it needs the async runtime).
+    feed: Arc<OnceLock<Arc<Feed>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -68,7 +90,21 @@ impl AppState {
             store,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            feed: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The live feed of the newest events. Must be called within the async runtime.
+    pub fn feed(&self) -> Arc<Feed> {
+        self.feed
+            .get_or_init(|| {
+                Feed::start(
+                    self.store.clone(),
+                    self.config.feed_bytes_max,
+                    self.shutdown.clone(),
+                )
+            })
+            .clone()
     }
 }
 
@@ -79,6 +115,11 @@ pub fn app(store: Arc<dyn EventStore>) -> Router {
 
 /// The API over the given state.
 pub fn app_with_state(state: AppState) -> Router {
+    // Start the feed now when a runtime is at hand, so that it holds the newest events before
+    // the first subscriber asks.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        state.feed();
+    }
     let body_limit = state.store.limits().request_bytes_max;
     Router::new()
         .route("/health", get(health))
@@ -89,6 +130,7 @@ pub fn app_with_state(state: AppState) -> Router {
         .route("/v1/events", post(append::commit).get(read::read_events))
         .route("/v1/events/{event_id}", get(read::get_event))
         .route("/v1/head", get(read::head))
+        .route("/v1/subscribe", get(subscribe::subscribe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.

@@ -15,6 +15,7 @@ use factstore_core::{AggregateQuery, EventFilter, EventQuery, Limits, StoreError
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, EventIdPath, Params};
+use crate::feed::{Feed, Slice};
 use crate::render;
 
 /// The page size when a read gives no `limit`.
@@ -81,7 +82,7 @@ pub async fn read_aggregate(
 }
 
 /// The filter of `GET /v1/events`, from its parameters, checked against the limits.
-fn filter_from(params: &Params, limits: &Limits) -> Result<EventFilter, ApiError> {
+pub(crate) fn filter_from(params: &Params, limits: &Limits) -> Result<EventFilter, ApiError> {
     let owned = |name: &str| params.get(name).map(str::to_owned);
     let filter = EventFilter {
         event_types: params
@@ -132,9 +133,59 @@ pub async fn read_events(
         limit: params.limit(DEFAULT_LIMIT, limits.page_events_max)?,
     };
     params.bool("raw")?;
+    if query.filter.is_empty() {
+        // The tail of the log is usually in the live feed, JSON and all.
+        let head = *state.store.watch_head().borrow();
+        if let Some(page) = page_from_feed(&state.feed(), &query, head) {
+            return Ok(render::json_bytes(StatusCode::OK, render::feed_page(&page)));
+        }
+    }
     let page = state.store.read_events(query).await?;
     Ok(render::json_bytes(StatusCode::OK, render::event_page(&page)))
 }
+
+/// The page `query` asks for, from the live feed, or `None` when the feed does not hold all of
+/// it (it starts past `after_position`, or has not reached `head` yet). `head` is the durable
+/// head when the read began, as the store would report it.
+fn page_from_feed(feed: &Feed, query: &EventQuery, head: u64) -> Option<render::FeedPage> {
+    let end = query.to_position.map_or(head, |to| to.min(head));
+    let mut events = Vec::new();
+    let mut cursor = query.after_position;
+    while cursor < end {
+        let Slice::Events(slice) = feed.after(cursor, FEED_SCAN) else {
+            return None;
+        };
+        if slice.is_empty() {
+            // The feed has not reached the head yet.
+            return None;
+        }
+        for event in slice {
+            let position = event.event.position();
+            if position > end {
+                break;
+            }
+            cursor = position;
+            if query.matches(&event.event) {
+                events.push(event);
+                if events.len() == query.limit {
+                    return Some(render::FeedPage {
+                        events,
+                        next_after_position: position,
+                        head_position: head,
+                    });
+                }
+            }
+        }
+    }
+    Some(render::FeedPage {
+        events,
+        next_after_position: end.max(query.after_position),
+        head_position: head,
+    })
+}
+
+/// Events taken from the feed per look.
+const FEED_SCAN: usize = 4096;
 
 /// `GET /v1/events/{event_id}`
 pub async fn get_event(

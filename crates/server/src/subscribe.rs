@@ -1,0 +1,297 @@
+//! `GET /v1/subscribe`: server-sent events, catch-up then live.
+//!
+//! # Protocol
+//! ```text
+//! event: event        id: <position>   data: <event JSON>       every matching event
+//! event: caught_up    id: <position>   data: {"position":p}     once, when history is delivered
+//! event: checkpoint   id: <position>   data: {"position":p}     while filters skip events
+//! : keep-alive                                                  when nothing else was sent
+//! event: shutdown                      data: {"reason":"…"}     the server is stopping
+//! event: error                         data: {"code","message"} a read failed; resume later
+//! ```
+//! Every `id` is a position, and every position up to it has been considered, so a client that
+//! reconnects with `Last-Event-ID: <last id seen>` continues with no gap and no duplicate.
+//! "History" is what was committed when the subscription began: `caught_up` comes once the
+//! stream has passed that head.
+//!
+//! # Why memory stays bounded
+//! The body is a pull stream: hyper asks for the next chunk only once the previous one is
+//! written to the socket. A subscriber holds at most one chunk (at most [`CHUNK_EVENTS`]
+//! events) and a cursor; a slow reader simply is not polled, and when it comes back it reads
+//! from the live feed if the feed still has its position, else from the store. An idle
+//! subscriber is a parked future waiting on the feed's watch channel.
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use factstore_core::time::Bound;
+use factstore_core::{EventQuery, EventStore, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::Params;
+use crate::feed::{Feed, Slice};
+use crate::read::filter_from;
+
+/// Events per chunk written to the socket (and per read from the store).
+pub const CHUNK_EVENTS: usize = 1000;
+
+const SUBSCRIBE_PARAMS: &[&str] = &[
+    "after_position",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_id_prefix",
+    "correlation_id",
+    "causation_id",
+    "created_by",
+    "from",
+    "to",
+    "as_of",
+    "raw",
+];
+
+/// How often a subscription speaks when it has nothing else to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeTimers {
+    /// A `: keep-alive` comment after this long without writing anything (API: ≤ 15 s).
+    pub keep_alive: Duration,
+    /// A `checkpoint` after this long while filtered-out events move the cursor (API: ≤ 5 s).
+    pub checkpoint: Duration,
+}
+
+impl Default for SubscribeTimers {
+    fn default() -> SubscribeTimers {
+        SubscribeTimers {
+            keep_alive: Duration::from_secs(15),
+            checkpoint: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `GET /v1/subscribe`
+pub async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), SUBSCRIBE_PARAMS)?;
+    let limits = state.store.limits();
+    let mut query = EventQuery {
+        filter: filter_from(&params, limits)?,
+        after_position: params.u64("after_position")?.unwrap_or(0),
+        to_position: None,
+        from: params.time("from", Bound::Lower)?,
+        to: params.time("to", Bound::Upper)?,
+        as_of: params.time("as_of", Bound::Upper)?,
+        limit: CHUNK_EVENTS,
+    };
+    params.bool("raw")?;
+    if let Some(value) = headers.get("last-event-id") {
+        query.after_position = last_event_id(value)?;
+    }
+    let head = state.store.head().await?.position;
+    let feed = state.feed();
+    let subscription = Subscription {
+        store: state.store.clone(),
+        feed_rx: feed.subscribe(),
+        feed,
+        cursor: query.after_position,
+        last_id: query.after_position,
+        history_head: head,
+        caught_up: false,
+        query,
+        timers: state.config.subscribe,
+        last_write: Instant::now(),
+        last_id_at: Instant::now(),
+        shutdown: state.shutdown.clone(),
+        finished: false,
+    };
+    let body = futures::stream::unfold(subscription, |mut sub| async move {
+        let chunk = sub.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), sub))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Proxies that buffer responses would hold live events back.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+fn last_event_id(value: &HeaderValue) -> Result<u64, ApiError> {
+    let text = value.to_str().unwrap_or("");
+    if !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(position) = text.parse::<u64>()
+    {
+        return Ok(position);
+    }
+    Err(ApiError::invalid(format!(
+        "Last-Event-ID must be a position (a whole number of 0 or more), got '{}'",
+        String::from_utf8_lossy(value.as_bytes())
+    )))
+}
+
+struct Subscription {
+    store: Arc<dyn EventStore>,
+    feed: Arc<Feed>,
+    feed_rx: watch::Receiver<u64>,
+    query: EventQuery,
+    /// Every position up to here has been considered (sent or filtered out).
+    cursor: u64,
+    /// The last `id:` written to the client.
+    last_id: u64,
+    /// The head when the subscription began: `caught_up` comes once the cursor passes it.
+    history_head: u64,
+    caught_up: bool,
+    timers: SubscribeTimers,
+    last_write: Instant,
+    last_id_at: Instant,
+    shutdown: CancellationToken,
+    finished: bool,
+}
+
+impl Subscription {
+    /// The next bytes to send; `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.finished = true;
+                return Some(Bytes::from_static(
+                    b"event: shutdown\ndata: {\"reason\":\"the server is shutting down; reconnect with Last-Event-ID\"}\n\n",
+                ));
+            }
+            let mut out = Vec::new();
+            match self.advance(&mut out).await {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, cursor = self.cursor, "a subscription could not read");
+                    self.finished = true;
+                    write_error(&mut out, &ApiError::from(error));
+                    return Some(Bytes::from(out));
+                }
+            }
+            if !self.caught_up && self.cursor >= self.history_head {
+                self.caught_up = true;
+                self.write_position(&mut out, "caught_up");
+            } else if self.cursor > self.last_id && self.last_id_at.elapsed() >= self.timers.checkpoint {
+                self.write_position(&mut out, "checkpoint");
+            }
+            if !out.is_empty() {
+                self.last_write = Instant::now();
+                return Some(Bytes::from(out));
+            }
+            if self.cursor < self.feed.last() {
+                // Everything read was filtered out and more is waiting: go on reading, letting
+                // other tasks run between chunks.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            // Nothing new: wait for the feed, a timer or the shutdown.
+            let keep_alive_at = self.last_write + self.timers.keep_alive;
+            let checkpoint_at = if self.cursor > self.last_id {
+                self.last_id_at + self.timers.checkpoint
+            } else {
+                keep_alive_at
+            };
+            let wake_at = keep_alive_at.min(checkpoint_at);
+            tokio::select! {
+                changed = self.feed_rx.changed() => {
+                    if changed.is_err() {
+                        // The feed stopped: the server is going away.
+                        self.finished = true;
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep_until(wake_at) => {
+                    if Instant::now() >= keep_alive_at {
+                        self.last_write = Instant::now();
+                        return Some(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                }
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Moves the cursor over the next events after it, writing those that match into `out`.
+    async fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        match self.feed.after(self.cursor, CHUNK_EVENTS) {
+            Slice::Events(events) => {
+                for event in &events {
+                    if self.query.matches(&event.event) {
+                        write_event(out, event.event.position(), &event.json);
+                        self.last_id = event.event.position();
+                        self.last_id_at = Instant::now();
+                    }
+                    self.cursor = event.event.position();
+                }
+                Ok(())
+            }
+            Slice::Evicted => {
+                // Older than the feed: read a page from the store.
+                let mut query = self.query.clone();
+                query.after_position = self.cursor;
+                let page = self.store.read_events(query).await?;
+                let mut json = Vec::new();
+                for event in &page.events {
+                    json.clear();
+                    event.write_json(&mut json);
+                    write_event(out, event.position(), &json);
+                    self.last_id = event.position();
+                    self.last_id_at = Instant::now();
+                }
+                self.cursor = self.cursor.max(page.next_after_position);
+                Ok(())
+            }
+        }
+    }
+
+    fn write_position(&mut self, out: &mut Vec<u8>, event: &str) {
+        let _ = write!(
+            out,
+            "event: {event}\nid: {p}\ndata: {{\"position\":{p}}}\n\n",
+            p = self.cursor
+        );
+        self.last_id = self.cursor;
+        self.last_id_at = Instant::now();
+    }
+}
+
+fn write_event(out: &mut Vec<u8>, position: u64, json: &[u8]) {
+    // Writing to a Vec cannot fail. The JSON is one line: strings escape control characters.
+    let _ = write!(out, "event: event\nid: {position}\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
+fn write_error(out: &mut Vec<u8>, error: &ApiError) {
+    let (code, message) = error.code_and_message();
+    let data = serde_json::json!({ "code": code, "message": message });
+    let _ = write!(out, "event: error\ndata: {data}\n\n");
+}

@@ -1,0 +1,370 @@
+//! `GET /v1/subscribe`, in-process: catch-up then live, resume, filters, checkpoints,
+//! keep-alives, shutdown, eviction from the live feed and bad requests.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use factstore_core::{Commit, EventStore, ExpectedVersion, NewEvent};
+use factstore_server::{AppState, ServerConfig, SubscribeTimers, app_with_state};
+use factstore_testkit::model::ModelStore;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// One server-sent message.
+#[derive(Debug, Clone, PartialEq)]
+struct Message {
+    event: String,
+    id: Option<u64>,
+    data: Option<Value>,
+    comment: bool,
+}
+
+/// A subscription's body, parsed message by message.
+struct Stream {
+    body: Body,
+    buffer: String,
+}
+
+impl Stream {
+    /// The next message, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse(&block));
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("the stream went quiet for 10 s")?
+                .expect("body frame");
+            if let Ok(data) = frame.into_data() {
+                self.buffer.push_str(std::str::from_utf8(&data).expect("UTF-8"));
+            }
+        }
+    }
+
+    /// The next message that is not a keep-alive.
+    async fn next_message(&mut self) -> Message {
+        loop {
+            let message = self.next().await.expect("the stream ended");
+            if !message.comment {
+                return message;
+            }
+        }
+    }
+
+    /// Positions of the next `n` events, checking that nothing else comes in between.
+    async fn events(&mut self, n: usize) -> Vec<u64> {
+        let mut positions = Vec::new();
+        while positions.len() < n {
+            let message = self.next_message().await;
+            assert_eq!(message.event, "event", "{message:?}");
+            let data = message.data.as_ref().unwrap();
+            assert_eq!(data["position"].as_u64(), message.id, "id is the position");
+            positions.push(message.id.unwrap());
+        }
+        positions
+    }
+}
+
+fn parse(block: &str) -> Message {
+    let mut message = Message {
+        event: "message".into(),
+        id: None,
+        data: None,
+        comment: false,
+    };
+    for line in block.lines() {
+        if line.starts_with(':') {
+            message.comment = true;
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            message.event = value.to_owned();
+        } else if let Some(value) = line.strip_prefix("id: ") {
+            message.id = Some(value.parse().expect("numeric id"));
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            message.data = Some(serde_json::from_str(value).expect("data is JSON"));
+        } else if !line.is_empty() {
+            panic!("unexpected line {line:?}");
+        }
+    }
+    message
+}
+
+struct Setup {
+    store: Arc<ModelStore>,
+    state: AppState,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup::with(|_| {})
+    }
+
+    fn with(configure: impl FnOnce(&mut ServerConfig)) -> Setup {
+        let store = Arc::new(ModelStore::new());
+        let mut config = ServerConfig::default();
+        configure(&mut config);
+        let state = AppState::new(store.clone(), config);
+        Setup { store, state }
+    }
+
+    async fn append(&self, aggregate_id: &str, event_type: &str, n: usize) {
+        let events = (0..n)
+            .map(|i| NewEvent::new("Thing", event_type, serde_json::json!({"i": i})))
+            .collect();
+        self.store
+            .commit(Commit::single(aggregate_id, ExpectedVersion::Any, events))
+            .await
+            .unwrap();
+    }
+
+    async fn open(&self, uri: &str, last_event_id: Option<&str>) -> Result<Stream, (StatusCode, Value)> {
+        let mut request = Request::builder().uri(uri);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = app_with_state(self.state.clone())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        if status != StatusCode::OK {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            return Err((status, serde_json::from_slice(&bytes).unwrap()));
+        }
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream",
+            "a subscription is an event stream"
+        );
+        Ok(Stream {
+            body: response.into_body(),
+            buffer: String::new(),
+        })
+    }
+
+    async fn subscribe(&self, uri: &str) -> Stream {
+        self.open(uri, None).await.unwrap()
+    }
+}
+
+fn range(from: u64, to: u64) -> Vec<u64> {
+    (from..=to).collect()
+}
+
+#[tokio::test]
+async fn catches_up_then_follows_live_without_gaps_or_duplicates() {
+    let setup = Setup::new();
+    setup.append("a", "E", 5).await;
+    let mut stream = setup.subscribe("/v1/subscribe").await;
+    assert_eq!(stream.events(5).await, range(1, 5));
+    let caught_up = stream.next_message().await;
+    assert_eq!(caught_up.event, "caught_up");
+    assert_eq!(caught_up.id, Some(5));
+    assert_eq!(caught_up.data.unwrap()["position"], 5);
+
+    setup.append("b", "E", 3).await;
+    setup.append("a", "E", 2).await;
+    assert_eq!(stream.events(5).await, range(6, 10));
+
+    // The event's JSON is the same as a read returns.
+    let message = {
+        setup.append("c", "Named", 1).await;
+        stream.next_message().await
+    };
+    let data = message.data.unwrap();
+    assert_eq!(
+        (
+            data["aggregate_id"].as_str(),
+            data["event_type"].as_str(),
+            data["version"].as_u64()
+        ),
+        (Some("c"), Some("Named"), Some(1))
+    );
+    assert_eq!(data["event_data"]["i"], 0);
+}
+
+#[tokio::test]
+async fn an_empty_store_is_caught_up_at_once() {
+    let setup = Setup::new();
+    let mut stream = setup.subscribe("/v1/subscribe").await;
+    let message = stream.next_message().await;
+    assert_eq!((message.event.as_str(), message.id), ("caught_up", Some(0)));
+    setup.append("a", "E", 1).await;
+    assert_eq!(stream.events(1).await, vec![1]);
+}
+
+#[tokio::test]
+async fn resumes_after_a_position_and_last_event_id_wins() {
+    let setup = Setup::new();
+    setup.append("a", "E", 10).await;
+    let mut stream = setup.subscribe("/v1/subscribe?after_position=7").await;
+    assert_eq!(stream.events(3).await, range(8, 10));
+
+    let mut stream = setup
+        .open("/v1/subscribe?after_position=2", Some("6"))
+        .await
+        .unwrap();
+    assert_eq!(stream.events(4).await, range(7, 10));
+    assert_eq!(stream.next_message().await.event, "caught_up");
+}
+
+#[tokio::test]
+async fn filters_apply_and_checkpoints_mark_skipped_events() {
+    let setup = Setup::with(|config| {
+        config.subscribe = SubscribeTimers {
+            keep_alive: Duration::from_secs(60),
+            checkpoint: Duration::from_millis(50),
+        };
+    });
+    setup.append("a", "Wanted", 2).await; // 1, 2
+    setup.append("b", "Other", 3).await; // 3..5
+    setup.append("a", "Wanted", 1).await; // 6
+    setup.append("c", "Other", 4).await; // 7..10
+
+    let mut stream = setup.subscribe("/v1/subscribe?event_type=Wanted,Rare").await;
+    assert_eq!(stream.events(3).await, vec![1, 2, 6]);
+    let caught_up = stream.next_message().await;
+    assert_eq!((caught_up.event.as_str(), caught_up.id), ("caught_up", Some(10)));
+
+    // Live events that are all filtered out still move the resume point, by a checkpoint.
+    setup.append("d", "Other", 5).await; // 11..15
+    let checkpoint = stream.next_message().await;
+    assert_eq!(
+        (checkpoint.event.as_str(), checkpoint.id),
+        ("checkpoint", Some(15))
+    );
+    assert_eq!(checkpoint.data.unwrap()["position"], 15);
+
+    let mut by_aggregate = setup.subscribe("/v1/subscribe?aggregate_id=a").await;
+    assert_eq!(by_aggregate.events(3).await, vec![1, 2, 6]);
+    let mut by_prefix = setup
+        .subscribe("/v1/subscribe?aggregate_id_prefix=b&after_position=1")
+        .await;
+    assert_eq!(by_prefix.events(3).await, vec![3, 4, 5]);
+}
+
+#[tokio::test]
+async fn keep_alives_come_when_nothing_else_does() {
+    let setup = Setup::with(|config| {
+        config.subscribe = SubscribeTimers {
+            keep_alive: Duration::from_millis(50),
+            checkpoint: Duration::from_secs(60),
+        };
+    });
+    let mut stream = setup.subscribe("/v1/subscribe").await;
+    assert_eq!(stream.next().await.unwrap().event, "caught_up");
+    let message = stream.next().await.unwrap();
+    assert!(message.comment, "{message:?}");
+    let message = stream.next().await.unwrap();
+    assert!(message.comment, "{message:?}");
+}
+
+#[tokio::test]
+async fn shutdown_tells_subscribers_and_ends_the_stream() {
+    let setup = Setup::new();
+    setup.append("a", "E", 2).await;
+    let mut stream = setup.subscribe("/v1/subscribe").await;
+    assert_eq!(stream.events(2).await, vec![1, 2]);
+    assert_eq!(stream.next_message().await.event, "caught_up");
+    setup.state.shutdown.cancel();
+    let message = stream.next_message().await;
+    assert_eq!(message.event, "shutdown");
+    assert!(
+        message.data.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Last-Event-ID")
+    );
+    assert_eq!(
+        stream.next().await,
+        None,
+        "the stream ends after the shutdown message"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_behind_the_live_feed_reads_from_the_store_in_order() {
+    // A feed of a few KiB keeps only the newest handful of events.
+    let setup = Setup::with(|config| config.feed_bytes_max = 8 << 10);
+    let mut early = setup.subscribe("/v1/subscribe").await;
+    assert_eq!(early.next_message().await.event, "caught_up");
+    for i in 0..50 {
+        setup.append(&format!("agg-{}", i % 7), "E", 40).await;
+    }
+    // The early subscriber did not read while 2,000 events went by: the feed has long dropped
+    // its position, and it must still get every event once, in order.
+    assert_eq!(early.events(2000).await, range(1, 2000));
+
+    let mut late = setup.subscribe("/v1/subscribe?after_position=17").await;
+    assert_eq!(late.events(1983).await, range(18, 2000));
+    assert_eq!(late.next_message().await.id, Some(2000));
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_the_stream_starts() {
+    let setup = Setup::new();
+    for (uri, last_event_id, needle) in [
+        ("/v1/subscribe?limit=5", None, "limit"),
+        ("/v1/subscribe?after_position=-1", None, "after_position"),
+        ("/v1/subscribe?from=yesterday", None, "from"),
+        ("/v1/subscribe?raw=maybe", None, "raw"),
+        ("/v1/subscribe", Some("abc"), "Last-Event-ID"),
+        ("/v1/subscribe", Some("-3"), "Last-Event-ID"),
+    ] {
+        let Err((status, body)) = setup.open(uri, last_event_id).await else {
+            panic!("{uri} with {last_event_id:?} was accepted");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{uri}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn reads_of_the_tail_from_the_feed_match_the_store() {
+    let setup = Setup::new();
+    // Start the feed before the events exist, so it holds all of them.
+    let _ = setup.subscribe("/v1/subscribe").await;
+    for i in 0..20 {
+        setup.append(&format!("x-{}", i % 3), "E", 5).await;
+    }
+    let feed = setup.state.feed();
+    while feed.last() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let router = app_with_state(setup.state.clone());
+    for uri in [
+        "/v1/events?after_position=0&limit=7",
+        "/v1/events?after_position=95",
+        "/v1/events?after_position=40&to_position=60&limit=100",
+        "/v1/events?after_position=100",
+        "/v1/events?after_position=150",
+        "/v1/events?after_position=3&limit=10&from=2000-01-01",
+    ] {
+        let response = router
+            .clone()
+            .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let from_feed: Value = serde_json::from_slice(&bytes).unwrap();
+
+        // The same read, answered by the store (a filter that every event passes sends it there).
+        let filtered = format!("{uri}&aggregate_id_prefix=x-");
+        let response = router
+            .clone()
+            .oneshot(Request::builder().uri(&filtered).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let from_store: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(from_feed, from_store, "{uri}");
+    }
+}
