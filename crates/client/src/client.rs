@@ -449,7 +449,7 @@ impl Client {
                     .map_or(page.head_position, |to| to.min(page.head_position));
                 let next = (page.next_after_position > query.after_position
                     && page.next_after_position < end)
-                    .then(|| EventQuery {
+                    .then_some(EventQuery {
                         after_position: page.next_after_position,
                         ..query
                     });

@@ -8,6 +8,7 @@
 //! event: checkpoint  id: <position>  data: {"position": p}   while filters skip events
 //! : keep-alive                                               at least every 15 s
 //! event: shutdown                    data: {"reason": ...}   the server is stopping
+//! event: error                       data: {"code", ...}     a read failed; resume later
 //! ```
 //! Every `id` is a position, and a request with `Last-Event-ID: <id>` continues right after
 //! it with no gap and no duplicate.
@@ -15,7 +16,7 @@
 //! # Resuming
 //! The stream remembers the highest position it has seen (an event's, a checkpoint's, the
 //! caught-up position). When the connection drops, goes silent for longer than the client's
-//! read timeout, or the server announces a shutdown, it reconnects with
+//! read timeout, or the server ends the stream (`shutdown`, `error`), it reconnects with
 //! `Last-Event-ID` set to that position, backing off under the [`ReconnectPolicy`]. As a
 //! second line of defence it never delivers an event whose position is not above the last
 //! one it delivered. `CaughtUp` is delivered once per subscription, not once per connection.
@@ -364,15 +365,18 @@ impl State {
                 self.advance(position);
                 Ok(Some(SubscriptionMessage::Checkpoint { position }))
             }
-            Some("shutdown") => {
+            Some(kind @ ("shutdown" | "error")) => {
+                // `shutdown`: the server is stopping. `error`: it could not read the store for
+                // this subscription. Either way the stream ends here and resumes later.
                 tracing::debug!(
-                    reason = data,
+                    kind,
+                    data,
                     position = self.position(),
-                    "the server is shutting down; resuming later"
+                    "the server ended the stream; resuming later"
                 );
                 self.connection = None;
                 self.delivered = false;
-                // The server is going away: the first reconnection waits a little already.
+                // The server is going away or in trouble: the first reconnection waits already.
                 self.failures = self.failures.max(1);
                 Ok(None)
             }
