@@ -318,7 +318,7 @@ async fn flush(client: &Client, batch: Batch, stats: &mut Stats) -> anyhow::Resu
             Ok(())
         }
         Err(error @ (Error::DuplicateEventId { .. } | Error::WrongExpectedVersion { .. })) => {
-            resolve(client, batch, error, stats).await.with_context(|| lines)
+            resolve(client, batch, error, stats, &lines).await
         }
         Err(error) => Err(anyhow::Error::new(error).context(lines)),
     }
@@ -326,7 +326,13 @@ async fn flush(client: &Client, batch: Batch, stats: &mut Stats) -> anyhow::Resu
 
 /// A commit refused because some of its events may be stored already: keep what is there
 /// (if it is the same), commit the rest.
-async fn resolve(client: &Client, batch: Batch, refusal: Error, stats: &mut Stats) -> anyhow::Result<()> {
+async fn resolve(
+    client: &Client,
+    batch: Batch,
+    refusal: Error,
+    stats: &mut Stats,
+    lines: &str,
+) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut present = 0u64;
     for run in batch.runs {
@@ -339,7 +345,7 @@ async fn resolve(client: &Client, batch: Batch, refusal: Error, stats: &mut Stat
                     present += 1;
                 }
                 Err(Error::EventNotFound { .. }) => items.push(item),
-                Err(error) => return Err(error.into()),
+                Err(error) => return Err(anyhow::Error::new(error).context(format!("line {}", item.line))),
             }
         }
         if !items.is_empty() {
@@ -351,13 +357,16 @@ async fn resolve(client: &Client, batch: Batch, refusal: Error, stats: &mut Stat
     }
     if present == 0 {
         // Nothing of it is stored: the refusal stands (another history of an aggregate).
-        return Err(refusal.into());
+        return Err(anyhow::Error::new(refusal).context(lines.to_owned()));
     }
     stats.already_present += present;
     if missing.is_empty() {
         return Ok(());
     }
-    let outcome = client.commit(commit_of(&missing)).await?;
+    let outcome = client
+        .commit(commit_of(&missing))
+        .await
+        .with_context(|| lines.to_owned())?;
     stats.record(&missing, &outcome);
     Ok(())
 }
@@ -462,7 +471,14 @@ mod tests {
                 vec![("a".to_owned(), 1), ("b".to_owned(), 1)],
             ]
         );
-        assert_eq!(batches(&lines, 2).len(), 4);
+        assert_eq!(
+            batches(&lines, 2),
+            [
+                vec![("a".to_owned(), 2)],
+                vec![("b".to_owned(), 1), ("c".to_owned(), 1)],
+                vec![("a".to_owned(), 1), ("b".to_owned(), 1)],
+            ]
+        );
         let request = commit_of(&{
             let (aggregate, item) = parse_line(1, &line("x", 5)).expect("valid");
             vec![Run {

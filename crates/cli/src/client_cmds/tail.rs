@@ -44,9 +44,11 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             as_of: args.time.as_of,
             raw: args.time.raw,
         };
+        // Listening for Ctrl-C starts before the first event is printed: a Ctrl-C at any
+        // moment after that ends the tail cleanly.
+        let mut interrupted = std::pin::pin!(interrupt()?);
         let mut subscription = client.subscribe(options).await?;
         let mut printed = 0u64;
-        let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
         while args.count.is_none_or(|count| printed < count) {
             let message = tokio::select! {
                 message = subscription.next() => message,
@@ -65,5 +67,23 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         printer.flush()?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A future that completes on Ctrl-C (SIGINT), listening from the moment this returns (unlike
+/// `tokio::signal::ctrl_c`, which starts listening when first polled).
+#[cfg(unix)]
+fn interrupt() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signal = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        signal.recv().await;
+    })
+}
+
+#[cfg(not(unix))]
+fn interrupt() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
     })
 }
