@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod client_cmds;
 mod serve;
 mod verify;
@@ -38,6 +39,14 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(serve::ServeArgs),
+    /// Load a running server and report throughput and latency (a load generator).
+    ///
+    /// Every workload prints its parameters with its results, and the head position before and
+    /// after, so that a saved result describes itself. Exits with status 1 if a request failed
+    /// or --verify found a problem (conflicts of --expected-version are not failures). On a
+    /// shared machine the generator takes CPU from the server it measures, which is why it is
+    /// built to need little; see docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// Check every record and index entry of a data folder (offline: stop the server first).
     Verify {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Verify { data_dir } => verify::run(&data_dir),
         Command::Append(args) => client_cmds::append::run(args),
         Command::Read(args) => client_cmds::read::run(args),

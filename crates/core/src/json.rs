@@ -29,42 +29,52 @@ pub fn compact_json(text: &str) -> Cow<'_, str> {
     if !any_byte_at_most(bytes, b' ') {
         return Cow::Borrowed(text);
     }
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        let keep = if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        // Between strings: copy up to the next white space or quote. These runs are short
+        // (punctuation, numbers, literals).
+        let run = bytes[at..]
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'"'))
+            .unwrap_or(bytes.len() - at);
+        out.extend_from_slice(&bytes[at..at + run]);
+        at += run;
+        match bytes.get(at) {
+            None => break,
+            Some(b'"') => {
+                // A string, copied whole: jump from quote or backslash to the next with a
+                // vectorised search, stepping over each escaped character.
+                let start = at;
+                at += 1;
+                loop {
+                    // `get`: text that ends inside a string after a backslash is not valid JSON,
+                    // but must not panic either.
+                    let rest = bytes.get(at..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(i) if bytes[at + i] == b'\\' => at += i + 2,
+                        Some(i) => {
+                            at += i + 1;
+                            break;
+                        }
+                        None => {
+                            at = bytes.len();
+                            break;
+                        }
+                    }
+                }
+                let end = at.min(bytes.len());
+                out.extend_from_slice(&bytes[start..end]);
+                at = end;
             }
-            true
-        } else if b == b'"' {
-            in_string = true;
-            true
-        } else {
-            !matches!(b, b' ' | b'\n' | b'\r' | b'\t')
-        };
-        match (&mut out, keep) {
-            (Some(out), true) => out.push(b),
-            (None, false) => {
-                let mut started = Vec::with_capacity(bytes.len());
-                started.extend_from_slice(&bytes[..i]);
-                out = Some(started);
-            }
-            _ => {}
+            Some(_) => at += 1,
         }
     }
-    match out {
-        // Only ASCII white space was removed from valid UTF-8, so this cannot fail.
-        Some(out) => Cow::Owned(
-            String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
-        None => Cow::Borrowed(text),
+    if out.len() == bytes.len() {
+        return Cow::Borrowed(text);
     }
+    // Only ASCII white space was removed from valid UTF-8, so this cannot fail.
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 #[cfg(test)]
@@ -76,6 +86,9 @@ mod tests {
         let text = "{ \"a b\" : [ 1 , \"c \\\" d\" ] }";
         assert_eq!(compact_json(text), "{\"a b\":[1,\"c \\\" d\"]}");
         assert!(matches!(compact_json("{\"a\":1}"), Cow::Borrowed(_)));
+        assert_eq!(compact_json("[\"a\\\\\", 1 ]"), "[\"a\\\\\",1]");
+        // Not JSON, but no panic either.
+        assert_eq!(compact_json(" \"a\\"), "\"a\\");
     }
 
     proptest::proptest! {

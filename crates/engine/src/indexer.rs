@@ -31,17 +31,21 @@ use crate::index::memtable::MemTable;
 use crate::index::run::{Run, RunWriter, merge_runs};
 use crate::index::table::PositionTable;
 
-const MERGE_FAN_IN: usize = 4;
-
 #[derive(Debug)]
 pub struct Indexer {
     shared: Arc<Shared>,
     manifest: Manifest,
+    /// Runs of one level merged at once (`EngineOptions::merge_fan_in`).
+    merge_fan_in: usize,
 }
 
 impl Indexer {
-    pub fn new(shared: Arc<Shared>, manifest: Manifest) -> Indexer {
-        Indexer { shared, manifest }
+    pub fn new(shared: Arc<Shared>, manifest: Manifest, merge_fan_in: usize) -> Indexer {
+        Indexer {
+            shared,
+            manifest,
+            merge_fan_in: merge_fan_in.max(2),
+        }
     }
 
     /// Runs until the writer hangs up, writing each memtable the writer froze.
@@ -100,7 +104,7 @@ impl Indexer {
         })
     }
 
-    /// Merges the newest runs while [`MERGE_FAN_IN`] of one level stand together at the end.
+    /// Merges the newest runs while `merge_fan_in` of one level stand together at the end.
     pub fn compact(&mut self) -> Result<()> {
         loop {
             let runs = self.shared.index.snapshot_runs();
@@ -114,10 +118,10 @@ impl Indexer {
                 .take_while(|r| r.level == level)
                 .cloned()
                 .collect();
-            if same.len() < MERGE_FAN_IN {
+            if same.len() < self.merge_fan_in {
                 return Ok(());
             }
-            let mut inputs: Vec<Arc<RunSource>> = same.into_iter().take(MERGE_FAN_IN).collect();
+            let mut inputs: Vec<Arc<RunSource>> = same.into_iter().take(self.merge_fan_in).collect();
             inputs.reverse();
             self.merge(&inputs, level + 1)?;
         }

@@ -26,6 +26,7 @@ fn small(fs: Arc<dyn factstore_engine::io::FileSystem>) -> EngineOptions {
         fs,
         memtable_events_max: 64,
         segment_bytes_max: 16 << 10,
+        merge_fan_in: 2,
         ..EngineOptions::default()
     }
 }

@@ -253,6 +253,7 @@ fn small(process: &Process) -> EngineOptions {
         fs: Arc::new(process.clone()),
         memtable_events_max: 8,
         segment_bytes_max: 4096,
+        merge_fan_in: 4,
         ..EngineOptions::default()
     }
 }

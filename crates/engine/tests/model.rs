@@ -184,6 +184,7 @@ fn options(process: &Process, tiny_cache: bool) -> EngineOptions {
         memtable_events_max: 8,
         segment_bytes_max: 4096,
         aggregate_cache_entries: if tiny_cache { 2 } else { 1024 },
+        merge_fan_in: 4,
         ..EngineOptions::default()
     }
 }

@@ -18,7 +18,7 @@
 //!   from the store; the feed never blocks on a reader.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 /// Events read from the store per refill of the ring.
 const REFILL_PAGE: usize = 10_000;
 
-/// One event of the ring: the stored event and its JSON as the API writes it.
+/// One event of the ring: the stored event and its JSON as the API writes it, rendered the
+/// first time someone reads it (a store that nobody follows pays nothing for rendering).
 #[derive(Debug)]
 pub struct FeedEvent {
     pub event: Event,
-    pub json: Bytes,
+    json: OnceLock<Bytes>,
 }
 
 impl FeedEvent {
@@ -43,16 +44,25 @@ impl FeedEvent {
         // not keep alive.
         let event = Event::from_checked_bytes(Bytes::copy_from_slice(event.as_bytes()))
             .unwrap_or_else(|_| event.clone());
-        let mut json = Vec::with_capacity(event.as_bytes().len() + 256);
-        event.write_json(&mut json);
         FeedEvent {
             event,
-            json: Bytes::from(json),
+            json: OnceLock::new(),
         }
     }
 
+    /// The event's JSON, rendered once.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let mut json = Vec::with_capacity(self.event.as_bytes().len() + 256);
+            self.event.write_json(&mut json);
+            Bytes::from(json)
+        })
+    }
+
+    /// What the event costs the ring, JSON included (estimated before it is rendered: the JSON
+    /// repeats the stored strings and payload plus about 250 bytes of names and numbers).
     fn cost(&self) -> usize {
-        self.event.as_bytes().len() + self.json.len() + std::mem::size_of::<FeedEvent>() + 32
+        2 * self.event.as_bytes().len() + 256 + std::mem::size_of::<FeedEvent>() + 32
     }
 }
 

@@ -81,14 +81,14 @@ pub struct FeedPage {
 
 /// The same body as [`event_page`], copied from JSON rendered once.
 pub fn feed_page(page: &FeedPage) -> Vec<u8> {
-    let size = page.events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 96;
+    let size = page.events.iter().map(|e| e.json().len() + 1).sum::<usize>() + 96;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(b"{\"events\":[");
     for (i, event) in page.events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&event.json);
+        out.extend_from_slice(event.json());
     }
     let _ = write!(
         out,

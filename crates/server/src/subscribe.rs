@@ -245,7 +245,7 @@ impl Subscription {
             Slice::Events(events) => {
                 for event in &events {
                     if self.query.matches(&event.event) {
-                        write_event(out, event.event.position(), &event.json);
+                        write_event(out, event.event.position(), event.json());
                         self.last_id = event.event.position();
                         self.last_id_at = Instant::now();
                     }
