@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -256,6 +256,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
             let size = file.metadata().map(|m| m.len()).ok();
             (Box::new(BufReader::with_capacity(1 << 20, file)), size)
+        }
+        None if io::stdin().is_terminal() => {
+            bail!("give the file to import, or pipe an export into stdin (factstore import export.jsonl)")
         }
         None => (Box::new(io::stdin().lock()), None),
     };
