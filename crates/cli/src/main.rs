@@ -1,7 +1,10 @@
-//! The `factstore` binary: `serve` runs the server; the other commands are tools.
+//! The `factstore` binary: `serve` runs the server; `verify` checks a data folder; the client
+//! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`) talk to a
+//! running server through `factstore-client`.
 //!
 //! This crate is not a library; it wires the crates together and turns errors into one line
-//! and a non-zero exit. Each command lives in its own module.
+//! and a non-zero exit. Each command lives in its own module (the client commands under
+//! `client_cmds`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod client_cmds;
 mod serve;
 mod verify;
 
@@ -21,7 +25,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "factstore",
     version,
-    about = "An event store: durable, append-only facts over HTTP/JSON"
+    about = "An event store: durable, append-only facts over HTTP/JSON",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 conflict (wrong expected version, \
+                  failed condition, duplicate event id, aggregate type mismatch), 4 not found, \
+                  5 no answer from the server, 6 token refused."
 )]
 struct Cli {
     /// How log lines are written to stderr: text for people, json (one object a line, with
@@ -55,6 +62,24 @@ enum Command {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
         data_dir: PathBuf,
     },
+    /// Append events to one aggregate (from flags, or JSON lines on stdin).
+    #[command(long_about = APPEND_HELP)]
+    Append(client_cmds::append::AppendArgs),
+    /// Read one aggregate's events by version.
+    Read(client_cmds::read::ReadArgs),
+    /// Query all events in position order, filtered.
+    Query(client_cmds::query::QueryArgs),
+    /// Show one event by id.
+    Get(client_cmds::get::GetArgs),
+    /// Show the last committed position.
+    Head(client_cmds::head::HeadArgs),
+    /// Follow new events as they are committed (Ctrl-C ends it).
+    Tail(client_cmds::tail::TailArgs),
+    /// Write every event, in position order, as JSON lines in the stored form.
+    Export(client_cmds::export::ExportArgs),
+    /// Append the events of an export, keeping ids, order, positions and versions.
+    #[command(long_about = IMPORT_HELP)]
+    Import(client_cmds::import::ImportArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -75,6 +100,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+const APPEND_HELP: &str = "Append events to one aggregate, atomically.
+
+From flags: factstore append account:1 --aggregate-type Account --type MoneyDeposited \
+--data '{\"amount\": 500}' --expected-version 3
+
+With --stdin, each non-blank line is either an event object
+  {\"aggregate_type\": \"Account\", \"event_type\": \"MoneyDeposited\", \"event_data\": {\"amount\": 500}}
+(optional: event_id, event_version, created_by, created_at, metadata), all appended together
+under --expected-version; or a whole append request
+  {\"expected_version\": 3, \"events\": [ ...event objects... ]}
+each sent as one append, in order. One input holds one kind of line.
+
+Events get their ids before the first attempt, so retries never append twice.";
+
+const IMPORT_HELP: &str = "Append the events of an export (JSON lines, as `factstore export` writes them), keeping \
+event_id, aggregate_type, event_type, event_version, event_data, created_at, created_by and \
+metadata, in the file's order. Into an empty store, every event lands at the position and \
+version the file gives. Running the same import again (after an interruption, or after it \
+finished) writes nothing twice: every commit it repeats is recognised by its event ids.";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -82,12 +127,22 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Verify { data_dir } => verify::run(&data_dir),
+        Command::Append(args) => client_cmds::append::run(args),
+        Command::Read(args) => client_cmds::read::run(args),
+        Command::Query(args) => client_cmds::query::run(args),
+        Command::Get(args) => client_cmds::get::run(args),
+        Command::Head(args) => client_cmds::head::run(args),
+        Command::Tail(args) => client_cmds::tail::run(args),
+        Command::Export(args) => client_cmds::export::run(args),
+        Command::Import(args) => client_cmds::import::run(args),
     };
     match result {
         Ok(code) => code,
+        // `factstore query | head`: the reader is done, and so are we.
+        Err(error) if client_cmds::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", client_cmds::one_line(&error));
+            client_cmds::exit_code(&error)
         }
     }
 }
