@@ -9,7 +9,7 @@
 //!   by the schema types of [`schemas`], each naming the function that writes it. They are
 //!   closed (`additionalProperties: false`, every field required), and `tests/openapi.rs`
 //!   validates real responses against them, so a field added, renamed or removed on one side
-//!   only fails there.
+//!   alone fails there.
 //! - The query parameters are the [`params`] types; `tests/openapi.rs` checks that each
 //!   operation documents exactly the names its handler accepts.
 //! - Errors: [`ErrorCode`] lists every code with its status; each operation declares the codes
@@ -606,7 +606,8 @@ fn openapi() -> &'static [ErrorCode] {
 }
 
 /// The schemas of the bodies written by hand. These types are never built: they only describe
-/// JSON that other functions write (each names its writer).
+/// JSON that other functions write. Each names its writer in a plain comment, which stays out of
+/// the published description.
 mod schemas {
     #![expect(dead_code, reason = "these types describe JSON and are never built")]
 
@@ -617,8 +618,8 @@ mod schemas {
 
     use super::ErrorCode;
 
-    /// An event as the API shows it. Written by `Event::write_json` (factstore-core), for reads
-    /// and for the live feed alike.
+    // Written by `Event::write_json` (factstore-core), for reads and the live feed alike.
+    /// An event as the API shows it.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Event {
@@ -650,8 +651,9 @@ mod schemas {
         metadata: Option<Value>,
     }
 
-    /// A page of `GET /v1/events`. Written by `render::event_page` (from the store) and
-    /// `render::feed_page` (from the live feed).
+    // Written by `render::event_page` (from the store) and `render::feed_page` (from the live
+    // feed).
+    /// A page of `GET /v1/events`.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct EventPage {
@@ -664,8 +666,8 @@ mod schemas {
         head_position: u64,
     }
 
-    /// A page of `GET /v1/aggregates/{aggregate_id}/events`. Written by
-    /// `render::aggregate_page`.
+    // Written by `render::aggregate_page`.
+    /// A page of `GET /v1/aggregates/{aggregate_id}/events`.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AggregatePage {
@@ -681,7 +683,8 @@ mod schemas {
         next_from_version: Option<u64>,
     }
 
-    /// The body of every error. Written by `ApiError::into_response` (error.rs).
+    // Written by `ApiError::into_response` (error.rs), the details by `ApiError::parts`.
+    /// The body of every error.
     #[derive(ToSchema)]
     #[schema(as = Error)]
     #[serde(deny_unknown_fields)]
@@ -723,21 +726,23 @@ mod schemas {
         given: Option<String>,
     }
 
-    /// The body of `GET /health`. Written by `health` (lib.rs).
+    // Written by `health` (lib.rs).
+    /// The body of `GET /health`.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Health {
         status: HealthStatus,
     }
 
+    /// Always `ok`: the server answers.
     #[derive(ToSchema)]
     #[serde(rename_all = "lowercase")]
     pub enum HealthStatus {
         Ok,
     }
 
-    /// The data of a subscription's `caught_up` and `checkpoint` messages. Written by
-    /// `Subscription::write_position` (subscribe.rs).
+    // Written by `Subscription::write_position` (subscribe.rs).
+    /// The data of a subscription's `caught_up` and `checkpoint` messages.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct StreamPosition {
@@ -745,15 +750,16 @@ mod schemas {
         position: u64,
     }
 
-    /// The data of a subscription's `shutdown` message. Written by `Subscription::next_chunk`
-    /// (subscribe.rs).
+    // Written by `Subscription::next_chunk` (subscribe.rs).
+    /// The data of a subscription's `shutdown` message: the server is stopping.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct StreamShutdown {
         reason: String,
     }
 
-    /// The data of a subscription's `error` message. Written by `write_error` (subscribe.rs).
+    // Written by `write_error` (subscribe.rs).
+    /// The data of a subscription's `error` message: a read failed after the stream began.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct StreamError {
