@@ -97,23 +97,36 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
 
 /// One event as a client sends it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// The idempotency key; the store assigns a UUIDv7 when absent.
     #[serde(default)]
     pub event_id: Option<Uuid>,
+    /// The kind of aggregate, 1 to 50 bytes (by default). An aggregate keeps the type of its
+    /// first event.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub aggregate_type: String,
+    /// 1 to 100 bytes (by default).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub event_type: String,
     /// The schema version of `event_data`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2147483647))]
     pub event_version: Option<i64>,
+    /// The fact itself: a JSON object. With `metadata`, at most 1 MiB (by default).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event_data: Box<RawValue>,
+    /// Who caused the event, at most 255 bytes.
     #[serde(default)]
     pub created_by: Option<String>,
     /// When the fact happened; the commit time when absent.
     #[serde(default)]
     pub created_at: Option<Timestamp>,
+    /// A JSON object. Its `correlation_id` and `causation_id` (strings of at most 255 bytes)
+    /// are indexed.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Box<RawValue>>,
 }
 
@@ -169,19 +182,26 @@ fn empty_object() -> Box<RawValue> {
 
 /// Events to append to one aggregate.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AggregateAppend {
+    /// 1 to 255 bytes (by default), no control characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub aggregate_id: String,
     #[serde(default)]
     pub expected_version: ExpectedVersion,
+    /// At least one event.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub events: Vec<NewEvent>,
 }
 
 /// "No event matching `filter` exists after `after_position`", checked inside the commit.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     pub filter: EventFilter,
+    /// Only events after this position count (0, the default: every event).
     #[serde(default)]
     pub after_position: u64,
 }
@@ -189,8 +209,12 @@ pub struct Condition {
 /// One atomic write: every append and the condition hold and all events are written, or
 /// nothing is.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Commit {
+    /// At least one; an aggregate at most once. The events take consecutive positions in
+    /// this order.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub appends: Vec<AggregateAppend>,
     #[serde(default)]
     pub condition: Option<Condition>,
@@ -592,6 +616,7 @@ fn json_equal(a: &str, b: &str) -> bool {
 
 /// What the store answers to a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitOutcome {
     /// False when the commit was an idempotent retry: nothing was written and the original
     /// positions are returned (HTTP 200 instead of 201).
@@ -604,6 +629,7 @@ pub struct CommitOutcome {
 
 /// The result of one aggregate's part of a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendedAggregate {
     pub aggregate_id: String,
     /// The aggregate's version after its last event of this commit.
@@ -613,6 +639,7 @@ pub struct AppendedAggregate {
 
 /// Where one appended event landed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendedEvent {
     pub event_id: Uuid,
     pub version: u64,

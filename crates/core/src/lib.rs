@@ -7,6 +7,7 @@
 //! - [`query`]: [`EventFilter`] and the read queries and pages.
 //! - [`store`]: the [`EventStore`] trait.
 //! - [`limits`], [`time`], [`error`], [`json`].
+//! - `openapi` (with the `openapi` feature): the OpenAPI schemas serde's derive cannot infer.
 //!
 //! # Architecture invariant
 //! No I/O and no HTTP here: this crate is pure data and rules, so every backend and the
@@ -17,6 +18,8 @@ pub mod error;
 pub mod event;
 pub mod json;
 pub mod limits;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod query;
 pub mod store;
 pub mod time;

@@ -12,20 +12,28 @@ use crate::time::Timestamp;
 /// Which events a reader wants. Every field is optional and all of them AND; `event_types`
 /// ORs inside. As a JSON body an unknown key is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
+    /// Any of these event types; an empty list passes every type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<String>,
+    /// Exactly this aggregate type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate_type: Option<String>,
+    /// Exactly this aggregate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate_id: Option<String>,
+    /// Aggregates whose id starts with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate_id_prefix: Option<String>,
+    /// Events whose `metadata.correlation_id` is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// Events whose `metadata.causation_id` is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// Events whose `created_by` is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
 }
@@ -134,6 +142,7 @@ pub struct EventPage {
 
 /// The direction of an aggregate read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[default]
@@ -196,8 +205,11 @@ pub struct AggregatePage {
 
 /// The last committed position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Head {
+    /// The last committed position; 0 for an empty store.
     pub position: u64,
-    /// When the last event was recorded; `None` for an empty store.
+    /// When the last event was recorded; null for an empty store.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub recorded_at: Option<Timestamp>,
 }

@@ -20,18 +20,22 @@ use crate::metrics::CommitSize;
 use crate::render;
 
 /// The body of an append to one aggregate (its id is in the path).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
     #[serde(default)]
     pub expected_version: ExpectedVersion,
+    /// 1 to 1000 events (by default), written at consecutive versions and positions.
+    #[schema(min_items = 1)]
     pub events: Vec<NewEvent>,
 }
 
 /// The answer to an append to one aggregate.
-#[derive(Debug, Serialize)]
-struct AppendResponse<'a> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AppendResponse<'a> {
+    /// The aggregate's version after its last event of this append.
     version: u64,
+    /// The position of the last event of this append.
     position: u64,
     events: &'a [AppendedEvent],
 }

@@ -13,6 +13,7 @@
 //! - [`append`], [`read`] and [`subscribe`]: the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
+//! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
 //!
 //! # API boundary
 //! This crate speaks HTTP and JSON and nothing else: no storage, no validation rules of its
@@ -25,9 +26,10 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use factstore_core::EventStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -41,6 +43,7 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod metrics;
+pub mod openapi;
 pub mod read;
 pub mod render;
 pub mod serve;
@@ -168,21 +171,61 @@ pub fn app_with_state(state: AppState) -> Router {
         ))
         // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.
         .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(crate::metrics::render))
-        .route(
-            "/v1/aggregates/{aggregate_id}/events",
-            post(append::append_to_aggregate).get(read::read_aggregate),
-        )
-        .route("/v1/events", post(append::commit).get(read::read_events))
-        .route("/v1/events/{event_id}", get(read::get_event))
-        .route("/v1/head", get(read::head))
-        .route("/v1/subscribe", get(subscribe::subscribe))
+    routes()
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(layers)
         .with_state(state)
+}
+
+/// Every route of the API. Routes are added only here, through [`Routes`], so that the list of
+/// what the router answers cannot miss one: the OpenAPI document must describe exactly these
+/// (`tests/openapi.rs`).
+fn routes() -> Routes {
+    Routes::default()
+        .get("/health", health)
+        .get("/metrics", crate::metrics::render)
+        .post(
+            "/v1/aggregates/{aggregate_id}/events",
+            append::append_to_aggregate,
+        )
+        .get("/v1/aggregates/{aggregate_id}/events", read::read_aggregate)
+        .post("/v1/events", append::commit)
+        .get("/v1/events", read::read_events)
+        .get("/v1/events/{event_id}", read::get_event)
+        .get("/v1/head", read::head)
+        .get("/v1/subscribe", subscribe::subscribe)
+        .get("/v1/openapi.json", openapi::serve_document)
+}
+
+/// Every (method, path) the API answers, paths in the router's (and OpenAPI's) `{name}` form.
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes().list
+}
+
+/// A router being built, and the (method, path) of every route added to it.
+#[derive(Default)]
+struct Routes {
+    router: Router<AppState>,
+    list: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::GET, path, get(handler))
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::POST, path, post(handler))
+    }
+
+    /// axum merges the methods of one path given in several calls.
+    fn add(mut self, method: Method, path: &'static str, route: MethodRouter<AppState>) -> Routes {
+        self.router = self.router.route(path, route);
+        self.list.push((method, path));
+        self
+    }
 }
 
 /// `GET /health`

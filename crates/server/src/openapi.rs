@@ -1,0 +1,955 @@
+//! The OpenAPI 3.1 document of the API, built from the code once and served by
+//! `GET /v1/openapi.json`.
+//!
+//! # Where each part comes from
+//! - Bodies that serde reads or writes derive their schemas: [`AppendBody`] and the answer to
+//!   an append here, `Commit`, `NewEvent`, `CommitOutcome`, `Head`, … in `factstore-core`
+//!   (its `openapi` feature), so they cannot drift from the code.
+//! - Bodies written by hand (events, pages, errors, the subscription's messages) are described
+//!   by the schema types of [`schemas`], each naming the function that writes it. They are
+//!   closed (`additionalProperties: false`, every field required), and `tests/openapi.rs`
+//!   validates real responses against them, so a field added, renamed or removed on one side
+//!   alone fails there.
+//! - The query parameters are the [`params`] types; `tests/openapi.rs` checks that each
+//!   operation documents exactly the names its handler accepts.
+//! - Errors: [`ErrorCode`] lists every code with its status; each operation declares the codes
+//!   it can answer (the body of its declaration below), and [`build`] turns them into one
+//!   response per status, whose schema narrows `error.code` to those codes.
+//!
+//! The declarations are functions annotated with `#[utoipa::path]` that are never routed:
+//! they describe the real handlers (of the same name) without touching their files.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use factstore_core::{Commit, CommitOutcome, Head, StoreError};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
+
+use crate::append::{AppendBody, AppendResponse};
+use crate::error::ApiError;
+use params::{AggregateReadParams, EventPageParams, FilterParams, RawParam, SubscribeParams, TimeParams};
+use schemas::{
+    AggregatePage, ErrorBody, Event, EventPage, Health, StreamError, StreamPosition, StreamShutdown,
+};
+
+/// `GET /v1/openapi.json`: the document, built on first use.
+pub async fn serve_document() -> Response {
+    match &*DOCUMENT {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            bytes.clone(),
+        )
+            .into_response(),
+        Err(problem) => ApiError::Store(StoreError::Internal(format!(
+            "building the OpenAPI document: {problem}"
+        )))
+        .into_response(),
+    }
+}
+
+static DOCUMENT: LazyLock<Result<Bytes, String>> =
+    LazyLock::new(|| build().and_then(|doc| doc.to_json().map(Bytes::from).map_err(|e| e.to_string())));
+
+/// Every error code the API answers with, and its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    AggregateNotFound,
+    EventNotFound,
+    MethodNotAllowed,
+    WrongExpectedVersion,
+    ConditionFailed,
+    DuplicateEventId,
+    AggregateTypeMismatch,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Internal,
+    StoreUnavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::AggregateNotFound,
+        ErrorCode::EventNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::WrongExpectedVersion,
+        ErrorCode::ConditionFailed,
+        ErrorCode::DuplicateEventId,
+        ErrorCode::AggregateTypeMismatch,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Internal,
+        ErrorCode::StoreUnavailable,
+    ];
+
+    /// The `error.code` of the body.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AggregateNotFound => "aggregate_not_found",
+            ErrorCode::EventNotFound => "event_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::WrongExpectedVersion => "wrong_expected_version",
+            ErrorCode::ConditionFailed => "condition_failed",
+            ErrorCode::DuplicateEventId => "duplicate_event_id",
+            ErrorCode::AggregateTypeMismatch => "aggregate_type_mismatch",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Internal => "internal",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// The status `ApiError` answers this code with (a unit test holds them together).
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::AggregateNotFound | ErrorCode::EventNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::WrongExpectedVersion
+            | ErrorCode::ConditionFailed
+            | ErrorCode::DuplicateEventId
+            | ErrorCode::AggregateTypeMismatch => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// When it is answered, for the response descriptions.
+    fn meaning(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => {
+                "a malformed body (bad JSON, a wrong type, an unknown field), a bad or unknown \
+                 query parameter, a bad path segment, or a value outside its limits; the \
+                 message names the problem"
+            }
+            ErrorCode::Unauthorized => {
+                "the server runs with `--auth` and the request has no valid bearer token"
+            }
+            ErrorCode::Forbidden => "the token's role or aggregate id prefixes do not allow this request",
+            ErrorCode::NotFound => "no route has this path",
+            ErrorCode::AggregateNotFound => "the aggregate has no events (`aggregate_id`)",
+            ErrorCode::EventNotFound => "no event has this id (`event_id`)",
+            ErrorCode::MethodNotAllowed => "the path exists but not with this method",
+            ErrorCode::WrongExpectedVersion => {
+                "an aggregate is not at its `expected_version` (`aggregate_id`, \
+                 `expected_version`, `current_version`); nothing was written"
+            }
+            ErrorCode::ConditionFailed => {
+                "an event matching the condition's filter exists after its `after_position` \
+                 (`after_position`, `conflicting_position`); nothing was written"
+            }
+            ErrorCode::DuplicateEventId => {
+                "an `event_id` of the request is already stored and the request is not an exact \
+                 retry (`event_id`: the first such id); nothing was written"
+            }
+            ErrorCode::AggregateTypeMismatch => {
+                "the aggregate exists with another `aggregate_type` (`aggregate_id`, `existing`, \
+                 `given`); nothing was written"
+            }
+            ErrorCode::PayloadTooLarge => {
+                "the body, an event's `event_data` + `metadata`, or the number of events is over \
+                 its limit (16 MiB, 1 MiB and 1000 by default); the message names the limit"
+            }
+            ErrorCode::UnsupportedMediaType => {
+                "the body has a `Content-Type` other than `application/json` (none at all is \
+                 read as JSON)"
+            }
+            ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
+            ErrorCode::StoreUnavailable => {
+                "the store cannot write safely (a failed fsync, a full disk) or is shutting down; \
+                 nothing was written, and reads go on"
+            }
+        }
+    }
+}
+
+impl PartialSchema for ErrorCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::ALL.map(ErrorCode::code)))
+            .description(Some(
+                "What went wrong, for programs. Each operation lists the codes it can answer.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
+}
+
+/// The API's description: the conventions every operation follows.
+const DESCRIPTION: &str = "\
+The HTTP API of factstore, an event store: immutable events, appended with optimistic \
+concurrency to aggregates, read by aggregate or in global order, and followed live.
+
+- Bodies are JSON (UTF-8). Times in responses are RFC 3339 in UTC with microseconds; inputs take \
+any RFC 3339 time, and time query parameters also take a date `YYYY-MM-DD` (the start of that day \
+as a lower bound, its end as an upper bound).
+- Everything is validated before anything is looked up: a bad parameter is 400 even for an \
+aggregate that does not exist. Unknown query parameters, and a parameter given twice, are 400 \
+rather than ignored. Limits are in bytes of UTF-8 and are the defaults of the store.
+- Path segments are percent-decoded: `account:ACC-001` and `account%3AACC-001` are one id.
+- Every error is `{\"error\": {\"code\", \"message\", ...details}}` (the `Error` schema). Besides \
+the responses listed per operation, any unknown path is 404 `not_found` and a known path with \
+another method is 405 `method_not_allowed`.
+- With `--auth`, requests carry `Authorization: Bearer <token>` (401 `unauthorized` without a valid \
+one, 403 `forbidden` outside its role or aggregate prefixes); `/health` and this document need no \
+token.";
+
+/// Builds the document: the declarations below, then errors and security per operation.
+pub fn build() -> Result<utoipa::openapi::OpenApi, String> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.title = "factstore".to_owned();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.info.description = Some(DESCRIPTION.to_owned());
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A token of the server's `--auth` file. Without `--auth` no token is needed.",
+                ))
+                .build(),
+        ),
+    );
+    let errors: BTreeMap<&str, &[ErrorCode]> = OPERATIONS.iter().map(|(id, codes)| (*id, codes())).collect();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+            &mut item.query,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let id = operation.operation_id.clone().unwrap_or_default();
+            let codes = errors
+                .get(id.as_str())
+                .ok_or_else(|| format!("the operation '{id}' of {path} declares no error codes"))?;
+            add_errors(operation, codes)?;
+        }
+    }
+    Ok(doc)
+}
+
+const BEARER: &str = "bearer";
+
+/// Adds one response per status of `codes`, and the bearer token when it can be refused.
+fn add_errors(operation: &mut Operation, codes: &[ErrorCode]) -> Result<(), String> {
+    let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+    for code in codes {
+        by_status.entry(code.status().as_u16()).or_default().push(*code);
+    }
+    for (status, codes) in by_status {
+        let key = status.to_string();
+        if operation.responses.responses.contains_key(&key) {
+            return Err(format!("status {status} is declared twice"));
+        }
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut description = format!("{reason}:\n");
+        for code in &codes {
+            description.push_str(&format!("\n- `{}`: {}.", code.code(), code.meaning()));
+        }
+        let narrowed = ObjectBuilder::new().property(
+            "error",
+            ObjectBuilder::new().property(
+                "code",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(codes.iter().map(|c| c.code()))),
+            ),
+        );
+        let schema = AllOfBuilder::new()
+            .item(Ref::from_schema_name(ErrorBody::name()))
+            .item(narrowed);
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(schema)).build(),
+            )
+            .build();
+        operation.responses.responses.insert(key, RefOr::T(response));
+    }
+    if codes.contains(&ErrorCode::Unauthorized) {
+        operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+    }
+    Ok(())
+}
+
+/// Declares the operations: the `#[derive(OpenApi)]` list of paths and, from the same names,
+/// the table of their error codes, so that neither can miss one.
+macro_rules! operations {
+    ($($name:ident),* $(,)?) => {
+        #[derive(OpenApi)]
+        #[openapi(
+            paths($($name),*),
+            components(schemas(ErrorBody, ErrorCode, Event, StreamPosition, StreamShutdown, StreamError)),
+            tags(
+                (name = "events", description = "Append and read events."),
+                (name = "stream", description = "Follow events live."),
+                (name = "operations", description = "Health, metrics and this document."),
+            )
+        )]
+        struct ApiDoc;
+
+        /// Each operation id (the name of its declaration) with the error codes it answers.
+        const OPERATIONS: &[(&str, fn() -> &'static [ErrorCode])] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+operations!(
+    append_to_aggregate,
+    commit,
+    read_aggregate,
+    read_events,
+    get_event,
+    head,
+    subscribe,
+    health,
+    metrics,
+    openapi,
+);
+
+use ErrorCode::{
+    AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
+    Internal, InvalidRequest, PayloadTooLarge, StoreUnavailable, Unauthorized, UnsupportedMediaType,
+    WrongExpectedVersion,
+};
+
+/// The path parameter of the aggregate endpoints.
+const AGGREGATE_ID: &str = "The aggregate, percent-decoded: 1 to 255 bytes (by default), no \
+control characters. `account:ACC-001` and `account%3AACC-001` are the same id.";
+
+#[utoipa::path(
+    post,
+    path = "/v1/aggregates/{aggregate_id}/events",
+    tag = "events",
+    summary = "Append events to one aggregate",
+    description = "Appends the events atomically at consecutive versions and positions, or none. \
+The answer comes once the events are durable.\n\n\
+Idempotency: when every `event_id` of the request is already stored in this aggregate, in the \
+same order, at consecutive versions, with the same content (the fields the client sent), the \
+append succeeds again with 200 and the original versions and positions, and writes nothing. \
+This check comes before `expected_version`, so a retry succeeds although the version has moved. \
+Any other overlap with stored ids is 409 `duplicate_event_id`; one id twice in one request is \
+400. Takes no query parameters.",
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    request_body(
+        content = AppendBody,
+        example = json!({
+            "expected_version": 2,
+            "events": [{
+                "aggregate_type": "Account",
+                "event_type": "MoneyDeposited",
+                "event_data": {"amount": 500, "currency": "USD"},
+                "created_by": "user:123",
+                "metadata": {"correlation_id": "corr-123"}
+            }]
+        })
+    ),
+    responses(
+        (status = 201, description = "Written and durable.", body = AppendResponse),
+        (status = 200, description = "An exact retry of an earlier append: nothing was written; the \
+original versions and positions.", body = AppendResponse),
+    )
+)]
+fn append_to_aggregate() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        WrongExpectedVersion,
+        DuplicateEventId,
+        AggregateTypeMismatch,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Append to several aggregates in one atomic commit",
+    description = "All or nothing: every `expected_version` must hold and, with a `condition`, no \
+event matching its filter may exist after its `after_position`. The events take consecutive \
+positions in the order given. An aggregate may appear once. Idempotency works as for one \
+aggregate. The answer comes once the events are durable. Takes no query parameters.",
+    request_body(
+        content = Commit,
+        example = json!({
+            "appends": [
+                {"aggregate_id": "order:ORD-1", "expected_version": 0, "events": [
+                    {"aggregate_type": "Order", "event_type": "OrderPlaced", "event_data": {"sku": "SKU-123"}}
+                ]},
+                {"aggregate_id": "inventory:SKU-123", "expected_version": 7, "events": [
+                    {"aggregate_type": "Inventory", "event_type": "StockReserved",
+                     "event_data": {"quantity": 1}}
+                ]}
+            ],
+            "condition": {"filter": {"event_types": ["StockReserved"], "aggregate_id_prefix": "inventory:"},
+                          "after_position": 1200}
+        })
+    ),
+    responses(
+        (status = 201, description = "Written and durable.", body = CommitOutcome),
+        (status = 200, description = "An exact retry of an earlier commit: nothing was written; the \
+original versions and positions.", body = CommitOutcome),
+    )
+)]
+fn commit() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        WrongExpectedVersion,
+        ConditionFailed,
+        DuplicateEventId,
+        AggregateTypeMismatch,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/aggregates/{aggregate_id}/events",
+    tag = "events",
+    summary = "Read one aggregate's events by version",
+    description = "A page of the aggregate's events in version order (forward or backward). \
+`next_from_version` is where the next page starts in the same direction; null at the end.",
+    params(
+        ("aggregate_id" = String, Path, description = AGGREGATE_ID),
+        AggregateReadParams,
+        TimeParams,
+        RawParam,
+    ),
+    responses((status = 200, description = "A page of events.", body = AggregatePage))
+)]
+fn read_aggregate() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        AggregateNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Read all events in position order, filtered",
+    description = "A page of the events after `after_position` that pass every filter given. \
+Continue from `next_after_position`, which moves past filtered-out events too; a page may be \
+empty and still not be the end: the end is `next_after_position` = `head_position`.",
+    params(EventPageParams, FilterParams, TimeParams, RawParam),
+    responses((status = 200, description = "A page of events.", body = EventPage))
+)]
+fn read_events() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}",
+    tag = "events",
+    summary = "Read one event by id",
+    params(
+        ("event_id" = uuid::Uuid, Path, description = "The event's id, a UUID."),
+        RawParam,
+    ),
+    responses((status = 200, description = "The event.", body = Event))
+)]
+fn get_event() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/head",
+    tag = "events",
+    summary = "The last committed position",
+    description = "Takes no query parameters.",
+    responses((status = 200, description = "The head.", body = Head))
+)]
+fn head() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscribe",
+    tag = "stream",
+    summary = "Follow events live (server-sent events)",
+    description = "A `text/event-stream` of the events that pass the filters: first the history \
+after `after_position` (or the `Last-Event-ID` header, which wins), then live events as they \
+become durable, in position order, with no gap and no duplicate. Messages:\n\n\
+- `event: event`, `id: <position>`, `data:` the event's JSON on one line (the `Event` schema).\n\
+- `event: caught_up`, `id: <position>`, `data: {\"position\": p}` (`StreamPosition`): once, when \
+the history (what was committed when the subscription began) is delivered.\n\
+- `event: checkpoint`, `id: <position>`, `data: {\"position\": p}` (`StreamPosition`): at least \
+every 5 s while the filters pass over events, so that a client can resume from there.\n\
+- `: keep-alive`, a comment, when nothing else was sent for 15 s.\n\
+- `event: shutdown`, `data: {\"reason\": \"…\"}` (`StreamShutdown`): the server is stopping; the \
+stream ends. Reconnect later with `Last-Event-ID`.\n\
+- `event: error`, `data: {\"code\", \"message\"}` (`StreamError`): a read failed after the stream \
+began; the stream ends. Reconnect with `Last-Event-ID`.\n\n\
+Every `id:` is a position up to which everything has been considered: reconnecting with \
+`Last-Event-ID: <the last id seen>` continues with no gap and no duplicate. Errors before the \
+stream starts are ordinary JSON errors.",
+    params(
+        SubscribeParams,
+        FilterParams,
+        TimeParams,
+        RawParam,
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false,
+         description = "The last `id:` seen, to resume \
+after it; wins over `after_position`. A whole number of 0 or more."),
+    ),
+    responses(
+        (status = 200, description = "The stream; its messages are described above.",
+         content_type = "text/event-stream", body = String),
+    )
+)]
+fn subscribe() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Whether the server answers",
+    description = "Needs no token.",
+    responses((status = 200, description = "The server is up.", body = Health))
+)]
+fn health() -> &'static [ErrorCode] {
+    &[]
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Metrics in the Prometheus text format",
+    description = "Counters and histograms of requests, appends, reads and the store, in the \
+Prometheus text exposition format (version 0.0.4). With `--auth`, any valid token may read them.",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "text/plain",
+         body = String),
+    )
+)]
+fn metrics() -> &'static [ErrorCode] {
+    &[Unauthorized]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    description = "The OpenAPI document of the API, generated from the server's code. Needs no \
+token.",
+    responses((status = 200, description = "An OpenAPI 3.1 document.", body = Object))
+)]
+fn openapi() -> &'static [ErrorCode] {
+    &[]
+}
+
+/// The schemas of the bodies written by hand. These types are never built: they only describe
+/// JSON that other functions write. Each names its writer in a plain comment, which stays out of
+/// the published description.
+mod schemas {
+    #![expect(dead_code, reason = "these types describe JSON and are never built")]
+
+    use factstore_core::{ExpectedVersion, Timestamp};
+    use serde_json::Value;
+    use utoipa::ToSchema;
+    use uuid::Uuid;
+
+    use super::ErrorCode;
+
+    // Written by `Event::write_json` (factstore-core), for reads and the live feed alike.
+    /// An event as the API shows it.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Event {
+        /// Unique in the whole store: the client's idempotency key, or a UUIDv7 from the server.
+        event_id: Uuid,
+        /// The global order: 1, 2, 3, … with no gaps, in commit order, never reused.
+        #[schema(minimum = 1)]
+        position: u64,
+        aggregate_id: String,
+        aggregate_type: String,
+        /// The event's place in its aggregate: 1, 2, 3, … with no gaps.
+        #[schema(minimum = 1)]
+        version: u64,
+        event_type: String,
+        /// The schema version of `event_data` (not the aggregate's version).
+        #[schema(minimum = 1, maximum = 2147483647)]
+        event_version: u32,
+        /// The fact: a JSON object.
+        #[schema(value_type = Object)]
+        event_data: Value,
+        /// When the fact happened (the client's, or the commit time).
+        created_at: Timestamp,
+        /// When the store committed it; never decreasing along `position`.
+        recorded_at: Timestamp,
+        #[schema(required = true)]
+        created_by: Option<String>,
+        /// A JSON object, or null when none was given.
+        #[schema(value_type = Option<Object>, required = true)]
+        metadata: Option<Value>,
+    }
+
+    // Written by `render::event_page` (from the store) and `render::feed_page` (from the live
+    // feed).
+    /// A page of `GET /v1/events`.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct EventPage {
+        /// The events, in position order.
+        events: Vec<Event>,
+        /// Where the next page starts (its `after_position`). Past the last event of the page
+        /// when filters passed over later events.
+        next_after_position: u64,
+        /// The last committed position when the page was read.
+        head_position: u64,
+    }
+
+    // Written by `render::aggregate_page`.
+    /// A page of `GET /v1/aggregates/{aggregate_id}/events`.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct AggregatePage {
+        aggregate_id: String,
+        aggregate_type: String,
+        /// The aggregate's current version, or its version as of `as_of`.
+        version: u64,
+        /// The events, in the direction of the read.
+        events: Vec<Event>,
+        /// Where the next page starts in the same direction (its `from_version`); null at the
+        /// end.
+        #[schema(required = true)]
+        next_from_version: Option<u64>,
+    }
+
+    // Written by `ApiError::into_response` (error.rs), the details by `ApiError::parts`.
+    /// The body of every error.
+    #[derive(ToSchema)]
+    #[schema(as = Error)]
+    #[serde(deny_unknown_fields)]
+    pub struct ErrorBody {
+        error: ErrorDetail,
+    }
+
+    /// The code, the message and the details of the code.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ErrorDetail {
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+        /// `wrong_expected_version`, `aggregate_type_mismatch`, `aggregate_not_found`.
+        #[schema(nullable = false)]
+        aggregate_id: Option<String>,
+        /// `wrong_expected_version`: what the request expected.
+        #[schema(nullable = false)]
+        expected_version: Option<ExpectedVersion>,
+        /// `wrong_expected_version`: the aggregate's version (0: it does not exist).
+        #[schema(nullable = false)]
+        current_version: Option<u64>,
+        /// `condition_failed`: the condition's `after_position`.
+        #[schema(nullable = false)]
+        after_position: Option<u64>,
+        /// `condition_failed`: the first event matching the condition's filter after it.
+        #[schema(nullable = false)]
+        conflicting_position: Option<u64>,
+        /// `duplicate_event_id`: the first id of the request already stored;
+        /// `event_not_found`: the id asked for.
+        #[schema(nullable = false)]
+        event_id: Option<Uuid>,
+        /// `aggregate_type_mismatch`: the aggregate's type.
+        #[schema(nullable = false)]
+        existing: Option<String>,
+        /// `aggregate_type_mismatch`: the type the request gave.
+        #[schema(nullable = false)]
+        given: Option<String>,
+    }
+
+    // Written by `health` (lib.rs).
+    /// The body of `GET /health`.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        status: HealthStatus,
+    }
+
+    /// Always `ok`: the server answers.
+    #[derive(ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum HealthStatus {
+        Ok,
+    }
+
+    // Written by `Subscription::write_position` (subscribe.rs).
+    /// The data of a subscription's `caught_up` and `checkpoint` messages.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StreamPosition {
+        /// Every position up to this one has been considered; also the message's `id`.
+        position: u64,
+    }
+
+    // Written by `Subscription::next_chunk` (subscribe.rs).
+    /// The data of a subscription's `shutdown` message: the server is stopping.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StreamShutdown {
+        reason: String,
+    }
+
+    // Written by `write_error` (subscribe.rs).
+    /// The data of a subscription's `error` message: a read failed after the stream began.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StreamError {
+        code: ErrorCode,
+        message: String,
+    }
+}
+
+/// The query parameters of each operation.
+mod params {
+    #![expect(
+        dead_code,
+        reason = "these types describe query parameters and are never built"
+    )]
+
+    use factstore_core::Direction;
+    use utoipa::IntoParams;
+
+    /// The paging of `GET /v1/events`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct EventPageParams {
+        /// Events after this position (exclusive): the `next_after_position` of the previous
+        /// page.
+        #[param(default = 0, minimum = 0)]
+        after_position: Option<u64>,
+        /// Events up to this position (inclusive).
+        #[param(minimum = 0)]
+        to_position: Option<u64>,
+        /// Events per page: 1 to 10000 (the store's page limit; more is 400).
+        #[param(default = 1000, minimum = 1, maximum = 10000)]
+        limit: Option<u64>,
+    }
+
+    /// Where a subscription starts.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct SubscribeParams {
+        /// Send the events after this position (exclusive). The `Last-Event-ID` header wins.
+        #[param(default = 0, minimum = 0)]
+        after_position: Option<u64>,
+    }
+
+    /// The filters of `GET /v1/events` and `GET /v1/subscribe`: every one given must hold.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct FilterParams {
+        /// Event types, comma-separated: an event of any of them passes. Each 1 to 100 bytes.
+        #[param(example = "MoneyDeposited,MoneyWithdrawn")]
+        event_type: Option<String>,
+        /// Exactly this aggregate type (1 to 50 bytes).
+        aggregate_type: Option<String>,
+        /// Exactly this aggregate (1 to 255 bytes).
+        aggregate_id: Option<String>,
+        /// Aggregates whose id starts with this (1 to 255 bytes).
+        #[param(example = "account:")]
+        aggregate_id_prefix: Option<String>,
+        /// Events whose `metadata.correlation_id` is this (at most 255 bytes).
+        correlation_id: Option<String>,
+        /// Events whose `metadata.causation_id` is this (at most 255 bytes).
+        causation_id: Option<String>,
+        /// Events whose `created_by` is this (at most 255 bytes).
+        created_by: Option<String>,
+    }
+
+    /// Bounds on the times of events.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct TimeParams {
+        /// Events whose `created_at` is at or after this: an RFC 3339 time, or a date
+        /// `YYYY-MM-DD` (the start of that day).
+        #[param(example = "2024-01-01")]
+        from: Option<String>,
+        /// Events whose `created_at` is at or before this: an RFC 3339 time, or a date
+        /// `YYYY-MM-DD` (the end of that day).
+        #[param(example = "2024-01-31")]
+        to: Option<String>,
+        /// The store as it was then: events whose `recorded_at` is at or before this. An RFC 3339
+        /// time, or a date `YYYY-MM-DD` (the end of that day).
+        #[param(example = "2024-01-15T14:00:00Z")]
+        as_of: Option<String>,
+    }
+
+    /// How to read one aggregate.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct AggregateReadParams {
+        /// The first version to return, inclusive, in the direction of travel: by default 1
+        /// forward, the current version backward. At least 1.
+        #[param(minimum = 1)]
+        from_version: Option<u64>,
+        /// The last version to return, inclusive, in the direction of travel. At least 1.
+        #[param(minimum = 1)]
+        to_version: Option<u64>,
+        /// `forward` (by increasing version) or `backward`.
+        #[param(inline)]
+        direction: Option<Direction>,
+        /// Events per page: 1 to 10000 (the store's page limit; more is 400).
+        #[param(default = 1000, minimum = 1, maximum = 10000)]
+        limit: Option<u64>,
+        /// The same as `to` ("replay up to this time"); give one of them, not both.
+        #[param(example = "2024-01-31")]
+        until: Option<String>,
+    }
+
+    /// `raw`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct RawParam {
+        /// `true`: the events exactly as stored, not upcast. No upcasters exist yet, so events are
+        /// read as stored either way; the parameter is accepted for clients written against the
+        /// full API.
+        #[param(default = false)]
+        raw: Option<bool>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use factstore_core::ExpectedVersion;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// One `ApiError` for every code that exists today, to hold [`ErrorCode::status`] to the
+    /// mapping of error.rs.
+    fn samples() -> Vec<ApiError> {
+        vec![
+            ApiError::invalid("x"),
+            ApiError::Unauthorized("x".into()),
+            ApiError::Forbidden("x".into()),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Store(StoreError::AggregateNotFound {
+                aggregate_id: "a".into(),
+            }),
+            ApiError::Store(StoreError::EventNotFound {
+                event_id: Uuid::nil(),
+            }),
+            ApiError::Store(StoreError::WrongExpectedVersion {
+                aggregate_id: "a".into(),
+                expected_version: ExpectedVersion::Exact(1),
+                current_version: 2,
+            }),
+            ApiError::Store(StoreError::ConditionFailed {
+                after_position: 1,
+                conflicting_position: 2,
+            }),
+            ApiError::Store(StoreError::DuplicateEventId {
+                event_id: Uuid::nil(),
+                reason: "r".into(),
+            }),
+            ApiError::Store(StoreError::AggregateTypeMismatch {
+                aggregate_id: "a".into(),
+                existing: "A".into(),
+                given: "B".into(),
+            }),
+            ApiError::PayloadTooLarge("x".into()),
+            ApiError::UnsupportedMediaType("x".into()),
+            ApiError::Store(StoreError::Internal("x".into())),
+            ApiError::Store(StoreError::Unavailable("x".into())),
+        ]
+    }
+
+    #[test]
+    fn every_code_has_the_status_the_error_mapping_gives_it() {
+        let mut seen = Vec::new();
+        for error in samples() {
+            let (code, _) = error.code_and_message();
+            let status = error.into_response().status();
+            let documented = ErrorCode::ALL
+                .into_iter()
+                .find(|c| c.code() == code)
+                .unwrap_or_else(|| panic!("the code '{code}' is not in ErrorCode"));
+            assert_eq!(documented.status(), status, "{code}");
+            seen.push(documented);
+        }
+        let unsampled: Vec<_> = ErrorCode::ALL.into_iter().filter(|c| !seen.contains(c)).collect();
+        assert_eq!(unsampled, [], "every documented code is sampled");
+    }
+
+    #[test]
+    fn the_document_builds_with_every_operation_declaring_its_errors() {
+        let doc = build().unwrap_or_else(|e| panic!("{e}"));
+        let operations: usize = doc
+            .paths
+            .paths
+            .values()
+            .map(|item| [&item.get, &item.post].into_iter().flatten().count())
+            .sum();
+        assert_eq!(operations, OPERATIONS.len());
+    }
+}
