@@ -75,9 +75,20 @@ pub struct Shared {
     head_recorded_at: AtomicI64,
     head_tx: watch::Sender<u64>,
     poison: Mutex<Option<String>>,
+    /// `EngineOptions::merge_fan_in`.
+    merge_fan_in: usize,
 }
 
 impl Shared {
+    /// Whether the indexer has nothing to do: no frozen memtable waits, no merge runs and
+    /// none is due. (The active memtable may still be filling.)
+    pub fn index_quiet(&self) -> bool {
+        let state = self.index.state.read();
+        state.frozen.is_empty()
+            && !self.index.merging.load(Ordering::Acquire)
+            && indexer::merge_candidate(&state.runs, self.merge_fan_in.max(2)).is_none()
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("log")
     }
@@ -482,6 +493,7 @@ impl Engine {
             head_recorded_at: AtomicI64::new(recovered.writer.last_recorded_at.as_micros()),
             head_tx,
             poison: Mutex::new(None),
+            merge_fan_in: options.merge_fan_in,
         });
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest, options.merge_fan_in);

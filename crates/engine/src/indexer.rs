@@ -14,13 +14,20 @@
 //! it covered is replayed again. A compaction writes its merged run, stores the manifest that
 //! lists it instead of its inputs, and only then deletes the inputs.
 //!
-//! Compaction policy: every run has a level; when four runs of the same level are adjacent at
-//! the new end, they are merged into one run of the next level. The number of runs thus stays
-//! below `3 × levels`, with levels growing as log4 of the number of flushes.
+//! Merges run on their own thread (started by this one), so that a long merge never holds up
+//! a flush. Both store manifests, one at a time, each built from the last one stored.
+//!
+//! Compaction policy: every run has a level; when `merge_fan_in` runs of one level stand
+//! side by side, the leftmost of them are merged into one run of the next level (the lowest
+//! such level first). The number of runs thus stays below `fan_in × levels` (plus the runs
+//! flushed while a merge runs), with levels growing as log base fan-in of the flushes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+
+use parking_lot::Mutex;
 
 use crate::engine::Shared;
 use crate::error::{EngineError, Result};
@@ -34,7 +41,9 @@ use crate::index::table::PositionTable;
 #[derive(Debug)]
 pub struct Indexer {
     shared: Arc<Shared>,
-    manifest: Manifest,
+    /// The manifest as last stored. Flushes and merges run on two threads and each stores a
+    /// new manifest built from this one, under this lock, so neither loses the other's change.
+    manifest: Arc<Mutex<Manifest>>,
     /// Runs of one level merged at once (`EngineOptions::merge_fan_in`).
     merge_fan_in: usize,
 }
@@ -43,29 +52,71 @@ impl Indexer {
     pub fn new(shared: Arc<Shared>, manifest: Manifest, merge_fan_in: usize) -> Indexer {
         Indexer {
             shared,
-            manifest,
+            manifest: Arc::new(Mutex::new(manifest)),
             merge_fan_in: merge_fan_in.max(2),
         }
     }
 
-    /// Runs until the writer hangs up, writing each memtable the writer froze.
-    pub fn run(mut self, frozen: Receiver<Arc<MemTable>>) {
+    /// Runs until the writer hangs up, writing each memtable the writer froze. Merges run on
+    /// a second thread, started and joined here: a merge of large runs takes seconds, and
+    /// flushes must not wait behind it, or the writer, which waits when too many memtables
+    /// are frozen, would stall.
+    pub fn run(self, frozen: Receiver<Arc<MemTable>>) {
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let merger = Indexer {
+            shared: self.shared.clone(),
+            manifest: self.manifest.clone(),
+            merge_fan_in: self.merge_fan_in,
+        };
+        let merger_stopping = stopping.clone();
+        let merger_thread = std::thread::Builder::new()
+            .name("factstore-merger".into())
+            .spawn(move || merger.merge_loop(&woken, &merger_stopping));
+        if let Err(error) = &merger_thread {
+            tracing::error!(%error, "cannot start the merger thread; index runs will not be merged");
+        }
+        // Runs left mergeable by the last session.
+        let _ = wake.try_send(());
         while let Ok(memtable) = frozen.recv() {
             if self.shared.poisoned().is_some() {
                 continue;
             }
-            if let Err(error) = self.flush(&memtable).and_then(|()| self.compact()) {
+            if let Err(error) = self.flush(&memtable) {
                 let reason = format!("index checkpoint failed: {error}");
                 tracing::error!(%reason, "the store is poisoned and accepts no more writes");
                 self.shared.poison(reason);
             }
+            // A full channel means a wake-up is already pending: nothing is lost.
+            let _ = wake.try_send(());
+        }
+        // The merge under way finishes (it cannot be cut short safely); no new one starts.
+        stopping.store(true, Ordering::Release);
+        drop(wake);
+        if let Ok(thread) = merger_thread {
+            let _ = thread.join();
+        }
+    }
+
+    fn merge_loop(&self, woken: &Receiver<()>, stopping: &AtomicBool) {
+        while woken.recv().is_ok() {
+            self.shared.index.merging.store(true, Ordering::Release);
+            if self.shared.poisoned().is_none()
+                && let Err(error) = self.compact(stopping)
+            {
+                let reason = format!("index merge failed: {error}");
+                tracing::error!(%reason, "the store is poisoned and accepts no more writes");
+                self.shared.poison(reason);
+            }
+            self.shared.index.merging.store(false, Ordering::Release);
         }
     }
 
     /// Writes a frozen memtable to a run (see the module docs for the order).
-    pub fn flush(&mut self, frozen: &Arc<MemTable>) -> Result<()> {
+    pub fn flush(&self, frozen: &Arc<MemTable>) -> Result<()> {
         let source = self.write_run(frozen)?;
-        let mut next = self.manifest.clone();
+        let mut manifest = self.manifest.lock();
+        let mut next = manifest.clone();
         next.indexed_through = frozen.last_position();
         next.resume = frozen.end().0;
         next.last_recorded_at = frozen
@@ -76,18 +127,22 @@ impl Indexer {
             level: 0,
         });
         next.store(&*self.shared.fs, &self.shared.index_dir())?;
-        self.manifest = next;
+        *manifest = next;
+        // Under the manifest lock, so that memory changes in the order the manifests were stored.
         self.shared.index.replace_frozen(frozen, Arc::new(source));
         Ok(())
     }
 
-    fn next_run_path(&mut self) -> (u64, PathBuf) {
-        let id = self.manifest.next_run_id.max(1);
-        self.manifest.next_run_id = id + 1;
+    /// A fresh run id. It is stored with the next manifest; a crash before then leaves an
+    /// unlisted file, removed at the next start.
+    fn next_run_path(&self) -> (u64, PathBuf) {
+        let mut manifest = self.manifest.lock();
+        let id = manifest.next_run_id.max(1);
+        manifest.next_run_id = id + 1;
         (id, self.shared.index_dir().join(manifest::run_file_name(id)))
     }
 
-    fn write_run(&mut self, memtable: &MemTable) -> Result<RunSource> {
+    fn write_run(&self, memtable: &MemTable) -> Result<RunSource> {
         let (id, path) = self.next_run_path();
         let fs = &*self.shared.fs;
         let mut writer = RunWriter::create(fs, &path, memtable.bloom_keys(), keys::bloom_key)?;
@@ -99,30 +154,21 @@ impl Indexer {
         Ok(RunSource::new(id, 0, run, table))
     }
 
-    /// Merges the newest runs while `merge_fan_in` of one level stand together at the end.
-    pub fn compact(&mut self) -> Result<()> {
-        loop {
+    /// Merges runs while a group of `merge_fan_in` adjacent runs of one level exists (the
+    /// lowest such level first), until none is left or the engine is stopping.
+    pub fn compact(&self, stopping: &AtomicBool) -> Result<()> {
+        while !stopping.load(Ordering::Acquire) && self.shared.poisoned().is_none() {
             let runs = self.shared.index.snapshot_runs();
-            let Some(last) = runs.last() else {
+            let Some(inputs) = merge_candidate(&runs, self.merge_fan_in) else {
                 return Ok(());
             };
-            let level = last.level;
-            let same: Vec<Arc<RunSource>> = runs
-                .iter()
-                .rev()
-                .take_while(|r| r.level == level)
-                .cloned()
-                .collect();
-            if same.len() < self.merge_fan_in {
-                return Ok(());
-            }
-            let mut inputs: Vec<Arc<RunSource>> = same.into_iter().take(self.merge_fan_in).collect();
-            inputs.reverse();
-            self.merge(&inputs, level + 1)?;
+            let level = inputs.first().map_or(0, |r| r.level) + 1;
+            self.merge(&inputs, level)?;
         }
+        Ok(())
     }
 
-    fn merge(&mut self, inputs: &[Arc<RunSource>], level: u32) -> Result<()> {
+    fn merge(&self, inputs: &[Arc<RunSource>], level: u32) -> Result<()> {
         let mut table = PositionTable::default();
         for input in inputs {
             table.extend(&input.table);
@@ -134,14 +180,18 @@ impl Indexer {
         let dir = self.shared.index_dir();
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
         let run = Run::open(fs, &path)?;
-        let mut next = self.manifest.clone();
-        next.runs.retain(|r| !inputs.iter().any(|i| i.id == r.id));
-        next.runs.push(ManifestRun { id, level });
-        next.store(fs, &dir)?;
-        self.manifest = next;
-        self.shared
-            .index
-            .replace_runs(inputs, Arc::new(RunSource::new(id, level, run, table)));
+        {
+            // Built from the manifest as it is now: a flush may have stored one meanwhile.
+            let mut manifest = self.manifest.lock();
+            let mut next = manifest.clone();
+            next.runs.retain(|r| !inputs.iter().any(|i| i.id == r.id));
+            next.runs.push(ManifestRun { id, level });
+            next.store(fs, &dir)?;
+            *manifest = next;
+            self.shared
+                .index
+                .replace_runs(inputs, Arc::new(RunSource::new(id, level, run, table)));
+        }
         for input in inputs {
             // Readers may still hold the old run open; the file handle keeps it readable.
             let path = input.run.path().to_owned();
@@ -150,4 +200,23 @@ impl Indexer {
         fs.sync_dir(&dir).map_err(EngineError::io(&dir))?;
         Ok(())
     }
+}
+
+/// The runs to merge next: the first `fan_in` of the leftmost group of at least `fan_in`
+/// adjacent runs of one level, taking the lowest level that has such a group.
+///
+/// Runs are ordered by position and flushes append level-0 runs at the end, so levels do not
+/// increase from left to right; merging the leftmost runs of a group keeps it so.
+pub fn merge_candidate(runs: &[Arc<RunSource>], fan_in: usize) -> Option<Vec<Arc<RunSource>>> {
+    let mut best: Option<&[Arc<RunSource>]> = None;
+    let mut start = 0;
+    while start < runs.len() {
+        let level = runs[start].level;
+        let len = runs[start..].iter().take_while(|r| r.level == level).count();
+        if len >= fan_in && best.is_none_or(|b| level < b[0].level) {
+            best = Some(&runs[start..start + fan_in]);
+        }
+        start += len;
+    }
+    best.map(<[Arc<RunSource>]>::to_vec)
 }

@@ -501,17 +501,8 @@ const WORKLOAD_COMMITS: usize = 20;
 fn settle(engine: &Engine, memtable_events_max: usize) {
     let started = std::time::Instant::now();
     loop {
-        let caught_up = {
-            let state = engine.shared().index.state.read();
-            let level = state.runs.last().map(|r| r.level);
-            let same_level_at_end = state
-                .runs
-                .iter()
-                .rev()
-                .take_while(|r| Some(r.level) == level)
-                .count();
-            state.active.len() < memtable_events_max && state.frozen.is_empty() && same_level_at_end < 4
-        };
+        let caught_up = engine.shared().index.state.read().active.len() < memtable_events_max
+            && engine.shared().index_quiet();
         if caught_up || engine.poisoned().is_some() || started.elapsed() > std::time::Duration::from_secs(5) {
             return;
         }

@@ -17,6 +17,7 @@ pub mod memtable;
 pub mod run;
 pub mod table;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
@@ -111,6 +112,9 @@ pub struct Sources {
 #[derive(Debug)]
 pub struct Index {
     pub state: RwLock<IndexState>,
+    /// True while the merger thread is at work (from its wake-up until its last file is
+    /// removed), so that tests can wait for a quiet index.
+    pub merging: AtomicBool,
 }
 
 impl Index {
@@ -121,6 +125,7 @@ impl Index {
                 frozen: Vec::new(),
                 active,
             }),
+            merging: AtomicBool::new(false),
         }
     }
 
