@@ -84,20 +84,23 @@ fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
     if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
         return false;
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    // Strings are most of a body's bytes: jump over each with a vectorised search for its
+    // closing quote, stepping over escaped characters.
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                match memchr::memchr2(b'"', b'\\', bytes.get(at..).unwrap_or_default()) {
+                    Some(i) if bytes.get(at + i) == Some(&b'\\') => at += i + 2,
+                    Some(i) => {
+                        at += i + 1;
+                        break;
+                    }
+                    None => return false,
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -378,6 +381,9 @@ mod tests {
         assert!(!nests_deeper_than(in_strings.as_bytes(), 128));
         let siblings = "[[]]".repeat(200);
         assert!(!nests_deeper_than(siblings.as_bytes(), 128));
+        // A string ending in an escaped backslash ends there; the brackets after it count.
+        let after_escapes = format!(r#"["x\\", "\"", {}{}]"#, "[".repeat(200), "]".repeat(200));
+        assert!(nests_deeper_than(after_escapes.as_bytes(), 128));
     }
 
     #[test]

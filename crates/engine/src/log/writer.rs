@@ -157,7 +157,13 @@ impl Writer {
         let first_position = self.next_position;
         self.frame.clear();
         self.frame.resize(FRAME_HEADER_LEN, 0);
-        let mut pending = Pending::default();
+        // Sized for the whole group up front: growing the id map rehashes it several times.
+        let group_events: usize = group.iter().map(|r| r.commit.event_count).sum();
+        let mut pending = Pending {
+            event_ids: HashMap::with_capacity_and_hasher(group_events, Default::default()),
+            records: Vec::with_capacity(group_events),
+            ..Pending::default()
+        };
         let answers: Vec<Result<CommitOutcome>> = group
             .iter()
             .map(|request| self.check_and_encode(&request.commit, &mut pending, recorded_at))
