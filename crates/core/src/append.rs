@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{Event, EventFields};
-use crate::json::{compact_json, compact_json_owned};
+use crate::json::{JSON_DEPTH_MAX, compact_json, compact_json_owned, nests_deeper_than};
 use crate::limits::Limits;
 use crate::query::EventFilter;
 use crate::time::Timestamp;
@@ -470,6 +470,19 @@ impl PreparedEvent {
                 limits.created_by_bytes_max,
                 by.len()
             )));
+        }
+        for (field, raw) in [
+            ("event_data", Some(&event.event_data)),
+            ("metadata", event.metadata.as_ref()),
+        ] {
+            if let Some(raw) = raw
+                && nests_deeper_than(raw.get().as_bytes(), JSON_DEPTH_MAX)
+            {
+                return Err(StoreError::invalid(format!(
+                    "{} nests arrays and objects more than {JSON_DEPTH_MAX} levels deep",
+                    at(field)
+                )));
+            }
         }
         let event_data = compact_json_owned(event.event_data.into());
         if !event_data.starts_with('{') {

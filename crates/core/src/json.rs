@@ -10,6 +10,49 @@ pub fn any_byte_at_most(bytes: &[u8], limit: u8) -> bool {
         .any(|chunk| chunk.iter().fold(false, |found, &b| found | (b <= limit)))
 }
 
+/// The deepest nesting of arrays and objects `event_data` and `metadata` may have: serde_json's
+/// own recursion limit. They are kept as raw text, which serde_json does not limit, so without
+/// this check the store would accept events that projections, upcasters and most clients could
+/// never parse again.
+pub const JSON_DEPTH_MAX: usize = 128;
+
+/// Whether arrays and objects in `bytes` (JSON text) nest deeper than `max`.
+pub fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    // Fewer opening brackets than the limit cannot nest deeper: one vectorisable count settles
+    // nearly every payload; only the others are walked, minding strings.
+    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+        return false;
+    }
+    // Strings are most of the bytes: jump over each with a vectorised search for its
+    // closing quote, stepping over escaped characters.
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
+        match b {
+            b'"' => loop {
+                match memchr::memchr2(b'"', b'\\', bytes.get(at..).unwrap_or_default()) {
+                    Some(i) if bytes.get(at + i) == Some(&b'\\') => at += i + 2,
+                    Some(i) => {
+                        at += i + 1;
+                        break;
+                    }
+                    None => return false,
+                }
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Owned form of [`compact_json`]: reuses the allocation when there is nothing to remove.
 pub fn compact_json_owned(text: Box<str>) -> String {
     match compact_json(&text) {
@@ -80,6 +123,20 @@ pub fn compact_json(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_depth_counts_brackets_outside_strings() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!nests_deeper_than(nested(128).as_bytes(), 128));
+        assert!(nests_deeper_than(nested(129).as_bytes(), 128));
+        let in_strings = format!(r#"{{"a": "{}", "b": "\"{}"}}"#, "[".repeat(300), "{".repeat(300));
+        assert!(!nests_deeper_than(in_strings.as_bytes(), 128));
+        let siblings = "[[]]".repeat(200);
+        assert!(!nests_deeper_than(siblings.as_bytes(), 128));
+        // A string ending in an escaped backslash ends there; the brackets after it count.
+        let after_escapes = format!(r#"["x\\", "\"", {}{}]"#, "[".repeat(200), "]".repeat(200));
+        assert!(nests_deeper_than(after_escapes.as_bytes(), 128));
+    }
 
     #[test]
     fn keeps_spaces_inside_strings() {
