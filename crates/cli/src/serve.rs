@@ -43,6 +43,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FACTSTORE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0,
           value_parser = parse_seconds)]
     pub shutdown_timeout: f64,
+    /// Memory for the live feed: the newest events with their JSON rendered once, shared by
+    /// every subscription and by reads of the tail. Older events are read from the store.
+    #[arg(long, env = "FACTSTORE_LIVE_FEED_BYTES", value_name = "BYTES", default_value = "64MiB",
+          value_parser = parse_size)]
+    pub live_feed_bytes: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -239,6 +244,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let drain = runtime.block_on(async {
         let store = Arc::new(EmbeddedStore::new(engine.clone()));
         let mut config = ServerConfig::default();
+        config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
