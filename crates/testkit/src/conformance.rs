@@ -1664,52 +1664,24 @@ pub async fn an_aggregate_listed_twice_is_invalid(store: Store) {
 /// the commit fails exactly when a matching event lies above `after_position`, naming the
 /// first one, and otherwise succeeds. The matching positions are written out by hand.
 pub async fn condition_filters_of_every_kind(store: Store) {
-    let history: [(&str, &str, &str, Option<&str>, Option<(&str, &str)>); 8] = [
-        // (aggregate_id, aggregate_type, event_type, created_by, (correlation, causation))
-        (
-            "seat:A1",
-            "Seat",
-            "SeatReserved",
-            Some("user:1"),
-            Some(("corr-1", "cmd-1")),
-        ), // 1
-        (
-            "order:1",
-            "Order",
-            "OrderPlaced",
-            Some("user:2"),
-            Some(("corr-1", "cmd-2")),
-        ), // 2
-        (
-            "seat:A2",
-            "Seat",
-            "SeatReserved",
-            Some("user:2"),
-            Some(("corr-2", "cmd-3")),
-        ), // 3
-        ("seat:A1", "Seat", "SeatReleased", Some("user:1"), None), // 4
-        (
-            "seatmap:1",
-            "SeatMap",
-            "SeatReserved",
-            None,
-            Some(("corr-2", "cmd-1")),
-        ), // 5
-        (
-            "order:1",
-            "Order",
-            "OrderPaid",
-            Some("user:1"),
-            Some(("corr-3", "cmd-4")),
-        ), // 6
-        ("seat:A10", "Seat", "SeatReserved", None, None),          // 7
-        (
-            "order:2",
-            "Order",
-            "OrderPlaced",
-            Some("user:3"),
-            Some(("corr-1", "cmd-5")),
-        ), // 8
+    /// (aggregate_id, aggregate_type, event_type, created_by, (correlation, causation))
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<(&'static str, &'static str)>,
+    );
+    #[rustfmt::skip]
+    let history: [Row; 8] = [
+        ("seat:A1",   "Seat",    "SeatReserved", Some("user:1"), Some(("corr-1", "cmd-1"))), // 1
+        ("order:1",   "Order",   "OrderPlaced",  Some("user:2"), Some(("corr-1", "cmd-2"))), // 2
+        ("seat:A2",   "Seat",    "SeatReserved", Some("user:2"), Some(("corr-2", "cmd-3"))), // 3
+        ("seat:A1",   "Seat",    "SeatReleased", Some("user:1"), None),                      // 4
+        ("seatmap:1", "SeatMap", "SeatReserved", None,           Some(("corr-2", "cmd-1"))), // 5
+        ("order:1",   "Order",   "OrderPaid",    Some("user:1"), Some(("corr-3", "cmd-4"))), // 6
+        ("seat:A10",  "Seat",    "SeatReserved", None,           None),                      // 7
+        ("order:2",   "Order",   "OrderPlaced",  Some("user:3"), Some(("corr-1", "cmd-5"))), // 8
     ];
     for (aggregate_id, aggregate_type, event_type, created_by, links) in history {
         let mut e = event(aggregate_type, event_type);
