@@ -427,3 +427,87 @@ fn an_unreachable_server_is_an_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot reach the server"), "{stderr}");
 }
+
+/// `bench reserve` with a guard: every attempt is a win or a conflict of the guard's kind,
+/// each commit writes one event per aggregate, and the store holds exactly one reservation
+/// of every seat won.
+fn reserve_with_guard(guard: &str, conflict_kind: &str, other_kind: &str) {
+    let server = Server::start();
+    let report = server.bench_ok(&[
+        "reserve",
+        "--guard",
+        guard,
+        "--requests",
+        "200",
+        "--concurrency",
+        "8",
+        "--seats",
+        "5",
+        "--aggregates-per-commit",
+        "3",
+    ]);
+    let part = &report["reserve"];
+    let (ok, conflicts) = (part["ok"].as_u64().unwrap(), part["conflicts"].as_u64().unwrap());
+    assert_eq!(part["requests"], 200, "{part:#}");
+    assert_eq!(part["errors"], 0, "{part:#}");
+    assert_eq!(ok + conflicts, 200, "{part:#}");
+    assert!(
+        conflicts > 0,
+        "eight clients racing for five seats lose some races: {part:#}"
+    );
+    assert_eq!(part["conflicts_by_kind"][conflict_kind], conflicts, "{part:#}");
+    assert_eq!(part["conflicts_by_kind"][other_kind], 0, "{part:#}");
+    assert_eq!(part["events"], ok * 3, "{part:#}");
+    assert_eq!(part["latency_ms"]["samples"], ok, "{part:#}");
+    assert_eq!(report["head_position"]["after"], ok * 3);
+    assert_eq!(server.head(), ok * 3);
+    let page = server
+        .get("/v1/events?event_type=SeatReserved&limit=10000")
+        .unwrap();
+    let mut reservations: std::collections::HashMap<String, u64> = Default::default();
+    for event in page["events"].as_array().unwrap() {
+        let seat = event["event_data"]["seat"].as_str().unwrap().to_owned();
+        *reservations.entry(seat).or_default() += 1;
+    }
+    assert_eq!(reservations.len() as u64, ok, "one seat per won reservation");
+    assert!(
+        reservations.values().all(|&n| n == 1),
+        "a seat reserved twice: {reservations:?}"
+    );
+    let share = part["conflict_share"].as_f64().unwrap();
+    assert!((share - conflicts as f64 / 200.0).abs() < 1e-9, "{part:#}");
+}
+
+#[test]
+fn reserve_with_a_condition_has_one_winner_per_seat() {
+    reserve_with_guard("condition", "condition_failed", "wrong_expected_version");
+}
+
+#[test]
+fn reserve_with_expected_versions_has_one_winner_per_seat() {
+    reserve_with_guard("expected-version", "wrong_expected_version", "condition_failed");
+}
+
+#[test]
+fn reserve_plain_writes_every_commit() {
+    let server = Server::start();
+    let report = server.bench_ok(&[
+        "reserve",
+        "--plain",
+        "--requests",
+        "50",
+        "--concurrency",
+        "4",
+        "--seats",
+        "3",
+    ]);
+    let part = &report["reserve"];
+    assert_eq!(report["parameters"]["guard"], "none");
+    assert_eq!(
+        (part["ok"].as_u64(), part["conflicts"].as_u64()),
+        (Some(50), Some(0))
+    );
+    assert_eq!(part["events"], 100);
+    assert_eq!(server.head(), 100);
+    assert!(part["commits_per_s"].as_f64().unwrap() > 0.0, "{part:#}");
+}

@@ -331,6 +331,56 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # A consistency boundary that is not one aggregate
+    /// A seat may be reserved once, whichever booking reserves it. Read the seat's
+    /// reservations up to a known position, decide, and commit under a condition that no
+    /// reservation of the seat appeared after that position. The server checks the condition
+    /// inside the commit, so two clients can never both win; the loser gets
+    /// [`Error::ConditionFailed`](crate::Error::ConditionFailed) and nothing of its commit is
+    /// written.
+    ///
+    /// ```no_run
+    /// # async fn example(client: factstore_client::Client) -> Result<(), factstore_client::Error> {
+    /// use factstore_client::{AggregateAppend, CommitRequest, Error, EventFilter, EventQuery, ExpectedVersion, NewEvent};
+    /// use serde_json::json;
+    ///
+    /// let seat = "A12";
+    /// // The trailing ':' keeps seat A1 from matching the reservations of A12.
+    /// let reservations = EventFilter::new()
+    ///     .event_type("SeatReserved")
+    ///     .aggregate_id_prefix(format!("reservation:{seat}:"));
+    ///
+    /// // What the store knew up to `known`: is the seat free?
+    /// let known = client.head().await?.position;
+    /// let page = client
+    ///     .read_events(&EventQuery::new().filter(reservations.clone()).to_position(known).limit(1))
+    ///     .await?;
+    /// if !page.events.is_empty() {
+    ///     println!("{seat} is taken");
+    ///     return Ok(());
+    /// }
+    ///
+    /// let booking = "booking:B-881";
+    /// let commit = CommitRequest::new([
+    ///     AggregateAppend::new(format!("reservation:{seat}:{booking}"), ExpectedVersion::Exact(0),
+    ///         [NewEvent::new("Reservation", "SeatReserved", json!({"seat": seat, "booking": booking}))]),
+    ///     AggregateAppend::new(booking, ExpectedVersion::Any,
+    ///         [NewEvent::new("Booking", "SeatAssigned", json!({"seat": seat}))]),
+    /// ])
+    /// .condition(reservations, known);
+    ///
+    /// match client.commit(commit).await {
+    ///     Ok(outcome) => println!("{seat} is yours (position {})", outcome.position),
+    ///     // Another booking reserved the seat after `known`: read again and pick another.
+    ///     Err(Error::ConditionFailed { conflicting_position, .. }) => {
+    ///         println!("{seat} was taken at position {conflicting_position:?}");
+    ///     }
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn commit(&self, mut request: CommitRequest) -> Result<CommitOutcome> {
         for event in request.events_mut() {
             event.event_id.get_or_insert_with(Uuid::now_v7);

@@ -75,6 +75,11 @@ macro_rules! __conformance_cases {
             multi_aggregate_commit_takes_consecutive_positions_in_order,
             condition_fails_when_a_matching_event_follows,
             condition_passes_when_matches_are_at_or_below_after_position,
+            multi_aggregate_commit_checks_every_expected_version,
+            an_aggregate_listed_twice_is_invalid,
+            condition_filters_of_every_kind,
+            retry_of_a_conditional_commit_replays_after_the_condition_fails,
+            condition_ignores_the_commits_own_events,
             concurrent_seat_reservations_let_exactly_one_win,
             aggregate_read_forward_and_backward,
             aggregate_read_version_bounds,
@@ -1497,6 +1502,484 @@ pub async fn condition_passes_when_matches_are_at_or_below_after_position(store:
         "a condition the commit itself would match",
     );
     assert_eq!(outcome.position, 7);
+}
+
+/// In a multi-aggregate commit every append's `expected_version` is checked, whichever its
+/// place and kind; the error names the first failing aggregate in commit order with its current
+/// version, and nothing is written.
+pub async fn multi_aggregate_commit_checks_every_expected_version(store: Store) {
+    fill(&store, "account:a", 2).await;
+    fill(&store, "account:b", 1).await;
+    // account:c does not exist. These hold: a at 2, b exists, c new.
+    let holding = [
+        ExpectedVersion::Exact(2),
+        ExpectedVersion::Exists,
+        ExpectedVersion::Exact(0),
+    ];
+    let aggregates = ["account:a", "account:b", "account:c"];
+    let current = [2, 1, 0];
+    // For each append in turn, expectations that do not hold there.
+    let wrong: [&[ExpectedVersion]; 3] = [
+        &[
+            ExpectedVersion::Exact(0),
+            ExpectedVersion::Exact(1),
+            ExpectedVersion::Exact(3),
+        ],
+        &[ExpectedVersion::Exact(0), ExpectedVersion::Exact(2)],
+        &[
+            ExpectedVersion::Exists,
+            ExpectedVersion::Exact(1),
+            ExpectedVersion::Exact(5),
+        ],
+    ];
+    let build = |expected: [ExpectedVersion; 3], ids: &mut Vec<Uuid>| Commit {
+        appends: aggregates
+            .iter()
+            .zip(expected)
+            .map(|(id, e)| {
+                let (new_ids, events) = with_ids(1);
+                ids.extend(new_ids);
+                append(id, e, events)
+            })
+            .collect(),
+        condition: None,
+    };
+    for (failing, wrongs) in wrong.iter().enumerate() {
+        for &bad in *wrongs {
+            let mut expected = holding;
+            expected[failing] = bad;
+            let mut ids = Vec::new();
+            let err = fails(
+                store.commit(build(expected, &mut ids)).await,
+                &format!("append {failing} expecting {bad}"),
+            );
+            assert_eq!(
+                err,
+                StoreError::WrongExpectedVersion {
+                    aggregate_id: aggregates[failing].to_owned(),
+                    expected_version: bad,
+                    current_version: current[failing],
+                },
+                "append {failing} expecting {bad}: the error names that aggregate"
+            );
+            assert_nothing_written(&store, 3, &ids, "a commit with one stale append").await;
+        }
+    }
+    // Two stale appends: the first in commit order is named.
+    for (first, second) in [(0, 1), (0, 2), (1, 2)] {
+        let mut expected = holding;
+        expected[first] = wrong[first][0];
+        expected[second] = wrong[second][0];
+        let mut ids = Vec::new();
+        let err = fails(
+            store.commit(build(expected, &mut ids)).await,
+            &format!("appends {first} and {second} stale"),
+        );
+        assert!(
+            matches!(&err, StoreError::WrongExpectedVersion { aggregate_id, .. } if aggregate_id == aggregates[first]),
+            "appends {first} and {second} stale: expected the error to name {}, got {err:?}",
+            aggregates[first]
+        );
+        assert_nothing_written(&store, 3, &ids, "a commit with two stale appends").await;
+    }
+    assert_aggregate_missing(&store, "account:c", "after refused commits").await;
+    let mut ids = Vec::new();
+    let outcome = ok(
+        store.commit(build(holding, &mut ids)).await,
+        "every expectation holds",
+    );
+    let versions: Vec<u64> = outcome.appends.iter().map(|a| a.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+    assert_eq!(outcome.position, 6);
+}
+
+/// An aggregate listed twice in one commit is an invalid request, wherever the second entry
+/// is and whatever it expects, and nothing is written.
+pub async fn an_aggregate_listed_twice_is_invalid(store: Store) {
+    fill(&store, "account:1", 1).await;
+    let variants = [
+        (
+            "adjacent, both Any",
+            [
+                ("account:1", ExpectedVersion::Any),
+                ("account:1", ExpectedVersion::Any),
+                ("account:2", ExpectedVersion::Any),
+            ],
+        ),
+        (
+            "apart, each expecting a version that holds",
+            [
+                ("account:1", ExpectedVersion::Exact(1)),
+                ("account:2", ExpectedVersion::Exact(0)),
+                ("account:1", ExpectedVersion::Exact(1)),
+            ],
+        ),
+        (
+            "a new aggregate twice",
+            [
+                ("account:3", ExpectedVersion::Exact(0)),
+                ("account:2", ExpectedVersion::Any),
+                ("account:3", ExpectedVersion::Exact(0)),
+            ],
+        ),
+    ];
+    for (what, appends) in variants {
+        let mut ids = Vec::new();
+        let appends: Vec<AggregateAppend> = appends
+            .iter()
+            .map(|(id, expected)| {
+                let (new_ids, events) = with_ids(1);
+                ids.extend(new_ids);
+                append(id, *expected, events)
+            })
+            .collect();
+        for condition in [
+            None,
+            Some(Condition {
+                filter: EventFilter::default(),
+                after_position: 1,
+            }),
+        ] {
+            let err = fails(
+                store
+                    .commit(Commit {
+                        appends: Vec::clone(&appends),
+                        condition: condition.clone(),
+                    })
+                    .await,
+                what,
+            );
+            assert!(
+                matches!(err, StoreError::InvalidRequest(_)),
+                "{what} (condition {condition:?}): expected InvalidRequest, got {err:?}"
+            );
+            assert_nothing_written(&store, 1, &ids, what).await;
+        }
+    }
+    assert_aggregate_missing(&store, "account:2", "after refused commits").await;
+    assert_aggregate_missing(&store, "account:3", "after refused commits").await;
+}
+
+/// Every kind of filter in a condition, checked at every `after_position` of a known history:
+/// the commit fails exactly when a matching event lies above `after_position`, naming the
+/// first one, and otherwise succeeds. The matching positions are written out by hand.
+pub async fn condition_filters_of_every_kind(store: Store) {
+    /// (aggregate_id, aggregate_type, event_type, created_by, (correlation, causation))
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<(&'static str, &'static str)>,
+    );
+    #[rustfmt::skip]
+    let history: [Row; 8] = [
+        ("seat:A1",   "Seat",    "SeatReserved", Some("user:1"), Some(("corr-1", "cmd-1"))), // 1
+        ("order:1",   "Order",   "OrderPlaced",  Some("user:2"), Some(("corr-1", "cmd-2"))), // 2
+        ("seat:A2",   "Seat",    "SeatReserved", Some("user:2"), Some(("corr-2", "cmd-3"))), // 3
+        ("seat:A1",   "Seat",    "SeatReleased", Some("user:1"), None),                      // 4
+        ("seatmap:1", "SeatMap", "SeatReserved", None,           Some(("corr-2", "cmd-1"))), // 5
+        ("order:1",   "Order",   "OrderPaid",    Some("user:1"), Some(("corr-3", "cmd-4"))), // 6
+        ("seat:A10",  "Seat",    "SeatReserved", None,           None),                      // 7
+        ("order:2",   "Order",   "OrderPlaced",  Some("user:3"), Some(("corr-1", "cmd-5"))), // 8
+    ];
+    for (aggregate_id, aggregate_type, event_type, created_by, links) in history {
+        let mut e = event(aggregate_type, event_type);
+        if let Some(by) = created_by {
+            e = e.with_created_by(by);
+        }
+        if let Some((correlation, causation)) = links {
+            e = e.with_metadata(json!({"correlation_id": correlation, "causation_id": causation}));
+        }
+        ok(
+            commit(&store, aggregate_id, ExpectedVersion::Any, vec![e]).await,
+            "condition history",
+        );
+    }
+    let filter = |f: fn(&mut EventFilter)| {
+        let mut filter = EventFilter::default();
+        f(&mut filter);
+        filter
+    };
+    let cases: Vec<(&str, EventFilter, &[u64])> = vec![
+        ("no filter", EventFilter::default(), &[1, 2, 3, 4, 5, 6, 7, 8]),
+        (
+            "one event type",
+            filter(|f| f.event_types = vec!["SeatReserved".into()]),
+            &[1, 3, 5, 7],
+        ),
+        (
+            "two event types",
+            filter(|f| f.event_types = vec!["SeatReleased".into(), "OrderPaid".into()]),
+            &[4, 6],
+        ),
+        (
+            "an unknown event type",
+            filter(|f| f.event_types = vec!["Nope".into()]),
+            &[],
+        ),
+        (
+            "aggregate_type",
+            filter(|f| f.aggregate_type = Some("Order".into())),
+            &[2, 6, 8],
+        ),
+        (
+            "aggregate_id",
+            filter(|f| f.aggregate_id = Some("seat:A1".into())),
+            &[1, 4],
+        ),
+        (
+            "aggregate_id of another with that prefix",
+            filter(|f| f.aggregate_id = Some("seat:A".into())),
+            &[],
+        ),
+        (
+            "aggregate_id_prefix",
+            filter(|f| f.aggregate_id_prefix = Some("seat:".into())),
+            &[1, 3, 4, 7],
+        ),
+        (
+            "a shorter aggregate_id_prefix",
+            filter(|f| f.aggregate_id_prefix = Some("seat".into())),
+            &[1, 3, 4, 5, 7],
+        ),
+        (
+            "a whole id as prefix",
+            filter(|f| f.aggregate_id_prefix = Some("seat:A1".into())),
+            &[1, 4, 7],
+        ),
+        (
+            "correlation_id",
+            filter(|f| f.correlation_id = Some("corr-1".into())),
+            &[1, 2, 8],
+        ),
+        (
+            "causation_id",
+            filter(|f| f.causation_id = Some("cmd-1".into())),
+            &[1, 5],
+        ),
+        (
+            "created_by",
+            filter(|f| f.created_by = Some("user:1".into())),
+            &[1, 4, 6],
+        ),
+        (
+            "event type and prefix",
+            filter(|f| {
+                f.event_types = vec!["SeatReserved".into()];
+                f.aggregate_id_prefix = Some("seat:".into());
+            }),
+            &[1, 3, 7],
+        ),
+        (
+            "prefix, type and created_by",
+            filter(|f| {
+                f.event_types = vec!["SeatReserved".into(), "SeatReleased".into()];
+                f.aggregate_id_prefix = Some("seat:".into());
+                f.created_by = Some("user:1".into());
+            }),
+            &[1, 4],
+        ),
+        (
+            "correlation_id and aggregate_type",
+            filter(|f| {
+                f.correlation_id = Some("corr-1".into());
+                f.aggregate_type = Some("Order".into());
+            }),
+            &[2, 8],
+        ),
+    ];
+    let history_end = history.len() as u64;
+    for (what, filter, matching) in cases {
+        for after_position in 0..=history_end + 1 {
+            let before = head(&store).await;
+            // The probe matches none of the filters above, so passing probes change no answer.
+            let (ids, _) = with_ids(1);
+            let probe = NewEvent::new("Probe", "Probed", json!({"what": what})).with_id(ids[0]);
+            let result = store
+                .commit(Commit {
+                    appends: vec![append("probe:1", ExpectedVersion::Any, vec![probe])],
+                    condition: Some(Condition {
+                        filter: filter.clone(),
+                        after_position,
+                    }),
+                })
+                .await;
+            let step = format!("condition on {what} after position {after_position}");
+            match matching.iter().find(|&&p| p > after_position) {
+                Some(&conflicting_position) => {
+                    let err = fails(result, &step);
+                    assert_eq!(
+                        err,
+                        StoreError::ConditionFailed {
+                            after_position,
+                            conflicting_position
+                        },
+                        "{step}"
+                    );
+                    assert_nothing_written(&store, before, &ids, &step).await;
+                }
+                None => {
+                    let outcome = ok(result, &step);
+                    assert_eq!(outcome.position, before + 1, "{step}");
+                }
+            }
+        }
+    }
+}
+
+/// A retry of a conditional commit replays its outcome even once later events make the
+/// condition fail for any new commit (idempotency is checked first); a retry that adds a new
+/// event is not a retry and is `DuplicateEventId`, not `ConditionFailed`.
+pub async fn retry_of_a_conditional_commit_replays_after_the_condition_fails(store: Store) {
+    fill(&store, "account:other", 2).await;
+    let claim = |ids: &[Uuid]| Commit {
+        appends: vec![
+            append(
+                "account:1",
+                ExpectedVersion::Exact(0),
+                vec![account("AccountOpened").with_id(ids[0])],
+            ),
+            append(
+                "username:alice",
+                ExpectedVersion::Any,
+                vec![event("Username", "UsernameClaimed").with_id(ids[1])],
+            ),
+        ],
+        condition: Some(Condition {
+            filter: EventFilter {
+                aggregate_id: Some("username:alice".to_owned()),
+                event_types: vec!["UsernameClaimed".to_owned()],
+                ..EventFilter::default()
+            },
+            after_position: 2,
+        }),
+    };
+    let ids: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    let original = ok(store.commit(claim(&ids)).await, "the original claim");
+    assert!(original.created);
+    assert_eq!(original.position, 4);
+    // Another claim of the same name now fails its condition...
+    tokio::time::sleep(CLOCK_STEP).await;
+    ok(
+        commit(
+            &store,
+            "username:alice",
+            ExpectedVersion::Any,
+            vec![event("Username", "UsernameClaimed")],
+        )
+        .await,
+        "a later claim without a condition",
+    );
+    let other_ids: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    let mut other = claim(&other_ids);
+    other.appends[0].aggregate_id = "account:2".to_owned();
+    let err = fails(store.commit(other).await, "a new claim after position 2");
+    assert_eq!(
+        err,
+        StoreError::ConditionFailed {
+            after_position: 2,
+            conflicting_position: 4
+        }
+    );
+    // ...but the original, sent again, is a retry.
+    let retry = ok(store.commit(claim(&ids)).await, "a retry of the original claim");
+    assert_eq!(
+        retry,
+        as_retry(&original),
+        "the retry returns the original outcome"
+    );
+    assert_eq!(head(&store).await, 5, "the retry wrote nothing");
+    // A retry with one event more is a partial overlap, and that is reported first.
+    let mut extended = claim(&ids);
+    let extra = Uuid::now_v7();
+    extended.appends[1]
+        .events
+        .push(event("Username", "UsernameClaimed").with_id(extra));
+    let err = fails(store.commit(extended).await, "a retry with one new event");
+    assert_duplicate(err, ids[0], "a retry with one new event");
+    assert_nothing_written(&store, 5, &[extra], "a retry with one new event").await;
+}
+
+/// A condition looks at the events stored before the commit, never at the commit's own: the
+/// first claim of a name passes a condition that its own events match, the second fails on
+/// the first's events, at the position where they were written.
+pub async fn condition_ignores_the_commits_own_events(store: Store) {
+    fill(&store, "account:other", 1).await;
+    let claim = |account_id: &str| Commit {
+        appends: vec![
+            append(
+                account_id,
+                ExpectedVersion::Exact(0),
+                vec![account("AccountOpened")],
+            ),
+            append(
+                "username:bob",
+                ExpectedVersion::Any,
+                vec![event("Username", "UsernameClaimed")],
+            ),
+        ],
+        condition: Some(Condition {
+            filter: EventFilter {
+                aggregate_id: Some("username:bob".to_owned()),
+                ..EventFilter::default()
+            },
+            after_position: 0,
+        }),
+    };
+    let first = ok(
+        store.commit(claim("account:1")).await,
+        "the first claim, which its own second event matches",
+    );
+    assert_eq!(first.position, 3);
+    let err = fails(store.commit(claim("account:2")).await, "a second claim");
+    assert_eq!(
+        err,
+        StoreError::ConditionFailed {
+            after_position: 0,
+            conflicting_position: 3
+        }
+    );
+    assert_nothing_written(&store, 3, &[], "a second claim").await;
+    assert_aggregate_missing(&store, "account:2", "a second claim").await;
+    // A filter that passes every event, after the head: every event of the commit matches it.
+    let everything = Condition {
+        filter: EventFilter::default(),
+        after_position: 3,
+    };
+    let outcome = ok(
+        store
+            .commit(Commit {
+                appends: vec![
+                    append(
+                        "account:3",
+                        ExpectedVersion::Any,
+                        vec![account("A"), account("B")],
+                    ),
+                    append("account:4", ExpectedVersion::Any, vec![account("C")]),
+                ],
+                condition: Some(everything.clone()),
+            })
+            .await,
+        "a commit every event of which its condition matches",
+    );
+    assert_eq!(outcome.position, 6);
+    let err = fails(
+        store
+            .commit(Commit {
+                appends: vec![append("account:5", ExpectedVersion::Any, vec![account("A")])],
+                condition: Some(everything),
+            })
+            .await,
+        "the same condition once those events are stored",
+    );
+    assert_eq!(
+        err,
+        StoreError::ConditionFailed {
+            after_position: 3,
+            conflicting_position: 4
+        }
+    );
 }
 
 /// Sixteen tasks read the head, then race to reserve one seat under a condition: exactly one

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - One module per workload: [`append`], [`read_aggregate`], [`read_all`], [`subscribe`],
-//!   [`mixed`], [`seed`].
+//!   [`mixed`], [`reserve`], [`seed`].
 //! - Shared parts: [`http`] (one hyper connection per client), [`control`] (warm-up, duration
 //!   or request count), [`stats`] (per-client measurements, merged at the end), [`scan`]
 //!   (counting events in bodies without parsing them), [`verify`] (`--verify`), [`report`]
@@ -31,6 +31,7 @@ pub mod mixed;
 pub mod read_aggregate;
 pub mod read_all;
 pub mod report;
+pub mod reserve;
 pub mod scan;
 pub mod seed;
 pub mod stats;
@@ -49,7 +50,9 @@ Examples (each prints its parameters with its results; add --json for one JSON o
   factstore bench seed --events 1000000                              data for the reads below
   factstore bench read-all --verify                                  every event, checked
   factstore bench subscribe --concurrency 4                          catch-up rate
-  factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once";
+  factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once
+  factstore bench reserve --concurrency 32 --seats 20                seats under a condition
+  factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -97,6 +100,9 @@ pub enum Workload {
     Subscribe(subscribe::SubscribeArgs),
     /// Appenders and readers at once, optionally with a live subscriber; each part reported.
     Mixed(mixed::MixedArgs),
+    /// Clients racing to reserve seats with conditional multi-aggregate commits (conflicts
+    /// counted apart from failures).
+    Reserve(reserve::ReserveArgs),
     /// Fill the store quickly with 1000-event appends, for the read workloads.
     Seed(seed::SeedArgs),
 }
@@ -109,6 +115,7 @@ impl Workload {
             Workload::ReadAll(_) => "read-all",
             Workload::Subscribe(_) => "subscribe",
             Workload::Mixed(_) => "mixed",
+            Workload::Reserve(_) => "reserve",
             Workload::Seed(_) => "seed",
         }
     }
@@ -165,6 +172,7 @@ async fn run_async(args: &BenchArgs) -> anyhow::Result<Report> {
         Workload::ReadAll(a) => read_all::run(&bench, a).await?,
         Workload::Subscribe(a) => subscribe::run(&bench, a).await?,
         Workload::Mixed(a) => mixed::run(&bench, a).await?,
+        Workload::Reserve(a) => reserve::run(&bench, a).await?,
         Workload::Seed(a) => seed::run(&bench, a).await?,
     };
     let head_after = head(&bench.target).await?;
