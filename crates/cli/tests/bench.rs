@@ -145,10 +145,11 @@ fn append_writes_exactly_requests_times_batch() {
     assert_eq!(report["head_position"]["before"], 0);
     assert_eq!(report["head_position"]["after"], 200);
     assert_eq!(server.head(), 200);
-    // Round-robin over four aggregates, ten requests of five events each.
-    for i in 0..4 {
-        assert_eq!(server.version(&format!("bench:{i}")), 50, "bench:{i}");
-    }
+    // Round-robin over four aggregates: the two clients share the 40 requests as they finish
+    // them, so the split between aggregates may be uneven, but every request lands whole.
+    let versions: Vec<u64> = (0..4).map(|i| server.version(&format!("bench:{i}"))).collect();
+    assert_eq!(versions.iter().sum::<u64>(), 200, "{versions:?}");
+    assert!(versions.iter().all(|v| *v > 0 && v % 5 == 0), "{versions:?}");
     assert_eq!(report["parameters"]["batch"], 5);
     assert_eq!(report["parameters"]["concurrency"], 2);
 }
