@@ -7,41 +7,31 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_factstore");
+mod common;
+use common::{BIN, ServeProcess};
 
 struct Server {
-    child: Child,
-    port: u16,
-    url: String,
+    process: ServeProcess,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
 }
 
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FACTSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
         let server = Server {
-            child,
-            port,
-            url: format!("http://127.0.0.1:{port}"),
+            process: ServeProcess::start(dir.path(), &[]),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -105,13 +95,6 @@ impl Server {
             "bench {args:?} failed: {report:#}"
         );
         report
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

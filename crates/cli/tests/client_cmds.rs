@@ -4,40 +4,31 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_factstore");
+mod common;
+use common::{BIN, ServeProcess, free_port};
 
 /// A `factstore serve`, killed when dropped.
 struct Server {
-    child: Child,
-    url: String,
+    process: ServeProcess,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
 }
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FACTSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start factstore serve");
         let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+            process: ServeProcess::start(data_dir, &[]),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !server.run(&["head"]).status.success() {
@@ -81,13 +72,6 @@ impl Server {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -319,11 +303,7 @@ fn errors_are_one_line_and_the_exit_code_says_what_failed() {
     let usage = server.run(&["append", "account:1", "--type", "T"]);
     assert_eq!(usage.status.code(), Some(2));
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let unreachable = Command::new(BIN)
         .args(["head", "--url", &format!("http://127.0.0.1:{port}")])
         .output()

@@ -8,9 +8,7 @@
 //! `FACTSTORE_CRASH_CYCLES` sets the number of cycles (CI runs 20; run thousands locally).
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,58 +17,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_factstore");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FACTSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start factstore");
-        Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the server did not become ready");
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no chance to flush or clean up.
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
+mod common;
+use common::{BIN, ServeProcess};
 
 /// Every batch sent (acknowledged or not, to check atomicity) and every acknowledged event with
 /// the position the server gave it.
@@ -205,8 +153,7 @@ async fn acknowledged_events_survive_kill_9() {
     let mut rng = rand::rng();
     let mut acked_total: HashSet<Uuid> = HashSet::new();
     for cycle in 0..cycles {
-        let server = Server::start(dir.path());
-        server.wait_ready(&client).await;
+        let server = ServeProcess::start(dir.path(), &[]);
         check(
             &read_all(&client, &server.url).await,
             &ledger.lock().expect("lock"),
@@ -232,8 +179,7 @@ async fn acknowledged_events_survive_kill_9() {
         }
         acked_total.extend(ledger.lock().expect("lock").acked.keys().copied());
     }
-    let server = Server::start(dir.path());
-    server.wait_ready(&client).await;
+    let server = ServeProcess::start(dir.path(), &[]);
     let all = read_all(&client, &server.url).await;
     check(&all, &ledger.lock().expect("lock"), cycles);
     assert!(!acked_total.is_empty(), "the writers got acknowledgements");

@@ -13,9 +13,8 @@
 //! `FACTSTORE_CRASH_CYCLES` sets the number of kill -9 cycles (6 by default).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,36 +25,28 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_factstore");
+mod common;
+use common::{BIN, ServeProcess};
 const CLIENTS: usize = 32;
 const SEATS: usize = 20;
 /// Seats opened by each kill -9 cycle: enough that the kill lands while commits are in flight.
 const SEATS_PER_CYCLE: usize = 150;
 
 struct Server {
-    child: Child,
-    url: String,
+    process: ServeProcess,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
 }
 
 impl Server {
     async fn start(data_dir: &Path, http: &reqwest::Client) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FACTSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start factstore");
         let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+            process: ServeProcess::start(data_dir, &[]),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -70,16 +61,8 @@ impl Server {
     }
 
     /// SIGKILL: no chance to flush or clean up.
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        self.process.kill();
     }
 }
 

@@ -5,45 +5,29 @@
 //! whether) a subscriber reads.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_factstore");
+mod common;
+use common::ServeProcess;
 
-struct Server {
-    child: Child,
-    port: u16,
+/// The server process, with what these tests ask of it.
+struct Server(ServeProcess);
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(data_dir: &Path) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("FACTSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        server
+        Server(ServeProcess::start(data_dir, &[]))
     }
 
     /// Resident memory of the server process, in bytes.
@@ -74,13 +58,6 @@ impl Server {
                 .unwrap();
             assert_eq!(response.status().as_u16(), 201);
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
