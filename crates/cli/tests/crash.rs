@@ -8,7 +8,6 @@
 //! `FACTSTORE_CRASH_CYCLES` sets the number of cycles (CI runs 20; run thousands locally).
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 mod common;
-use common::{BIN, ServeProcess};
+use common::{ServeProcess, assert_verify_ok};
 
 /// Every batch sent (acknowledged or not, to check atomicity) and every acknowledged event with
 /// the position the server gave it.
@@ -184,14 +183,5 @@ async fn acknowledged_events_survive_kill_9() {
     check(&all, &ledger.lock().expect("lock"), cycles);
     assert!(!acked_total.is_empty(), "the writers got acknowledgements");
     server.kill();
-    let verify = Command::new(BIN)
-        .args(["verify", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("verify");
-    assert!(
-        verify.status.success(),
-        "factstore verify found problems:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verify_ok(dir.path());
 }

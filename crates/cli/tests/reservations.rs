@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 mod common;
-use common::{BIN, ServeProcess};
+use common::{ServeProcess, assert_verify_ok};
 const CLIENTS: usize = 32;
 const SEATS: usize = 20;
 /// Seats opened by each kill -9 cycle: enough that the kill lands while commits are in flight.
@@ -547,14 +546,5 @@ async fn kill_9_never_leaves_half_a_reservation() {
         ledger.unknown.len()
     );
     server.kill();
-    let verify = Command::new(BIN)
-        .args(["verify", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("verify");
-    assert!(
-        verify.status.success(),
-        "factstore verify found problems:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verify_ok(dir.path());
 }

@@ -58,6 +58,20 @@ impl Drop for ServeProcess {
     }
 }
 
+/// Runs `factstore verify` on a stopped store's folder and fails the test on any problem.
+pub fn assert_verify_ok(data_dir: &Path) {
+    let verify = Command::new(BIN)
+        .args(["verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run factstore verify");
+    assert!(
+        verify.status.success(),
+        "factstore verify found problems:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
 /// A loopback port nothing listens on (at the moment of asking).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
