@@ -61,6 +61,11 @@ impl Default for EngineOptions {
     }
 }
 
+/// The most aggregate-index entries a read by `aggregate_id_prefix` walks before it gives way
+/// to the event-type or scan plan: a prefix over a few aggregates (a seat, a customer's
+/// orders) is answered from their entries, one over most of the store by a scan.
+const PREFIX_BUDGET: usize = 65_536;
+
 /// State shared by the writer, the indexer and readers.
 #[derive(Debug)]
 pub struct Shared {
@@ -141,6 +146,10 @@ impl Shared {
                 .or(filter.causation_id.as_deref().map(|t| (TermKind::Causation, t)))
             {
                 self.term_driven(&[term], query, after, end, limit, &mut events)?;
+                true
+            } else if let Some(prefix) = filter.aggregate_id_prefix.as_deref()
+                && self.prefix_driven(prefix, query, after, end, limit, &mut events)?
+            {
                 true
             } else if !filter.event_types.is_empty() {
                 let terms: Vec<(TermKind, &str)> = filter
@@ -248,6 +257,25 @@ impl Shared {
             }
             cursor = last.unwrap_or(cut);
         }
+    }
+
+    /// Reads the events of the aggregates under `prefix` from the aggregate index, when they
+    /// are few enough (at most [`PREFIX_BUDGET`] index entries); returns false, reading
+    /// nothing, when they are not, so that another plan runs.
+    fn prefix_driven(
+        &self,
+        prefix: &str,
+        query: &EventQuery,
+        after: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<bool> {
+        let Some(entries) = self.index.prefix_entries(prefix, after, end, PREFIX_BUDGET)? else {
+            return Ok(false);
+        };
+        self.collect_candidates(vec![entries], None, query, limit, out)?;
+        Ok(true)
     }
 
     /// Merges ascending candidate lists (up to `cut`), reads them, keeps matches. Returns the

@@ -269,10 +269,7 @@ fn check_index_entries(
     };
     let with_loc = keys::position_loc_value(position, loc).to_vec();
     check(
-        keys::with_suffix(
-            &keys::term_prefix(keys::KIND_AGGREGATE, event.aggregate_id()),
-            event.version(),
-        ),
+        keys::with_suffix(&keys::aggregate_prefix(event.aggregate_id()), event.version()),
         with_loc.clone(),
         "aggregate",
     );

@@ -5,7 +5,7 @@
 //! positions only. A memtable is filled by the writer (after each durable group) or by recovery,
 //! frozen when it reaches its size, and then written to a run by the indexer thread.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use factstore_core::EventFields;
 use foldhash::fast::RandomState;
@@ -39,6 +39,10 @@ pub struct MemTable {
     created: Vec<i64>,
     recorded: Vec<i64>,
     aggregates: HashMap<Box<str>, AggregateTail, RandomState>,
+    /// The ids of `aggregates`, sorted: for runs (written in id order) and for prefix reads.
+    /// Kept beside the hash map, which serves the per-event lookups, and touched only when a
+    /// new aggregate appears.
+    aggregate_ids: BTreeSet<Box<str>>,
     event_ids: EventIds,
     /// One map per [`TermKind`], by `TermKind::index`.
     terms: [HashMap<Box<str>, Vec<u64>, RandomState>; 3],
@@ -126,6 +130,7 @@ impl MemTable {
             created: Vec::with_capacity(events),
             recorded: Vec::with_capacity(events),
             aggregates: HashMap::default(),
+            aggregate_ids: BTreeSet::new(),
             event_ids: EventIds::with_capacity(events),
             terms: Default::default(),
             end,
@@ -174,6 +179,7 @@ impl MemTable {
                 tail.positions.push(event.position);
             }
             None => {
+                self.aggregate_ids.insert(event.aggregate_id.into());
                 self.aggregates.insert(
                     event.aggregate_id.into(),
                     AggregateTail {
@@ -227,6 +233,17 @@ impl MemTable {
         self.aggregates.get(aggregate_id)
     }
 
+    /// The aggregates whose id starts with `prefix`, in id order.
+    pub fn aggregates_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a AggregateTail)> + 'a {
+        self.aggregate_ids
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |id| id.starts_with(prefix))
+            .filter_map(|id| self.aggregates.get(id).map(|tail| (&**id, tail)))
+    }
+
     pub fn event_id(&self, event_id: &Uuid) -> Option<u64> {
         self.event_ids.get(event_id)
     }
@@ -243,24 +260,18 @@ impl MemTable {
 
     /// Writes every entry, in key order, to a run, and returns the position table.
     ///
-    /// No global sort: key order is kind, then term (by length, then bytes, as the key encodes
-    /// them), then suffix; within an aggregate or a term the suffixes (versions, positions) are
+    /// No global sort: key order is kind, then aggregate id (bytewise) or term (by length, then
+    /// bytes, as the key encodes them), then suffix; within an aggregate or a term the suffixes (versions, positions) are
     /// already ascending. Only the distinct terms and the event ids are sorted.
     pub fn write_run(&self, writer: &mut RunWriter) -> Result<PositionTable> {
         let mut key = Vec::with_capacity(512);
         let by_term = |a: &&str, b: &&str| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()));
-        // 'A': aggregates.
-        let mut aggregates: Vec<&str> = self.aggregates.keys().map(|k| &**k).collect();
-        aggregates.sort_unstable_by(by_term);
-        for aggregate_id in aggregates {
+        // 'A': aggregates, in id order (the ids end with 0x00 in the key, so bytewise).
+        for aggregate_id in &self.aggregate_ids {
+            let aggregate_id: &str = aggregate_id;
             let tail = &self.aggregates[aggregate_id];
             for (i, &position) in tail.positions.iter().enumerate() {
-                keys::write_term_key(
-                    &mut key,
-                    keys::KIND_AGGREGATE,
-                    aggregate_id,
-                    tail.first_version + i as u64,
-                );
+                keys::write_aggregate_key(&mut key, aggregate_id, tail.first_version + i as u64);
                 writer.add(
                     &key,
                     &keys::position_loc_value(position, self.loc_unchecked(position)),

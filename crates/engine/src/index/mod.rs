@@ -154,7 +154,7 @@ impl Index {
                 return Ok(Some(found));
             }
         }
-        let prefix = keys::term_prefix(keys::KIND_AGGREGATE, aggregate_id);
+        let prefix = keys::aggregate_prefix(aggregate_id);
         for source in sources.runs.iter().rev() {
             if source.first_position() > head || !source.run.may_contain(&prefix) {
                 continue;
@@ -179,6 +179,67 @@ impl Index {
         Ok(None)
     }
 
+    /// The entries `(position, loc)` with `after < position <= end` of every aggregate whose id
+    /// starts with `prefix`, ascending by position; `None` when the prefix is empty or its
+    /// aggregates hold more than `budget` entries (a scan by another index is then cheaper).
+    pub fn prefix_entries(
+        &self,
+        prefix: &str,
+        after: u64,
+        end: u64,
+        budget: usize,
+    ) -> Result<Option<Vec<(u64, Loc)>>> {
+        let Some((from, to)) = keys::aggregate_prefix_range(prefix) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        let sources = {
+            let state = self.state.read();
+            for memtable in state.frozen.iter().map(|m| &**m).chain([&state.active]) {
+                for (_, tail) in memtable.aggregates_with_prefix(prefix) {
+                    seen += tail.positions.len();
+                    if seen > budget {
+                        return Ok(None);
+                    }
+                    let start = tail.positions.partition_point(|&p| p <= after);
+                    for &position in tail.positions.get(start..).unwrap_or_default() {
+                        if position > end {
+                            break;
+                        }
+                        if let Some(loc) = memtable.loc(position) {
+                            out.push((position, loc));
+                        }
+                    }
+                }
+            }
+            Sources {
+                runs: state.runs.clone(),
+                frozen: Vec::new(),
+            }
+        };
+        for source in &sources.runs {
+            if source.first_position() > end || source.last_position() <= after {
+                continue;
+            }
+            for entry in source.run.range(&from, &to) {
+                let (_, value) = entry?;
+                seen += 1;
+                if seen > budget {
+                    return Ok(None);
+                }
+                if let Some((position, loc)) = keys::decode_position_loc(&value)
+                    && position > after
+                    && position <= end
+                {
+                    out.push((position, loc));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|e| e.0);
+        Ok(Some(out))
+    }
+
     /// The aggregate's entries with versions in `from..=to`, ascending, at or below `head`.
     pub fn aggregate_entries(
         &self,
@@ -191,7 +252,7 @@ impl Index {
         if from > to {
             return Ok(out);
         }
-        let prefix = keys::term_prefix(keys::KIND_AGGREGATE, aggregate_id);
+        let prefix = keys::aggregate_prefix(aggregate_id);
         let (sources, tail) = {
             let state = self.state.read();
             let tail = memtable_aggregate_entries(&state.active, aggregate_id, from, to, head);

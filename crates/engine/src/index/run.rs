@@ -42,7 +42,7 @@ use crate::io::{File, FileSystem, OpenMode};
 /// Opens and closes every run file.
 pub const MAGIC: [u8; 8] = *b"FACTRUN\0";
 /// The run format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The header: magic, version, CRC32C of both.
 pub const HEADER_LEN: usize = 16;
 /// The fixed-size footer at the end of the file.
