@@ -121,7 +121,9 @@ impl Shared {
         self.poison.lock().get_or_insert(reason);
     }
 
-    /// Reads events as `read_events` does, with an explicit head.
+    /// Reads events as `read_events` does, with an explicit head. The plan, in order of
+    /// preference: by `aggregate_id`; by correlation or causation id; by the aggregates under
+    /// `aggregate_id_prefix` when few; by event types; else a scan.
     pub fn read_events_until(&self, query: &EventQuery, head: u64) -> Result<EventPage> {
         // The range ends at min(head, to_position) whatever `as_of` says: `next_after_position`
         // of a page that is not full is that end. `as_of` only shortens the part worth
