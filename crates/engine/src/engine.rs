@@ -45,6 +45,11 @@ pub struct EngineOptions {
     /// a third of the index thread's time at 1000-event batches), while a lookup still meets
     /// few runs, each behind a bloom filter.
     pub merge_fan_in: usize,
+    /// The most aggregate-index entries a read (or a condition) by `aggregate_id_prefix` walks
+    /// before it gives way to the event-type or scan plan: a prefix over a few aggregates (a
+    /// seat, a customer's orders) is answered from their entries, one over much of the store
+    /// by the other plans.
+    pub prefix_entries_max: usize,
 }
 
 impl Default for EngineOptions {
@@ -57,14 +62,10 @@ impl Default for EngineOptions {
             aggregate_cache_entries: 256 * 1024,
             queue_depth: 4096,
             merge_fan_in: 8,
+            prefix_entries_max: 65_536,
         }
     }
 }
-
-/// The most aggregate-index entries a read by `aggregate_id_prefix` walks before it gives way
-/// to the event-type or scan plan: a prefix over a few aggregates (a seat, a customer's
-/// orders) is answered from their entries, one over most of the store by a scan.
-const PREFIX_BUDGET: usize = 65_536;
 
 /// State shared by the writer, the indexer and readers.
 #[derive(Debug)]
@@ -82,6 +83,8 @@ pub struct Shared {
     poison: Mutex<Option<String>>,
     /// `EngineOptions::merge_fan_in`.
     merge_fan_in: usize,
+    /// `EngineOptions::prefix_entries_max`.
+    prefix_entries_max: usize,
 }
 
 impl Shared {
@@ -262,7 +265,7 @@ impl Shared {
     }
 
     /// Reads the events of the aggregates under `prefix` from the aggregate index, when they
-    /// are few enough (at most [`PREFIX_BUDGET`] index entries); returns false, reading
+    /// are few enough (at most `prefix_entries_max` index entries); returns false, reading
     /// nothing, when they are not, so that another plan runs.
     fn prefix_driven(
         &self,
@@ -273,7 +276,10 @@ impl Shared {
         limit: usize,
         out: &mut Vec<Event>,
     ) -> Result<bool> {
-        let Some(entries) = self.index.prefix_entries(prefix, after, end, PREFIX_BUDGET)? else {
+        let Some(entries) = self
+            .index
+            .prefix_entries(prefix, after, end, self.prefix_entries_max)?
+        else {
             return Ok(false);
         };
         self.collect_candidates(vec![entries], None, query, limit, out)?;
@@ -524,6 +530,7 @@ impl Engine {
             head_tx,
             poison: Mutex::new(None),
             merge_fan_in: options.merge_fan_in,
+            prefix_entries_max: options.prefix_entries_max,
         });
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest, options.merge_fan_in);

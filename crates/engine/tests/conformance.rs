@@ -20,13 +20,16 @@ use factstore_testkit::faultfs::FaultFs;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Options under which the cases of the suite flush, compact and rotate.
+/// Options under which the cases of the suite flush, compact and rotate, and reads by
+/// aggregate prefix give way to the other plans after two index entries (so that both the
+/// prefix plan, in the default setup, and its fallback answer every case).
 fn small(fs: Arc<dyn factstore_engine::io::FileSystem>) -> EngineOptions {
     EngineOptions {
         fs,
         memtable_events_max: 64,
         segment_bytes_max: 16 << 10,
         merge_fan_in: 2,
+        prefix_entries_max: 2,
         ..EngineOptions::default()
     }
 }
