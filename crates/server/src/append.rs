@@ -67,12 +67,11 @@ pub async fn append_to_aggregate(
     let Some(append) = outcome.appends.first() else {
         return Err(StoreError::Internal("a commit of one append answered with no append".to_owned()).into());
     };
-    let response = AppendResponse {
-        version: append.version,
-        position: outcome.position,
-        events: &append.events,
-    };
-    render::json(status_of(&outcome), &response)
+    // The shape of `AppendResponse`, written by hand (see `render::append_outcome`).
+    Ok(render::json_bytes(
+        status_of(&outcome),
+        render::append_outcome(append.version, outcome.position, &append.events),
+    ))
 }
 
 /// `POST /v1/events`
@@ -88,4 +87,39 @@ pub async fn commit(
     let outcome = state.store.commit(commit).await?;
     size.record(&outcome);
     render::json(status_of(&outcome), &outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use factstore_core::{AppendedEvent, Timestamp};
+    use uuid::Uuid;
+
+    use super::AppendResponse;
+    use crate::render;
+
+    #[test]
+    fn the_hand_written_append_answer_is_what_serde_writes() {
+        let at = |micros| Timestamp::from_micros(micros);
+        let events: Vec<AppendedEvent> = [(1_700_000_000_000_001, 7), (1_700_000_000_000_001, 8), (-5, 9)]
+            .into_iter()
+            .map(|(micros, position)| AppendedEvent {
+                event_id: Uuid::now_v7(),
+                version: position - 4,
+                position,
+                recorded_at: at(micros),
+            })
+            .collect();
+        for events in [&events[..], &events[..1], &[][..]] {
+            let by_serde = serde_json::to_vec(&AppendResponse {
+                version: 5,
+                position: 9,
+                events,
+            })
+            .expect("serialises");
+            assert_eq!(
+                String::from_utf8_lossy(&render::append_outcome(5, 9, events)),
+                String::from_utf8_lossy(&by_serde)
+            );
+        }
+    }
 }

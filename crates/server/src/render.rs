@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::event::write_json_str;
-use factstore_core::{AggregatePage, Event, EventPage};
+use factstore_core::{AggregatePage, AppendedEvent, Event, EventPage, Timestamp};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -110,6 +110,53 @@ pub fn aggregate_page(page: &AggregatePage) -> Vec<u8> {
     out.extend_from_slice(b",\"next_from_version\":");
     write_optional_u64(&mut out, page.next_from_version);
     out.push(b'}');
+    out
+}
+
+/// The answer to an append to one aggregate,
+/// `{"version":v,"position":p,"events":[{"event_id","version","position","recorded_at"},…]}`,
+/// written by hand: serde formatted every id and timestamp through `fmt`, a tenth of the
+/// request workers' time at 1000-event appends. The events of a commit share one
+/// `recorded_at`, formatted once. Byte for byte what serde writes for `AppendResponse`
+/// (checked in `append.rs`'s tests).
+pub fn append_outcome(version: u64, position: u64, events: &[AppendedEvent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + events.len() * 128);
+    let mut numbers = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"version\":");
+    out.extend_from_slice(numbers.format(version).as_bytes());
+    out.extend_from_slice(b",\"position\":");
+    out.extend_from_slice(numbers.format(position).as_bytes());
+    out.extend_from_slice(b",\"events\":[");
+    let mut stamp: Option<(Timestamp, Vec<u8>)> = None;
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"event_id\":\"");
+        out.extend_from_slice(
+            event
+                .event_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"version\":");
+        out.extend_from_slice(numbers.format(event.version).as_bytes());
+        out.extend_from_slice(b",\"position\":");
+        out.extend_from_slice(numbers.format(event.position).as_bytes());
+        out.extend_from_slice(b",\"recorded_at\":\"");
+        let text = match &mut stamp {
+            Some((at, text)) if *at == event.recorded_at => text,
+            slot => {
+                let mut text = Vec::with_capacity(32);
+                event.recorded_at.write_rfc3339(&mut text);
+                &mut slot.insert((event.recorded_at, text)).1
+            }
+        };
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
     out
 }
 
