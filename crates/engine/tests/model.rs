@@ -177,7 +177,8 @@ impl FileSystem for Process {
 
 /// Small enough that a few commits flush a memtable, four flushes merge runs and a few
 /// kilobytes rotate a segment. With `tiny_cache` the writer keeps two aggregates in memory and
-/// looks every other one up in the index (memtables and runs) to check a commit.
+/// looks every other one up in the index (memtables and runs) to check a commit, and reads by
+/// prefix mostly fall back from the aggregate index to the other plans.
 fn options(process: &Process, tiny_cache: bool) -> EngineOptions {
     EngineOptions {
         fs: Arc::new(process.clone()),
@@ -185,6 +186,9 @@ fn options(process: &Process, tiny_cache: bool) -> EngineOptions {
         segment_bytes_max: 4096,
         aggregate_cache_entries: if tiny_cache { 2 } else { 1024 },
         merge_fan_in: 4,
+        // Reads by aggregate prefix: from the aggregate index, or (past three entries) by the
+        // other plans.
+        prefix_entries_max: if tiny_cache { 3 } else { 1 << 16 },
         ..EngineOptions::default()
     }
 }
