@@ -20,7 +20,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore,
-    ExpectedVersion, Head, Limits, NewEvent, StoreError,
+    ExpectedVersion, Head, Limits, NewEvent, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app, app_with_state, route_list};
 use factstore_testkit::model::ModelStore;
@@ -800,6 +800,18 @@ impl EventStore for BrokenStore {
         Err(StoreError::Internal("segment 7 is corrupt".into()))
     }
 
+    async fn put_snapshot(&self, _put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        Err(StoreError::Unavailable("fsync failed".into()))
+    }
+
+    async fn latest_snapshot(&self, _aggregate_id: &str, _max: Option<u64>) -> Result<Snapshot, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
+    }
+
+    async fn list_snapshots(&self, _aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
+    }
+
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
     }
@@ -1028,6 +1040,18 @@ impl EventStore for FailingFilteredReads {
 
     async fn head(&self) -> Result<Head, StoreError> {
         self.0.head().await
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        self.0.put_snapshot(put).await
+    }
+
+    async fn latest_snapshot(&self, aggregate_id: &str, max: Option<u64>) -> Result<Snapshot, StoreError> {
+        self.0.latest_snapshot(aggregate_id, max).await
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        self.0.list_snapshots(aggregate_id).await
     }
 
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
