@@ -166,6 +166,7 @@ impl Snapshot {
 /// A snapshot without its state, as `GET /v1/aggregates/{aggregate_id}/snapshots` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotInfo {
     /// The aggregate version the state was folded up to.
     pub version: u64,

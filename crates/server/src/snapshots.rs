@@ -22,6 +22,7 @@ use crate::render;
 
 /// The answer to a put: the snapshot as stored, without its state.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SnapshotPutResponse {
     aggregate_id: String,
     /// The aggregate version the state was folded up to.
@@ -35,6 +36,7 @@ pub(crate) struct SnapshotPutResponse {
 
 /// `{"snapshots": [...]}`
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SnapshotList {
     /// Every snapshot of the aggregate, by increasing version, without states.
     snapshots: Vec<SnapshotInfo>,
