@@ -3255,18 +3255,6 @@ pub async fn requests_refused_by_validation(store: Store) {
     assert_eq!(outcome.position, limits.events_per_request_max.min(1000) as u64);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cases_are_unique_and_named() {
-        let unique: BTreeSet<&str> = CASES.iter().copied().collect();
-        assert_eq!(unique.len(), CASES.len(), "a case is listed twice");
-        assert!(CASES.len() >= 40);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Snapshots
 // ---------------------------------------------------------------------------------------------
@@ -3596,4 +3584,16 @@ pub async fn snapshot_requests_refused_by_validation(store: Store) {
     );
     assert!(matches!(err, StoreError::PayloadTooLarge(_)), "{err:?}");
     assert!(ok(store.list_snapshots("account:1").await, "list").is_empty());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_are_unique_and_named() {
+        let unique: BTreeSet<&str> = CASES.iter().copied().collect();
+        assert_eq!(unique.len(), CASES.len(), "a case is listed twice");
+        assert!(CASES.len() >= 40);
+    }
 }
