@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head, Health, Params};
 use crate::retry::{ReconnectPolicy, RetryPolicy};
+use crate::snapshot::{
+    LoadedAggregate, PutSnapshotRequest, Snapshot, SnapshotInfo, SnapshotList, SnapshotPut,
+};
 use crate::subscribe::{SubscribeOptions, Subscription};
 
 /// The address `factstore serve` listens on by default.
@@ -515,6 +518,51 @@ impl Client {
     pub async fn get_event(&self, event_id: Uuid) -> Result<Event> {
         let id = event_id.hyphenated().to_string();
         let url = self.endpoint(&["v1", "events", &id], &Params::default())?;
+        self.get_json(url).await
+    }
+
+    /// `PUT /v1/aggregates/{aggregate_id}/snapshots`: stores the aggregate's state at a
+    /// version it has ([`Error::InvalidSnapshot`] otherwise), replacing a snapshot at the same
+    /// version ([`SnapshotPut::replaced`]). A put is safe to repeat, so it is retried like
+    /// an append.
+    pub async fn put_snapshot(&self, aggregate_id: &str, request: PutSnapshotRequest) -> Result<SnapshotPut> {
+        let url = self.endpoint(
+            &["v1", "aggregates", aggregate_id, "snapshots"],
+            &Params::default(),
+        )?;
+        let (status, body) = self.send(Method::PUT, url, Some(to_body(&request)?)).await?;
+        let mut put: SnapshotPut = decode(&body, "the snapshot put")?;
+        put.replaced = status == StatusCode::OK;
+        Ok(put)
+    }
+
+    /// `GET /v1/aggregates/{aggregate_id}/snapshots/latest`: the snapshot with the highest
+    /// version, at or below `max_version` when given. [`Error::SnapshotNotFound`] when none.
+    pub async fn latest_snapshot(&self, aggregate_id: &str, max_version: Option<u64>) -> Result<Snapshot> {
+        let mut params = Params::default();
+        params.push_opt("max_version", max_version);
+        let url = self.endpoint(
+            &["v1", "aggregates", aggregate_id, "snapshots", "latest"],
+            &params,
+        )?;
+        self.get_json(url).await
+    }
+
+    /// `GET /v1/aggregates/{aggregate_id}/snapshots`: every snapshot, by increasing version,
+    /// without states; empty when there are none.
+    pub async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>> {
+        let url = self.endpoint(
+            &["v1", "aggregates", aggregate_id, "snapshots"],
+            &Params::default(),
+        )?;
+        let list: SnapshotList = self.get_json(url).await?;
+        Ok(list.snapshots)
+    }
+
+    /// `GET /v1/aggregates/{aggregate_id}/load`: the latest snapshot and every event after it,
+    /// in one round trip. [`Error::AggregateNotFound`] for an aggregate without events.
+    pub async fn load(&self, aggregate_id: &str) -> Result<LoadedAggregate> {
+        let url = self.endpoint(&["v1", "aggregates", aggregate_id, "load"], &Params::default())?;
         self.get_json(url).await
     }
 

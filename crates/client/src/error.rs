@@ -55,6 +55,22 @@ pub enum Error {
     #[error("event {event_id} not found")]
     EventNotFound { event_id: String },
 
+    /// 404 `snapshot_not_found`: the aggregate has no snapshot (at or below `max_version`).
+    #[error("no snapshot of {aggregate_id}{}", max_version.map(|v| format!(" at or below version {v}")).unwrap_or_default())]
+    SnapshotNotFound {
+        aggregate_id: String,
+        max_version: Option<u64>,
+    },
+
+    /// 422 `invalid_snapshot`: the aggregate has no event at the snapshot's version. Nothing
+    /// was stored.
+    #[error("invalid snapshot of {aggregate_id}: no version {version} (current {current_version})")]
+    InvalidSnapshot {
+        aggregate_id: String,
+        version: u64,
+        current_version: u64,
+    },
+
     /// 401 `unauthorized`: no token, or not a valid one.
     #[error("unauthorized: {message}")]
     Unauthorized { message: String },
@@ -104,7 +120,10 @@ impl Error {
             Error::WrongExpectedVersion { .. }
             | Error::ConditionFailed { .. }
             | Error::DuplicateEventId { .. } => Some(StatusCode::CONFLICT),
-            Error::AggregateNotFound { .. } | Error::EventNotFound { .. } => Some(StatusCode::NOT_FOUND),
+            Error::AggregateNotFound { .. }
+            | Error::EventNotFound { .. }
+            | Error::SnapshotNotFound { .. } => Some(StatusCode::NOT_FOUND),
+            Error::InvalidSnapshot { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
             Error::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             Error::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
             Error::Api { status, .. } => Some(*status),
@@ -120,6 +139,8 @@ impl Error {
             Error::DuplicateEventId { .. } => "duplicate_event_id",
             Error::AggregateNotFound { .. } => "aggregate_not_found",
             Error::EventNotFound { .. } => "event_not_found",
+            Error::SnapshotNotFound { .. } => "snapshot_not_found",
+            Error::InvalidSnapshot { .. } => "invalid_snapshot",
             Error::Unauthorized { .. } => "unauthorized",
             Error::Forbidden { .. } => "forbidden",
             Error::Api { code, .. } => code,
@@ -215,6 +236,28 @@ impl Error {
             }
             (StatusCode::NOT_FOUND, "event_not_found") => {
                 str_of("event_id").map(|event_id| Error::EventNotFound { event_id })
+            }
+            (StatusCode::NOT_FOUND, "snapshot_not_found") => {
+                str_of("aggregate_id").map(|aggregate_id| Error::SnapshotNotFound {
+                    aggregate_id,
+                    max_version: u64_of("max_version"),
+                })
+            }
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_snapshot") => {
+                match (
+                    str_of("aggregate_id"),
+                    u64_of("version"),
+                    u64_of("current_version"),
+                ) {
+                    (Some(aggregate_id), Some(version), Some(current_version)) => {
+                        Some(Error::InvalidSnapshot {
+                            aggregate_id,
+                            version,
+                            current_version,
+                        })
+                    }
+                    _ => None,
+                }
             }
             (StatusCode::UNAUTHORIZED, _) => Some(Error::Unauthorized {
                 message: message.clone(),

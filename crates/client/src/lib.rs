@@ -25,7 +25,9 @@
 //!   [`append`](Client::append), [`commit`](Client::commit),
 //!   [`read_aggregate`](Client::read_aggregate), [`read_events`](Client::read_events),
 //!   [`get_event`](Client::get_event), [`head`](Client::head), [`health`](Client::health),
-//!   [`subscribe`](Client::subscribe) — and the paging helpers
+//!   [`subscribe`](Client::subscribe), [`put_snapshot`](Client::put_snapshot),
+//!   [`latest_snapshot`](Client::latest_snapshot), [`list_snapshots`](Client::list_snapshots),
+//!   [`load`](Client::load) — and the paging helpers
 //!   [`events_stream`](Client::events_stream) and [`aggregate_stream`](Client::aggregate_stream).
 //! - The wire types, this crate's own (it does not depend on the server's crates): [`Event`],
 //!   [`NewEvent`], [`ExpectedVersion`], the requests and outcomes of appends, the queries and
@@ -54,6 +56,7 @@ mod event;
 mod json;
 mod query;
 mod retry;
+mod snapshot;
 mod subscribe;
 pub mod time;
 
@@ -67,6 +70,7 @@ pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
 pub use json::RawJson;
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head, Health};
 pub use retry::{ReconnectPolicy, RetryPolicy};
+pub use snapshot::{LoadedAggregate, PutSnapshotRequest, Snapshot, SnapshotInfo, SnapshotPut};
 pub use subscribe::{SubscribeOptions, Subscription, SubscriptionMessage};
 pub use time::TimeBound;
 

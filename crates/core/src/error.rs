@@ -47,6 +47,21 @@ pub enum StoreError {
     AggregateNotFound { aggregate_id: String },
     #[error("no event has id {event_id}")]
     EventNotFound { event_id: Uuid },
+    /// A snapshot names a version its aggregate does not have (yet).
+    #[error(
+        "aggregate '{aggregate_id}' has no version {version} to snapshot: it is at version {current_version}"
+    )]
+    InvalidSnapshot {
+        aggregate_id: String,
+        version: u64,
+        current_version: u64,
+    },
+    /// No snapshot of the aggregate at or below `max_version` (any version when `None`).
+    #[error("aggregate '{aggregate_id}' has no snapshot{}", max_version.map(|v| format!(" at or below version {v}")).unwrap_or_default())]
+    SnapshotNotFound {
+        aggregate_id: String,
+        max_version: Option<u64>,
+    },
     /// The store cannot write safely (a failed fsync or write, a full disk). Reads go on.
     #[error("the store cannot accept writes: {0}")]
     Unavailable(String),

@@ -5,6 +5,7 @@
 //! - [`append`]: what a client sends ([`Commit`], [`NewEvent`], [`ExpectedVersion`]), its
 //!   validation into a [`PreparedCommit`], and the [`CommitOutcome`].
 //! - [`query`]: [`EventFilter`] and the read queries and pages.
+//! - [`snapshot`]: [`PutSnapshot`] and its validation, [`Snapshot`], [`SnapshotInfo`].
 //! - [`store`]: the [`EventStore`] trait.
 //! - [`limits`], [`time`], [`error`], [`json`].
 //! - `openapi` (with the `openapi` feature): the OpenAPI schemas serde's derive cannot infer.
@@ -21,6 +22,7 @@ pub mod limits;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod query;
+pub mod snapshot;
 pub mod store;
 pub mod time;
 
@@ -32,5 +34,6 @@ pub use error::StoreError;
 pub use event::{Event, EventFields};
 pub use limits::Limits;
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head};
+pub use snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
 pub use store::EventStore;
 pub use time::Timestamp;

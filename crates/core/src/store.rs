@@ -9,6 +9,7 @@ use crate::error::StoreError;
 use crate::event::Event;
 use crate::limits::Limits;
 use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head};
+use crate::snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
 
 /// An event store.
 ///
@@ -54,6 +55,20 @@ use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head};
 /// last returned position when the page is full; otherwise the end of the range,
 /// `min(head, to_position)`, never below `after_position`. `head_position` is the head when
 /// the read began (not limited by `as_of`).
+///
+/// **Snapshots.** A snapshot is a cache of an aggregate's folded state, not a fact: it takes
+/// no position, never appears in event reads, and does not move the head.
+/// - `put_snapshot` validates the request first (`PutSnapshot::prepare`: `InvalidRequest`,
+///   `PayloadTooLarge`), then requires the aggregate to have `version` (1 ≤ version ≤ current
+///   version), else `InvalidSnapshot` with the current version (0 for no events). A put at a
+///   version that has a snapshot replaces it (`replaced == true`); `created_at` is the time of
+///   the put. It returns once the snapshot is durable; a backend that cannot write safely
+///   answers `Unavailable`.
+/// - `latest_snapshot` returns the snapshot with the highest version at or below
+///   `max_version` (any version when `None`), else `SnapshotNotFound`. `max_version == Some(0)`
+///   and a bad aggregate id are `InvalidRequest`.
+/// - `list_snapshots` returns every snapshot of the aggregate in increasing version order,
+///   without states; empty when there are none (also for an aggregate without events).
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// The limits this store validates against.
@@ -73,6 +88,19 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The last committed position.
     async fn head(&self) -> Result<Head, StoreError>;
+
+    /// Stores a snapshot, replacing one at the same version.
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError>;
+
+    /// The newest snapshot at or below `max_version`.
+    async fn latest_snapshot(
+        &self,
+        aggregate_id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Snapshot, StoreError>;
+
+    /// Every snapshot of an aggregate, by increasing version.
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError>;
 
     /// The durable head position, updated after every commit: live readers wait on it.
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use factstore_core::{
     AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, Head, Limits,
-    PreparedCommit, StoreError, Timestamp,
+    PreparedCommit, Snapshot, SnapshotInfo, StoreError, Timestamp,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +22,7 @@ use crate::io::{FileSystem, StdFileSystem};
 use crate::log::format::Loc;
 use crate::log::reader::Log;
 use crate::log::writer::{WriteRequest, Writer};
+use crate::snapshots::Snapshots;
 use crate::{indexer, log::recovery};
 
 /// How the engine runs. `EngineOptions::default()` is what `factstore serve` uses.
@@ -504,6 +505,8 @@ pub struct Engine {
     requests: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     head_rx: watch::Receiver<u64>,
+    /// The snapshot log, written by callers' threads, never by the writer thread.
+    snapshots: Snapshots,
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
 }
 
@@ -518,6 +521,8 @@ impl Engine {
         }
         let fs = options.fs.clone();
         let recovered = recovery::recover(&*fs, dir)?;
+        // After `recover`, which holds the folder's lock.
+        let snapshots = Snapshots::open(&*fs, &dir.join("snapshots"))?;
         let (head_tx, head_rx) = watch::channel(recovered.head);
         let shared = Arc::new(Shared {
             fs: fs.clone(),
@@ -549,6 +554,7 @@ impl Engine {
             requests: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![writer_thread, indexer_thread]),
             head_rx,
+            snapshots,
             _lock: recovered.lock,
         })
     }
@@ -606,6 +612,47 @@ impl Engine {
 
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head_rx.clone()
+    }
+
+    /// Stores a validated snapshot once the aggregate has its version; returns whether it
+    /// replaced one at that version. Refused while event writes or snapshot writes are
+    /// poisoned, and after `close`.
+    pub fn put_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(EngineError::Poisoned(reason));
+        }
+        if self.requests.lock().is_none() {
+            return Err(EngineError::Closed);
+        }
+        let current = self
+            .shared
+            .index
+            .aggregate_last(&snapshot.aggregate_id, self.shared.head())?
+            .map_or(0, |last| last.version);
+        if snapshot.version > current {
+            return Err(StoreError::InvalidSnapshot {
+                aggregate_id: snapshot.aggregate_id.clone(),
+                version: snapshot.version,
+                current_version: current,
+            }
+            .into());
+        }
+        self.snapshots.put(snapshot)
+    }
+
+    /// The snapshot with the highest version at or below `max_version`.
+    pub fn latest_snapshot(&self, aggregate_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>> {
+        self.snapshots.latest(aggregate_id, max_version)
+    }
+
+    /// Every snapshot of an aggregate, by increasing version.
+    pub fn list_snapshots(&self, aggregate_id: &str) -> Vec<SnapshotInfo> {
+        self.snapshots.list(aggregate_id)
+    }
+
+    /// Why snapshot writes are refused, when they are (see [`Engine::poisoned`] for events).
+    pub fn snapshots_poisoned(&self) -> Option<String> {
+        self.snapshots.poisoned()
     }
 
     /// Why writes are refused, when they are.

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, StoreError,
+    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -67,6 +68,35 @@ impl EventStore for EmbeddedStore {
 
     async fn head(&self) -> Result<Head, StoreError> {
         Ok(self.engine.head())
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        let snapshot = put.prepare(self.engine.limits(), Timestamp::now())?;
+        let info = snapshot.info();
+        let replaced = self
+            .blocking(move |engine| engine.put_snapshot(&snapshot))
+            .await?;
+        Ok(SnapshotStored { info, replaced })
+    }
+
+    async fn latest_snapshot(
+        &self,
+        aggregate_id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
+        validate_latest_query(aggregate_id, max_version, self.engine.limits())?;
+        let id = aggregate_id.to_owned();
+        self.blocking(move |engine| engine.latest_snapshot(&id, max_version))
+            .await?
+            .ok_or_else(|| StoreError::SnapshotNotFound {
+                aggregate_id: aggregate_id.to_owned(),
+                max_version,
+            })
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        factstore_core::append::validate_aggregate_id(aggregate_id, self.engine.limits())?;
+        Ok(self.engine.list_snapshots(aggregate_id))
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, StoreError,
+    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
@@ -88,6 +88,22 @@ impl EventStore for TempDirStore {
 
     async fn head(&self) -> Result<Head, StoreError> {
         self.store.head().await
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        self.store.put_snapshot(put).await
+    }
+
+    async fn latest_snapshot(
+        &self,
+        aggregate_id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
+        self.store.latest_snapshot(aggregate_id, max_version).await
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        self.store.list_snapshots(aggregate_id).await
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

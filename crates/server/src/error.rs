@@ -105,6 +105,26 @@ impl ApiError {
                 detail("event_id", json!(event_id));
                 (StatusCode::NOT_FOUND, "event_not_found")
             }
+            ApiError::Store(StoreError::InvalidSnapshot {
+                aggregate_id,
+                version,
+                current_version,
+            }) => {
+                detail("aggregate_id", json!(aggregate_id));
+                detail("version", json!(version));
+                detail("current_version", json!(current_version));
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_snapshot")
+            }
+            ApiError::Store(StoreError::SnapshotNotFound {
+                aggregate_id,
+                max_version,
+            }) => {
+                detail("aggregate_id", json!(aggregate_id));
+                if let Some(max_version) = max_version {
+                    detail("max_version", json!(max_version));
+                }
+                (StatusCode::NOT_FOUND, "snapshot_not_found")
+            }
             ApiError::Store(StoreError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }

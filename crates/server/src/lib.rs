@@ -10,7 +10,7 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`] and [`subscribe`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`] and [`subscribe`]: the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -29,7 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, post, put};
 use factstore_core::EventStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -47,6 +47,7 @@ pub mod openapi;
 pub mod read;
 pub mod render;
 pub mod serve;
+pub mod snapshots;
 pub mod subscribe;
 pub mod tls;
 pub mod trace;
@@ -194,6 +195,16 @@ fn routes() -> Routes {
         .post("/v1/events", append::commit)
         .get("/v1/events", read::read_events)
         .get("/v1/events/{event_id}", read::get_event)
+        .put("/v1/aggregates/{aggregate_id}/snapshots", snapshots::put_snapshot)
+        .get(
+            "/v1/aggregates/{aggregate_id}/snapshots",
+            snapshots::list_snapshots,
+        )
+        .get(
+            "/v1/aggregates/{aggregate_id}/snapshots/latest",
+            snapshots::latest_snapshot,
+        )
+        .get("/v1/aggregates/{aggregate_id}/load", snapshots::load)
         .get("/v1/head", read::head)
         .get("/v1/subscribe", subscribe::subscribe)
         .get("/v1/openapi.json", openapi::serve_document)
@@ -218,6 +229,10 @@ impl Routes {
 
     fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
         self.add(Method::POST, path, post(handler))
+    }
+
+    fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::PUT, path, put(handler))
     }
 
     /// axum merges the methods of one path given in several calls.

@@ -2,8 +2,9 @@
 //! `GET /v1/openapi.json`.
 //!
 //! # Where each part comes from
-//! - Bodies that serde reads or writes derive their schemas: [`AppendBody`] and the answer to
-//!   an append here, `Commit`, `NewEvent`, `CommitOutcome`, `Head`, … in `factstore-core`
+//! - Bodies that serde reads or writes derive their schemas: [`AppendBody`], the answer to
+//!   an append and to a snapshot put here, `Commit`, `NewEvent`, `CommitOutcome`, `Head`,
+//!   `PutSnapshot`, `SnapshotInfo`, … in `factstore-core`
 //!   (its `openapi` feature), so they cannot drift from the code.
 //! - Bodies written by hand (events, pages, errors, the subscription's messages) are described
 //!   by the schema types of [`schemas`], each naming the function that writes it. They are
@@ -26,7 +27,7 @@ use std::sync::LazyLock;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use factstore_core::{Commit, CommitOutcome, Head, StoreError};
+use factstore_core::{Commit, CommitOutcome, Head, PutSnapshot, StoreError};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
@@ -36,9 +37,14 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use crate::append::{AppendBody, AppendResponse};
 use crate::error::ApiError;
-use params::{AggregateReadParams, EventPageParams, FilterParams, RawParam, SubscribeParams, TimeParams};
+use crate::snapshots::{SnapshotList, SnapshotPutResponse};
+use params::{
+    AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, SubscribeParams,
+    TimeParams,
+};
 use schemas::{
-    AggregatePage, ErrorBody, Event, EventPage, Health, StreamError, StreamPosition, StreamShutdown,
+    AggregateLoad, AggregatePage, ErrorBody, Event, EventPage, Health, Snapshot, StreamError, StreamPosition,
+    StreamShutdown,
 };
 
 /// `GET /v1/openapi.json`: the document, built on first use.
@@ -69,6 +75,7 @@ pub enum ErrorCode {
     NotFound,
     AggregateNotFound,
     EventNotFound,
+    SnapshotNotFound,
     MethodNotAllowed,
     WrongExpectedVersion,
     ConditionFailed,
@@ -76,18 +83,20 @@ pub enum ErrorCode {
     AggregateTypeMismatch,
     PayloadTooLarge,
     UnsupportedMediaType,
+    InvalidSnapshot,
     Internal,
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::AggregateNotFound,
         ErrorCode::EventNotFound,
+        ErrorCode::SnapshotNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::WrongExpectedVersion,
         ErrorCode::ConditionFailed,
@@ -95,6 +104,7 @@ impl ErrorCode {
         ErrorCode::AggregateTypeMismatch,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
+        ErrorCode::InvalidSnapshot,
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
     ];
@@ -108,6 +118,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::AggregateNotFound => "aggregate_not_found",
             ErrorCode::EventNotFound => "event_not_found",
+            ErrorCode::SnapshotNotFound => "snapshot_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::WrongExpectedVersion => "wrong_expected_version",
             ErrorCode::ConditionFailed => "condition_failed",
@@ -115,6 +126,7 @@ impl ErrorCode {
             ErrorCode::AggregateTypeMismatch => "aggregate_type_mismatch",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidSnapshot => "invalid_snapshot",
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
@@ -126,9 +138,10 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound | ErrorCode::AggregateNotFound | ErrorCode::EventNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::NotFound
+            | ErrorCode::AggregateNotFound
+            | ErrorCode::EventNotFound
+            | ErrorCode::SnapshotNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongExpectedVersion
             | ErrorCode::ConditionFailed
@@ -136,6 +149,7 @@ impl ErrorCode {
             | ErrorCode::AggregateTypeMismatch => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidSnapshot => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -156,6 +170,10 @@ impl ErrorCode {
             ErrorCode::NotFound => "no route has this path",
             ErrorCode::AggregateNotFound => "the aggregate has no events (`aggregate_id`)",
             ErrorCode::EventNotFound => "no event has this id (`event_id`)",
+            ErrorCode::SnapshotNotFound => {
+                "the aggregate has no snapshot (at or below `max_version`, when given) \
+                 (`aggregate_id`, `max_version`)"
+            }
             ErrorCode::MethodNotAllowed => "the path exists but not with this method",
             ErrorCode::WrongExpectedVersion => {
                 "an aggregate is not at its `expected_version` (`aggregate_id`, \
@@ -180,6 +198,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => {
                 "the body has a `Content-Type` other than `application/json` (none at all is \
                  read as JSON)"
+            }
+            ErrorCode::InvalidSnapshot => {
+                "the aggregate has no event at the snapshot's `version` (`aggregate_id`, \
+                 `version`, `current_version`: 0 when it has no events); nothing was stored"
             }
             ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
             ErrorCode::StoreUnavailable => {
@@ -330,6 +352,7 @@ macro_rules! operations {
             tags(
                 (name = "events", description = "Append and read events."),
                 (name = "stream", description = "Follow events live."),
+                (name = "snapshots", description = "Cached aggregate states, and loading an aggregate."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -347,6 +370,10 @@ operations!(
     read_events,
     get_event,
     head,
+    put_snapshot,
+    latest_snapshot,
+    list_snapshots,
+    load,
     subscribe,
     health,
     metrics,
@@ -355,8 +382,8 @@ operations!(
 
 use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    Internal, InvalidRequest, PayloadTooLarge, StoreUnavailable, Unauthorized, UnsupportedMediaType,
-    WrongExpectedVersion,
+    Internal, InvalidRequest, InvalidSnapshot, PayloadTooLarge, SnapshotNotFound, StoreUnavailable,
+    Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -526,6 +553,102 @@ fn head() -> &'static [ErrorCode] {
 }
 
 #[utoipa::path(
+    put,
+    path = "/v1/aggregates/{aggregate_id}/snapshots",
+    tag = "snapshots",
+    summary = "Store a snapshot of an aggregate",
+    description = "Stores the aggregate's state folded up to `version`, which the aggregate must \
+have (else 422 `invalid_snapshot`). A snapshot is a cache, not a fact: it takes no position and \
+never shows in event reads, and a put at a version that has a snapshot replaces it (200). The \
+answer comes once the snapshot is durable. Needs the writer role. Takes no query parameters.",
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    request_body(
+        content = PutSnapshot,
+        example = json!({
+            "version": 1000,
+            "state": {"balance": 1250, "currency": "USD"},
+            "snapshot_type": "Account",
+            "snapshot_version": 1
+        })
+    ),
+    responses(
+        (status = 201, description = "Stored and durable.", body = SnapshotPutResponse),
+        (status = 200, description = "Stored and durable; it replaced the snapshot at the same \
+version.", body = SnapshotPutResponse),
+    )
+)]
+fn put_snapshot() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidSnapshot,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/aggregates/{aggregate_id}/snapshots/latest",
+    tag = "snapshots",
+    summary = "The newest snapshot of an aggregate",
+    description = "The snapshot with the highest version, or with `max_version` the highest at \
+or below it.",
+    params(
+        ("aggregate_id" = String, Path, description = AGGREGATE_ID),
+        LatestSnapshotParams,
+    ),
+    responses((status = 200, description = "The snapshot, with its state.", body = Snapshot))
+)]
+fn latest_snapshot() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SnapshotNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/aggregates/{aggregate_id}/snapshots",
+    tag = "snapshots",
+    summary = "Every snapshot of an aggregate",
+    description = "By increasing version, without their states; an empty list when there are \
+none. Takes no query parameters.",
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    responses((status = 200, description = "The snapshots.", body = SnapshotList))
+)]
+fn list_snapshots() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/aggregates/{aggregate_id}/load",
+    tag = "snapshots",
+    summary = "Load an aggregate: its latest snapshot and the events after it",
+    description = "One round trip to rebuild an aggregate: the newest snapshot (null when there \
+is none) and every event after its version up to the aggregate's current `version`, in version \
+order. Takes no query parameters.",
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    responses((status = 200, description = "The aggregate.", body = AggregateLoad))
+)]
+fn load() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        AggregateNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
     get,
     path = "/v1/subscribe",
     tag = "stream",
@@ -683,6 +806,43 @@ mod schemas {
         next_from_version: Option<u64>,
     }
 
+    // Written by `Snapshot::write_json` (factstore-core).
+    /// A snapshot with its state.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Snapshot {
+        aggregate_id: String,
+        /// The aggregate version the state was folded up to.
+        #[schema(minimum = 1)]
+        version: u64,
+        snapshot_type: String,
+        /// The schema version of `state`.
+        #[schema(minimum = 1, maximum = 2147483647)]
+        snapshot_version: u32,
+        /// The state: a JSON object.
+        #[schema(value_type = Object)]
+        state: Value,
+        /// When the store took the snapshot.
+        created_at: Timestamp,
+    }
+
+    // Written by `snapshots::load` (snapshots.rs).
+    /// The body of `GET /v1/aggregates/{aggregate_id}/load`.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct AggregateLoad {
+        aggregate_id: String,
+        /// The aggregate's current version: that of the last event, or of the snapshot when no
+        /// event follows it.
+        version: u64,
+        /// The newest snapshot, or null.
+        #[schema(required = true)]
+        snapshot: Option<Snapshot>,
+        /// Every event after the snapshot's version (all of them without a snapshot), in
+        /// version order.
+        events: Vec<Event>,
+    }
+
     // Written by `ApiError::into_response` (error.rs), the details by `ApiError::parts`.
     /// The body of every error.
     #[derive(ToSchema)]
@@ -699,15 +859,23 @@ mod schemas {
         code: ErrorCode,
         /// What went wrong, for people.
         message: String,
-        /// `wrong_expected_version`, `aggregate_type_mismatch`, `aggregate_not_found`.
+        /// `wrong_expected_version`, `aggregate_type_mismatch`, `aggregate_not_found`,
+        /// `invalid_snapshot`, `snapshot_not_found`.
         #[schema(nullable = false)]
         aggregate_id: Option<String>,
         /// `wrong_expected_version`: what the request expected.
         #[schema(nullable = false)]
         expected_version: Option<ExpectedVersion>,
-        /// `wrong_expected_version`: the aggregate's version (0: it does not exist).
+        /// `wrong_expected_version`, `invalid_snapshot`: the aggregate's version (0: it does
+        /// not exist).
         #[schema(nullable = false)]
         current_version: Option<u64>,
+        /// `invalid_snapshot`: the version the snapshot named.
+        #[schema(nullable = false)]
+        version: Option<u64>,
+        /// `snapshot_not_found`: the bound asked for, when one was.
+        #[schema(nullable = false)]
+        max_version: Option<u64>,
         /// `condition_failed`: the condition's `after_position`.
         #[schema(nullable = false)]
         after_position: Option<u64>,
@@ -865,6 +1033,15 @@ mod params {
         until: Option<String>,
     }
 
+    /// Which snapshot `latest` means.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct LatestSnapshotParams {
+        /// The newest snapshot at or below this version (any version when absent). At least 1.
+        #[param(minimum = 1)]
+        max_version: Option<u64>,
+    }
+
     /// `raw`.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
@@ -917,6 +1094,15 @@ mod tests {
                 existing: "A".into(),
                 given: "B".into(),
             }),
+            ApiError::Store(StoreError::SnapshotNotFound {
+                aggregate_id: "a".into(),
+                max_version: Some(3),
+            }),
+            ApiError::Store(StoreError::InvalidSnapshot {
+                aggregate_id: "a".into(),
+                version: 4,
+                current_version: 3,
+            }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),
             ApiError::Store(StoreError::Internal("x".into())),
@@ -948,7 +1134,7 @@ mod tests {
             .paths
             .paths
             .values()
-            .map(|item| [&item.get, &item.post].into_iter().flatten().count())
+            .map(|item| [&item.get, &item.post, &item.put].into_iter().flatten().count())
             .sum();
         assert_eq!(operations, OPERATIONS.len());
     }

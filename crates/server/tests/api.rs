@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, StoreError,
+    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::app;
 use factstore_testkit::model::ModelStore;
@@ -1024,6 +1024,18 @@ impl EventStore for BrokenStore {
             position: 0,
             recorded_at: None,
         })
+    }
+
+    async fn put_snapshot(&self, _put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        Err(StoreError::Unavailable("fsync failed".into()))
+    }
+
+    async fn latest_snapshot(&self, _aggregate_id: &str, _max: Option<u64>) -> Result<Snapshot, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
+    }
+
+    async fn list_snapshots(&self, _aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
     }
 
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {

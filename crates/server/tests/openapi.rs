@@ -20,7 +20,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore,
-    ExpectedVersion, Head, Limits, NewEvent, StoreError,
+    ExpectedVersion, Head, Limits, NewEvent, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app, app_with_state, route_list};
 use factstore_testkit::model::ModelStore;
@@ -88,6 +88,17 @@ async fn call(router: &Router, method: &str, uri: &str, content_type: Option<&st
 
 async fn get(router: &Router, uri: &str) -> Reply {
     call(router, "GET", uri, None, Body::empty()).await
+}
+
+async fn put(router: &Router, uri: &str, body: &Value) -> Reply {
+    call(
+        router,
+        "PUT",
+        uri,
+        Some("application/json"),
+        Body::from(body.to_string()),
+    )
+    .await
 }
 
 async fn post(router: &Router, uri: &str, body: &Value) -> Reply {
@@ -588,6 +599,88 @@ async fn real_responses_match_the_documented_schemas() {
     assert!(reply.json()["recorded_at"].is_string());
     doc.check("GET", "/v1/head", &reply);
 
+    // Snapshots: created, replaced, the latest, the list, and load with and without one.
+    let snapshots = "/v1/aggregates/{aggregate_id}/snapshots";
+    let put_body =
+        json!({"version": 1, "state": {"balance": 500}, "snapshot_type": "Account", "snapshot_version": 2});
+    doc.check_request("PUT", snapshots, &put_body, true);
+    let reply = get(&router, "/v1/aggregates/account:ACC-001/load").await;
+    assert_eq!(reply.json()["snapshot"], Value::Null);
+    doc.check("GET", "/v1/aggregates/{aggregate_id}/load", &reply);
+    for status in [StatusCode::CREATED, StatusCode::OK] {
+        let reply = put(&router, "/v1/aggregates/account:ACC-001/snapshots", &put_body).await;
+        assert_eq!(reply.status, status, "{}", reply.json());
+        doc.check("PUT", snapshots, &reply);
+    }
+    for (path, uri) in [
+        (snapshots, "/v1/aggregates/account:ACC-001/snapshots"),
+        (snapshots, "/v1/aggregates/nobody/snapshots"),
+        (
+            "/v1/aggregates/{aggregate_id}/snapshots/latest",
+            "/v1/aggregates/account:ACC-001/snapshots/latest?max_version=2",
+        ),
+        (
+            "/v1/aggregates/{aggregate_id}/load",
+            "/v1/aggregates/account:ACC-001/load",
+        ),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}");
+        doc.check("GET", path, &reply);
+    }
+    for (body, code) in [
+        (
+            json!({"version": 9, "state": {}, "snapshot_type": "Account"}),
+            "invalid_snapshot",
+        ),
+        (
+            json!({"version": 1, "state": [], "snapshot_type": "Account"}),
+            "invalid_request",
+        ),
+        (
+            json!({"version": 1, "state": {"s": "x".repeat(Limits::default().event_payload_bytes_max)},
+                   "snapshot_type": "Account"}),
+            "payload_too_large",
+        ),
+    ] {
+        let reply = put(&router, "/v1/aggregates/account:ACC-001/snapshots", &body).await;
+        assert_eq!(reply.code(), code, "{}", reply.json());
+        doc.check("PUT", snapshots, &reply);
+    }
+    doc.check_request(
+        "PUT",
+        snapshots,
+        &json!({"version": 0, "state": {}, "snapshot_type": "A"}),
+        false,
+    );
+    doc.check_request(
+        "PUT",
+        snapshots,
+        &json!({"version": 1, "state": {}, "snapshot_type": "A", "x": 1}),
+        false,
+    );
+    for (path, uri, code) in [
+        (
+            "/v1/aggregates/{aggregate_id}/snapshots/latest",
+            "/v1/aggregates/nobody/snapshots/latest",
+            "snapshot_not_found",
+        ),
+        (
+            "/v1/aggregates/{aggregate_id}/snapshots/latest",
+            "/v1/aggregates/nobody/snapshots/latest?max_version=0",
+            "invalid_request",
+        ),
+        (
+            "/v1/aggregates/{aggregate_id}/load",
+            "/v1/aggregates/nobody/load",
+            "aggregate_not_found",
+        ),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.code(), code, "{uri}");
+        doc.check("GET", path, &reply);
+    }
+
     // Errors: each code that a request can provoke, checked against its operation's response.
     let too_many = json!({"events": vec![bare_event("E"); Limits::default().events_per_request_max + 1]});
     let cases: Vec<(&str, &str, String, Option<Value>, &str)> = vec![
@@ -800,6 +893,18 @@ impl EventStore for BrokenStore {
         Err(StoreError::Internal("segment 7 is corrupt".into()))
     }
 
+    async fn put_snapshot(&self, _put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        Err(StoreError::Unavailable("fsync failed".into()))
+    }
+
+    async fn latest_snapshot(&self, _aggregate_id: &str, _max: Option<u64>) -> Result<Snapshot, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
+    }
+
+    async fn list_snapshots(&self, _aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        Err(StoreError::Internal("segment 7 is corrupt".into()))
+    }
+
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
     }
@@ -817,6 +922,10 @@ async fn store_failures_match_the_documented_schemas() {
     let reply = post(&router, "/v1/events", &commit).await;
     assert_eq!(reply.code(), "store_unavailable");
     doc.check("POST", "/v1/events", &reply);
+    let snapshot = json!({"version": 1, "state": {}, "snapshot_type": "A"});
+    let reply = put(&router, "/v1/aggregates/a/snapshots", &snapshot).await;
+    assert_eq!(reply.code(), "store_unavailable");
+    doc.check("PUT", "/v1/aggregates/{aggregate_id}/snapshots", &reply);
     for (path, uri) in [
         (
             "/v1/aggregates/{aggregate_id}/events",
@@ -826,6 +935,18 @@ async fn store_failures_match_the_documented_schemas() {
         ("/v1/events/{event_id}", format!("/v1/events/{}", Uuid::nil())),
         ("/v1/head", "/v1/head".to_owned()),
         ("/v1/subscribe", "/v1/subscribe".to_owned()),
+        (
+            "/v1/aggregates/{aggregate_id}/snapshots",
+            "/v1/aggregates/a/snapshots".to_owned(),
+        ),
+        (
+            "/v1/aggregates/{aggregate_id}/snapshots/latest",
+            "/v1/aggregates/a/snapshots/latest".to_owned(),
+        ),
+        (
+            "/v1/aggregates/{aggregate_id}/load",
+            "/v1/aggregates/a/load".to_owned(),
+        ),
     ] {
         let reply = get(&router, &uri).await;
         assert_eq!(reply.code(), "internal", "{uri}");
@@ -867,6 +988,23 @@ async fn rendered_bodies_have_exactly_the_documented_fields() {
         &get(&router, "/v1/aggregates/account:1/events").await.json(),
     );
     closed("Health", &get(&router, "/health").await.json());
+    let snapshot =
+        json!({"version": 1, "state": {"a": 1}, "snapshot_type": "Account", "snapshot_version": 1});
+    let reply = put(&router, "/v1/aggregates/account:1/snapshots", &snapshot).await;
+    closed("SnapshotPutResponse", &reply.json());
+    closed(
+        "Snapshot",
+        &get(&router, "/v1/aggregates/account:1/snapshots/latest")
+            .await
+            .json(),
+    );
+    let load = get(&router, "/v1/aggregates/account:1/load").await.json();
+    closed("AggregateLoad", &load);
+    closed("Snapshot", &load["snapshot"]);
+    closed(
+        "SnapshotList",
+        &get(&router, "/v1/aggregates/account:1/snapshots").await.json(),
+    );
     let error = get(&router, "/v1/events/nope").await.json();
     closed("Error", &error);
     // The error object lists every detail any code carries, so only code and message are required.
@@ -1028,6 +1166,18 @@ impl EventStore for FailingFilteredReads {
 
     async fn head(&self) -> Result<Head, StoreError> {
         self.0.head().await
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        self.0.put_snapshot(put).await
+    }
+
+    async fn latest_snapshot(&self, aggregate_id: &str, max: Option<u64>) -> Result<Snapshot, StoreError> {
+        self.0.latest_snapshot(aggregate_id, max).await
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        self.0.list_snapshots(aggregate_id).await
     }
 
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {

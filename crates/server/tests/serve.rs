@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, StoreError,
+    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::{Drain, ServeOptions, app};
 use factstore_testkit::model::ModelStore;
@@ -63,6 +63,18 @@ impl EventStore for Gated {
 
     async fn head(&self) -> Result<Head, StoreError> {
         self.inner.head().await
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        self.inner.put_snapshot(put).await
+    }
+
+    async fn latest_snapshot(&self, aggregate_id: &str, max: Option<u64>) -> Result<Snapshot, StoreError> {
+        self.inner.latest_snapshot(aggregate_id, max).await
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        self.inner.list_snapshots(aggregate_id).await
     }
 
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use factstore_core::{
     AggregateAppend, AggregatePage, AggregateQuery, Commit, CommitOutcome, Condition, Direction, Event,
-    EventFilter, EventPage, EventQuery, EventStore, ExpectedVersion, NewEvent, StoreError, Timestamp,
+    EventFilter, EventPage, EventQuery, EventStore, ExpectedVersion, NewEvent, PutSnapshot, SnapshotInfo,
+    StoreError, Timestamp,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -99,6 +100,13 @@ macro_rules! __conformance_cases {
             concurrent_appends_are_dense_and_atomic,
             readers_never_see_gaps_during_commits,
             requests_refused_by_validation,
+            snapshot_needs_a_version_the_aggregate_has,
+            snapshot_state_and_fields_read_back_exactly,
+            snapshot_put_at_the_same_version_replaces_it,
+            latest_snapshot_is_the_highest_at_or_below_max_version,
+            list_snapshots_is_in_version_order_without_states,
+            snapshots_are_not_events,
+            snapshot_requests_refused_by_validation,
         );
     };
     (@expand [tests $open:expr] $($case:ident),* $(,)?) => {
@@ -3245,6 +3253,337 @@ pub async fn requests_refused_by_validation(store: Store) {
         "a request of events_per_request_max events (or 1000)",
     );
     assert_eq!(outcome.position, limits.events_per_request_max.min(1000) as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+// ---------------------------------------------------------------------------------------------
+
+fn snapshot_of(aggregate_id: &str, version: u64, state: serde_json::Value) -> PutSnapshot {
+    PutSnapshot::new(aggregate_id, version, "Account", state)
+}
+
+fn snapshot_versions(list: &[SnapshotInfo]) -> Vec<u64> {
+    list.iter().map(|s| s.version).collect()
+}
+
+/// A put names a version from 1 to the aggregate's current version; any other is
+/// `InvalidSnapshot` with the current version (0 for an aggregate with no events), and stores
+/// nothing.
+pub async fn snapshot_needs_a_version_the_aggregate_has(store: Store) {
+    let err = fails(
+        store
+            .put_snapshot(snapshot_of("account:none", 1, json!({})))
+            .await,
+        "a snapshot of an aggregate without events",
+    );
+    assert_eq!(
+        err,
+        StoreError::InvalidSnapshot {
+            aggregate_id: "account:none".into(),
+            version: 1,
+            current_version: 0
+        }
+    );
+    fill(&store, "account:1", 3).await;
+    let err = fails(
+        store.put_snapshot(snapshot_of("account:1", 4, json!({}))).await,
+        "a snapshot past the current version",
+    );
+    assert_eq!(
+        err,
+        StoreError::InvalidSnapshot {
+            aggregate_id: "account:1".into(),
+            version: 4,
+            current_version: 3
+        }
+    );
+    let listed = ok(store.list_snapshots("account:1").await, "list");
+    assert!(listed.is_empty(), "a refused put stored a snapshot: {listed:?}");
+    for version in [1, 3] {
+        let stored = ok(
+            store
+                .put_snapshot(snapshot_of("account:1", version, json!({"v": version})))
+                .await,
+            &format!("a snapshot at version {version} of 3"),
+        );
+        assert_eq!(stored.info.version, version);
+        assert!(
+            !stored.replaced,
+            "the first snapshot at a version replaces nothing"
+        );
+    }
+}
+
+/// The state comes back as the same JSON value (compacted), with the type, the schema
+/// version (1 by default) and a `created_at` taken at the put.
+pub async fn snapshot_state_and_fields_read_back_exactly(store: Store) {
+    fill(&store, "account:1", 2).await;
+    let state =
+        json!({"balance": 1250, "owner": "Zoë ✓", "nested": {"list": [1, 2.5, null, true], "q": "\"\\"}});
+    let before = Timestamp::now();
+    let stored = ok(
+        store
+            .put_snapshot(
+                PutSnapshot::new("account:1", 2, "AccountState", state.clone()).with_snapshot_version(7),
+            )
+            .await,
+        "put",
+    );
+    let after = Timestamp::now();
+    let snapshot = ok(store.latest_snapshot("account:1", None).await, "latest");
+    assert_eq!(snapshot.aggregate_id, "account:1");
+    assert_eq!(snapshot.version, 2);
+    assert_eq!(snapshot.snapshot_type, "AccountState");
+    assert_eq!(snapshot.snapshot_version, 7);
+    assert_eq!(
+        json_value(&snapshot.state),
+        state,
+        "the state reads back as the same value"
+    );
+    assert!(
+        !snapshot.state.contains(": "),
+        "the state is stored compact: {}",
+        snapshot.state
+    );
+    assert!(
+        before <= snapshot.created_at && snapshot.created_at <= after,
+        "created_at is the time of the put"
+    );
+    assert_eq!(stored.info, snapshot.info(), "the put answers what is stored");
+    let default = ok(
+        store.put_snapshot(snapshot_of("account:1", 1, json!({}))).await,
+        "put without a schema version",
+    );
+    assert_eq!(default.info.snapshot_version, 1, "snapshot_version defaults to 1");
+}
+
+/// A put at a version that has a snapshot replaces it: one snapshot per version, the newest.
+pub async fn snapshot_put_at_the_same_version_replaces_it(store: Store) {
+    fill(&store, "account:1", 5).await;
+    ok(
+        store
+            .put_snapshot(snapshot_of("account:1", 5, json!({"balance": 1})))
+            .await,
+        "first put",
+    );
+    let second = ok(
+        store
+            .put_snapshot(
+                PutSnapshot::new("account:1", 5, "AccountV2", json!({"balance": 2})).with_snapshot_version(2),
+            )
+            .await,
+        "second put at the same version",
+    );
+    assert!(second.replaced, "a put at a version with a snapshot replaces it");
+    let latest = ok(store.latest_snapshot("account:1", None).await, "latest");
+    assert_eq!(json_value(&latest.state), json!({"balance": 2}));
+    assert_eq!(
+        (latest.snapshot_type.as_str(), latest.snapshot_version),
+        ("AccountV2", 2)
+    );
+    let listed = ok(store.list_snapshots("account:1").await, "list");
+    assert_eq!(listed, vec![latest.info()], "one snapshot per version");
+}
+
+/// `latest_snapshot` picks the highest version at or below `max_version`; none is
+/// `SnapshotNotFound` naming the aggregate and the bound.
+pub async fn latest_snapshot_is_the_highest_at_or_below_max_version(store: Store) {
+    fill(&store, "account:1", 10).await;
+    fill(&store, "account:2", 10).await;
+    for version in [5, 2, 9] {
+        ok(
+            store
+                .put_snapshot(snapshot_of("account:1", version, json!({"at": version})))
+                .await,
+            "put",
+        );
+    }
+    ok(
+        store
+            .put_snapshot(snapshot_of("account:2", 10, json!({"at": 10})))
+            .await,
+        "put",
+    );
+    for (max, expected) in [
+        (None, 9),
+        (Some(10), 9),
+        (Some(9), 9),
+        (Some(8), 5),
+        (Some(5), 5),
+        (Some(4), 2),
+        (Some(2), 2),
+    ] {
+        let snapshot = ok(
+            store.latest_snapshot("account:1", max).await,
+            &format!("latest at or below {max:?}"),
+        );
+        assert_eq!(snapshot.version, expected, "latest at or below {max:?}");
+        assert_eq!(json_value(&snapshot.state), json!({"at": expected}));
+    }
+    let err = fails(
+        store.latest_snapshot("account:1", Some(1)).await,
+        "below every snapshot",
+    );
+    assert_eq!(
+        err,
+        StoreError::SnapshotNotFound {
+            aggregate_id: "account:1".into(),
+            max_version: Some(1)
+        }
+    );
+    for aggregate_id in ["account:3", "account:"] {
+        let err = fails(store.latest_snapshot(aggregate_id, None).await, "no snapshot");
+        assert_eq!(
+            err,
+            StoreError::SnapshotNotFound {
+                aggregate_id: aggregate_id.into(),
+                max_version: None
+            }
+        );
+    }
+    let err = fails(store.latest_snapshot("account:1", Some(0)).await, "max_version 0");
+    assert!(
+        matches!(err, StoreError::InvalidRequest(_)),
+        "max_version 0: {err:?}"
+    );
+}
+
+/// `list_snapshots` gives every snapshot of one aggregate by increasing version, and an empty
+/// list for an aggregate without any.
+pub async fn list_snapshots_is_in_version_order_without_states(store: Store) {
+    fill(&store, "account:1", 9).await;
+    fill(&store, "account:10", 9).await;
+    for version in [7, 1, 4, 9] {
+        ok(
+            store
+                .put_snapshot(
+                    PutSnapshot::new("account:1", version, &format!("T{version}"), json!({}))
+                        .with_snapshot_version(version as i64),
+                )
+                .await,
+            "put",
+        );
+    }
+    ok(
+        store.put_snapshot(snapshot_of("account:10", 3, json!({}))).await,
+        "put",
+    );
+    let listed = ok(store.list_snapshots("account:1").await, "list");
+    assert_eq!(snapshot_versions(&listed), vec![1, 4, 7, 9]);
+    for info in &listed {
+        assert_eq!(info.snapshot_type, format!("T{}", info.version));
+        assert_eq!(u64::from(info.snapshot_version), info.version);
+    }
+    assert_eq!(
+        snapshot_versions(&ok(store.list_snapshots("account:10").await, "list")),
+        vec![3],
+        "an aggregate whose id extends another's has its own snapshots"
+    );
+    assert!(ok(store.list_snapshots("account:nobody").await, "list").is_empty());
+    assert!(matches!(
+        store.list_snapshots("").await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+}
+
+/// Snapshots take no position, never show in event reads and leave versions alone.
+pub async fn snapshots_are_not_events(store: Store) {
+    fill(&store, "account:1", 3).await;
+    let events_before = all_events(&store).await;
+    let head_before = ok(store.head().await, "head");
+    let mut watch = store.watch_head();
+    watch.borrow_and_update();
+    for version in 1..=3 {
+        ok(
+            store
+                .put_snapshot(snapshot_of("account:1", version, json!({"v": version})))
+                .await,
+            "put",
+        );
+    }
+    assert_eq!(
+        ok(store.head().await, "head"),
+        head_before,
+        "a snapshot moved the head"
+    );
+    assert!(
+        !watch.has_changed().unwrap_or(true),
+        "a snapshot was published as a head"
+    );
+    assert_eq!(
+        all_events(&store).await,
+        events_before,
+        "a snapshot showed in the event reads"
+    );
+    let page = ok(
+        store
+            .read_aggregate(AggregateQuery::forward("account:1", 100))
+            .await,
+        "read",
+    );
+    assert_eq!(page.version, 3);
+    assert_eq!(versions(&page.events), vec![1, 2, 3]);
+    // The next event still takes the next version and position.
+    let outcome = fill(&store, "account:1", 1).await;
+    assert_eq!(outcome.position, head_before.position + 1);
+    assert_eq!(outcome.appends[0].version, 4);
+}
+
+/// Every bad request is refused before anything is looked up, and stores nothing.
+pub async fn snapshot_requests_refused_by_validation(store: Store) {
+    fill(&store, "account:1", 2).await;
+    let limits = store.limits().clone();
+    let mut cases: Vec<(PutSnapshot, &str)> = vec![
+        (
+            snapshot_of("account:1", 1, json!([1, 2])),
+            "a state that is not an object",
+        ),
+        (snapshot_of("account:1", 1, json!(null)), "a null state"),
+        (snapshot_of("account:1", 0, json!({})), "version 0"),
+        (
+            snapshot_of("account:1", 1, json!({})).with_snapshot_version(0),
+            "snapshot_version 0",
+        ),
+        (
+            snapshot_of("account:1", 1, json!({})).with_snapshot_version(i64::from(i32::MAX) + 1),
+            "snapshot_version 2^31",
+        ),
+        (
+            PutSnapshot::new(
+                "account:1",
+                1,
+                &"T".repeat(limits.aggregate_type_bytes_max + 1),
+                json!({}),
+            ),
+            "a long snapshot_type",
+        ),
+        (
+            PutSnapshot::new("account:1", 1, "", json!({})),
+            "an empty snapshot_type",
+        ),
+        (snapshot_of("", 1, json!({})), "an empty aggregate id"),
+        (
+            snapshot_of("a\nb", 1, json!({})),
+            "a control character in the aggregate id",
+        ),
+    ];
+    // A bad request is 400 even for an aggregate that does not exist.
+    cases.push((
+        snapshot_of("account:none", 1, json!([])),
+        "a bad state for a missing aggregate",
+    ));
+    for (put, what) in cases {
+        let err = fails(store.put_snapshot(put).await, what);
+        assert!(matches!(err, StoreError::InvalidRequest(_)), "{what}: {err:?}");
+    }
+    let big = json!({"s": "x".repeat(limits.event_payload_bytes_max)});
+    let err = fails(
+        store.put_snapshot(snapshot_of("account:1", 1, big)).await,
+        "an oversized state",
+    );
+    assert!(matches!(err, StoreError::PayloadTooLarge(_)), "{err:?}");
+    assert!(ok(store.list_snapshots("account:1").await, "list").is_empty());
 }
 
 #[cfg(test)]

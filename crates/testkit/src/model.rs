@@ -15,14 +15,19 @@
 //! - an aggregate read with `from_version == Some(0)` is `InvalidRequest` (versions start at 1);
 //! - the version range of an aggregate read is clamped to `1..=current`, so "versions remain in
 //!   the range" means versions that exist (as of `as_of`).
+//!
+//! Snapshots are a `BTreeMap` per aggregate (version → snapshot), beside the events and never
+//! mixed with them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use factstore_core::append::validate_aggregate_id;
+use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
     AggregatePage, AggregateQuery, AppendedAggregate, AppendedEvent, Commit, CommitOutcome, Direction, Event,
-    EventPage, EventQuery, EventStore, Head, Limits, PreparedCommit, StoreError, Timestamp,
+    EventPage, EventQuery, EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo,
+    SnapshotStored, StoreError, Timestamp,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -46,6 +51,8 @@ struct State {
     by_id: HashMap<Uuid, u64>,
     /// Aggregate id → the positions of its events, in version order (index = version − 1).
     aggregates: HashMap<String, Vec<u64>>,
+    /// Aggregate id → version → its snapshot.
+    snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
 }
 
 impl State {
@@ -412,6 +419,55 @@ impl EventStore for ModelStore {
             position: state.head(),
             recorded_at: state.last_recorded_at(),
         })
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        let snapshot = put.prepare(&self.limits, Timestamp::now())?;
+        let mut state = self.state.lock();
+        let current = state.current_version(&snapshot.aggregate_id);
+        if snapshot.version > current {
+            return Err(StoreError::InvalidSnapshot {
+                aggregate_id: snapshot.aggregate_id,
+                version: snapshot.version,
+                current_version: current,
+            });
+        }
+        let info = snapshot.info();
+        let replaced = state
+            .snapshots
+            .entry(snapshot.aggregate_id.clone())
+            .or_default()
+            .insert(snapshot.version, snapshot)
+            .is_some();
+        Ok(SnapshotStored { info, replaced })
+    }
+
+    async fn latest_snapshot(
+        &self,
+        aggregate_id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
+        validate_latest_query(aggregate_id, max_version, &self.limits)?;
+        let state = self.state.lock();
+        state
+            .snapshots
+            .get(aggregate_id)
+            .and_then(|by_version| by_version.range(..=max_version.unwrap_or(u64::MAX)).next_back())
+            .map(|(_, snapshot)| snapshot.clone())
+            .ok_or_else(|| StoreError::SnapshotNotFound {
+                aggregate_id: aggregate_id.to_owned(),
+                max_version,
+            })
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        validate_aggregate_id(aggregate_id, &self.limits)?;
+        let state = self.state.lock();
+        Ok(state
+            .snapshots
+            .get(aggregate_id)
+            .map(|by_version| by_version.values().map(Snapshot::info).collect())
+            .unwrap_or_default())
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

@@ -75,6 +75,13 @@ impl Call {
         }
     }
 
+    pub fn put(uri: &str, body: &Value) -> Call {
+        Call {
+            method: Method::PUT,
+            ..Call::post(uri, body)
+        }
+    }
+
     pub fn token(mut self, token: &str) -> Call {
         self.token = Some(token.to_owned());
         self
