@@ -57,7 +57,7 @@ enum Command {
     /// shared machine the generator takes CPU from the server it measures, which is why it is
     /// built to need little; see docs/benchmarks.md.
     Bench(bench::BenchArgs),
-    /// Check every record and index entry of a data folder (offline: stop the server first).
+    /// Check every record, index entry and snapshot of a data folder (offline: stop the server first).
     Verify {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
         data_dir: PathBuf,

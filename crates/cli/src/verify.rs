@@ -16,8 +16,14 @@ pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let report = factstore_engine::verify::verify(&StdFileSystem, data_dir)
         .with_context(|| format!("cannot verify {}", data_dir.display()))?;
     println!(
-        "{} segments, {} frames, {} events, {} aggregates, {} index runs with {} entries",
-        report.segments, report.frames, report.events, report.aggregates, report.runs, report.index_entries
+        "{} segments, {} frames, {} events, {} aggregates, {} index runs with {} entries, {} snapshots",
+        report.segments,
+        report.frames,
+        report.events,
+        report.aggregates,
+        report.runs,
+        report.index_entries,
+        report.snapshots
     );
     if report.is_ok() {
         println!("ok: no problems found");

@@ -31,6 +31,7 @@ pub struct Report {
     pub aggregates: u64,
     pub runs: u64,
     pub index_entries: u64,
+    pub snapshots: u64,
     pub problems: Vec<String>,
 }
 
@@ -217,6 +218,12 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path) -> Result<Report> {
         }
     }
     report.aggregates = versions.len() as u64;
+    let (snapshots, problems) =
+        crate::snapshots::Snapshots::verify(fs, &dir.join("snapshots"), |aggregate_id| {
+            versions.get(aggregate_id).map_or(0, |(version, _)| *version)
+        })?;
+    report.snapshots = snapshots;
+    report.problems.extend(problems);
     if manifest.indexed_through > next_position - 1 {
         report.problems.push(format!(
             "the index covers positions up to {} but the log ends at {}",

@@ -349,8 +349,23 @@ async fn a_damaged_record_before_a_good_one_stops_the_open() {
             .unwrap();
     }
     close(store);
+    let before = factstore_engine::verify::verify(&fs, Path::new(DIR)).unwrap();
+    assert!(before.is_ok(), "{:?}", before.problems);
+    assert_eq!(before.snapshots, 3);
     // A byte in the state of the first record.
     fs.corrupt(log_path(), LOG_HEADER_LEN + 60, 0x01).unwrap();
+    // `factstore verify` names it, without changing anything.
+    let image = fs.read_file(log_path()).unwrap();
+    let after = factstore_engine::verify::verify(&fs, Path::new(DIR)).unwrap();
+    assert!(
+        after
+            .problems
+            .iter()
+            .any(|p| p.contains("snapshots.log") && p.contains(&format!("offset {LOG_HEADER_LEN}"))),
+        "{:?}",
+        after.problems
+    );
+    assert_eq!(fs.read_file(log_path()).unwrap(), image, "verify changes nothing");
     let err = open(Arc::new(fs.clone())).unwrap_err();
     match err {
         EngineError::Corruption { path, offset, .. } => {
