@@ -37,10 +37,9 @@ const AGGREGATE_PARAMS: &[&str] = &[
     "raw",
 ];
 
-const EVENTS_PARAMS: &[&str] = &[
-    "after_position",
-    "to_position",
-    "limit",
+/// The filters of `GET /v1/events`, shared with `GET /v1/subscribe` (API.md: "the same
+/// filters").
+pub(crate) const FILTER_PARAMS: [&str; 11] = [
     "event_type",
     "aggregate_type",
     "aggregate_id",
@@ -53,6 +52,27 @@ const EVENTS_PARAMS: &[&str] = &[
     "as_of",
     "raw",
 ];
+
+const EVENTS_PARAMS: [&str; 14] = concat_names(["after_position", "to_position", "limit"], FILTER_PARAMS);
+
+/// `a` then `b`, at compile time.
+pub(crate) const fn concat_names<const A: usize, const B: usize, const N: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + B == N, "the lengths add up");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
 
 /// `GET /v1/aggregates/{aggregate_id}/events`
 pub async fn read_aggregate(
@@ -130,7 +150,7 @@ pub async fn read_events(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
-    let params = Params::parse(query.as_deref(), EVENTS_PARAMS)?;
+    let params = Params::parse(query.as_deref(), &EVENTS_PARAMS)?;
     let limits = state.store.limits();
     let mut query = EventQuery {
         filter: filter_from(&params, limits)?,

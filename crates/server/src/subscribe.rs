@@ -43,26 +43,12 @@ use crate::error::ApiError;
 use crate::extract::Params;
 use crate::feed::{Feed, Slice};
 use crate::metrics;
-use crate::read::filter_from;
+use crate::read::{FILTER_PARAMS, concat_names, filter_from};
 
 /// Events per chunk written to the socket (and per read from the store).
 pub const CHUNK_EVENTS: usize = 1000;
 
-const SUBSCRIBE_PARAMS: &[&str] = &[
-    "after_position",
-    "event_type",
-    "aggregate_type",
-    "aggregate_id",
-    "aggregate_id_prefix",
-    "correlation_id",
-    "causation_id",
-    "created_by",
-    "from",
-    "to",
-    "as_of",
-    "raw",
-];
-
+const SUBSCRIBE_PARAMS: [&str; 12] = concat_names(["after_position"], FILTER_PARAMS);
 /// How often a subscription speaks when it has nothing else to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscribeTimers {
@@ -89,7 +75,7 @@ pub async fn subscribe(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
-    let params = Params::parse(query.as_deref(), SUBSCRIBE_PARAMS)?;
+    let params = Params::parse(query.as_deref(), &SUBSCRIBE_PARAMS)?;
     let limits = state.store.limits();
     let mut query = EventQuery {
         filter: filter_from(&params, limits)?,
