@@ -54,6 +54,8 @@ mod client;
 mod error;
 mod event;
 mod json;
+mod persistent;
+mod projection;
 mod query;
 mod retry;
 mod snapshot;
@@ -68,6 +70,13 @@ pub use client::{Client, ClientBuilder, DEFAULT_URL};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
 pub use json::RawJson;
+pub use persistent::{
+    Delivery, DeliveryOrdering, PollRequest, SubscriptionGroup, SubscriptionGroupStatus, SubscriptionStart,
+};
+pub use projection::{
+    EventStatus, KeyedState, OpKind, Operation, ProjectionDefinition, ProjectionKey, ProjectionPut,
+    ProjectionRunStatus, ProjectionState, ProjectionStatus, StateQuery, StateSource, StatesPage,
+};
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head, Health};
 pub use retry::{ReconnectPolicy, RetryPolicy};
 pub use snapshot::{LoadedAggregate, PutSnapshotRequest, Snapshot, SnapshotInfo, SnapshotPut};
