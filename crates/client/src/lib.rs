@@ -58,6 +58,7 @@ mod persistent;
 mod projection;
 mod query;
 mod retry;
+pub mod sdk;
 mod snapshot;
 mod subscribe;
 pub mod time;
