@@ -21,6 +21,7 @@ pub mod error;
 pub mod index;
 pub mod indexer;
 pub mod io;
+pub mod journal;
 pub mod log;
 pub mod snapshots;
 pub mod store;
