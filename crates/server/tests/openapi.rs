@@ -20,7 +20,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore,
-    ExpectedVersion, Head, Limits, NewEvent, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    ExpectedVersion, Head, Limits, NewEvent, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo,
+    SnapshotStored, StoreError,
 };
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app, app_with_state, route_list};
 use factstore_testkit::model::ModelStore;
@@ -873,7 +874,7 @@ impl EventStore for BrokenStore {
         &self.limits
     }
 
-    async fn commit(&self, _commit: Commit) -> Result<CommitOutcome, StoreError> {
+    async fn commit_prepared(&self, _commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         Err(StoreError::Unavailable("fsync failed".into()))
     }
 
@@ -1144,8 +1145,8 @@ impl EventStore for FailingFilteredReads {
         self.0.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.0.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.0.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
