@@ -27,9 +27,18 @@ pub struct AccountState {
 /// What a client asks of an account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountCommand {
-    Open { owner: String, initial: i64 },
-    Deposit { amount: i64, description: Option<String> },
-    Withdraw { amount: i64, description: Option<String> },
+    Open {
+        owner: String,
+        initial: i64,
+    },
+    Deposit {
+        amount: i64,
+        description: Option<String>,
+    },
+    Withdraw {
+        amount: i64,
+        description: Option<String>,
+    },
 }
 
 /// The facts. `MoneyDeposited` and `MoneyWithdrawn` are at schema version 2 (they gained
@@ -118,8 +127,12 @@ impl Aggregate for Account {
         match command {
             AccountCommand::Open { .. } if state.open => Err(Refused::AlreadyOpen),
             AccountCommand::Open { initial, .. } if initial < 0 => Err(Refused::NegativeInitial(initial)),
-            AccountCommand::Open { owner, initial } => Ok(vec![AccountEvent::AccountCreated { owner, initial }]),
-            AccountCommand::Deposit { amount, .. } | AccountCommand::Withdraw { amount, .. } if amount <= 0 => {
+            AccountCommand::Open { owner, initial } => {
+                Ok(vec![AccountEvent::AccountCreated { owner, initial }])
+            }
+            AccountCommand::Deposit { amount, .. } | AccountCommand::Withdraw { amount, .. }
+                if amount <= 0 =>
+            {
                 Err(Refused::NotPositive(amount))
             }
             _ if !state.open => Err(Refused::NotOpen),

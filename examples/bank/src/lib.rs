@@ -24,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use factstore_client::sdk::{Aggregate, Batch, CommandContext, Repository, RepositoryError, retry_on_conflict};
+use factstore_client::sdk::{
+    Aggregate, Batch, CommandContext, Repository, RepositoryError, retry_on_conflict,
+};
 use factstore_client::{AggregateQuery, Client, StateQuery, StateSource, TimeBound};
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -115,7 +117,8 @@ impl ApiError {
             Refused::NotPositive(amount) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_amount", message)
                 .details(json!({"amount": amount})),
             Refused::NegativeInitial(initial) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_amount", message).details(json!({"initial": initial}))
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_amount", message)
+                    .details(json!({"initial": initial}))
             }
             Refused::InsufficientFunds { balance, requested } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds", message)
@@ -143,14 +146,19 @@ impl ApiError {
             Error::NotYetMaterialized {
                 message, retry_after, ..
             } => {
-                let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized", message);
+                let mut error =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized", message);
                 error.retry_after = retry_after.or(Some(Duration::from_secs(1)));
                 error
             }
-            Error::EventNotFound { event_id } => {
-                ApiError::new(StatusCode::NOT_FOUND, "event_not_found", format!("no event {event_id}"))
+            Error::EventNotFound { event_id } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "event_not_found",
+                format!("no event {event_id}"),
+            ),
+            Error::Transport(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "store_unreachable", error.to_string())
             }
-            Error::Transport(_) => ApiError::new(StatusCode::BAD_GATEWAY, "store_unreachable", error.to_string()),
             other => ApiError::new(StatusCode::BAD_GATEWAY, "store_error", other.to_string()),
         }
     }
@@ -159,9 +167,11 @@ impl ApiError {
         match error {
             RepositoryError::Domain(refused) => ApiError::refused(account_id, refused),
             RepositoryError::Client(error) => ApiError::store(error),
-            RepositoryError::Codec(error) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_event", error.to_string())
-            }
+            RepositoryError::Codec(error) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable_event",
+                error.to_string(),
+            ),
         }
     }
 }
@@ -258,7 +268,11 @@ async fn execute(
 }
 
 /// `POST /accounts` `{"account_id", "owner", "initial"}`.
-async fn open_account(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+async fn open_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
     let OpenBody {
         account_id,
         owner,
@@ -267,7 +281,13 @@ async fn open_account(State(state): State<AppState>, headers: HeaderMap, bytes: 
     if owner.trim().is_empty() {
         return Err(ApiError::bad_request("owner must not be empty"));
     }
-    execute(&state, &account_id, AccountCommand::Open { owner, initial }, &headers).await
+    execute(
+        &state,
+        &account_id,
+        AccountCommand::Open { owner, initial },
+        &headers,
+    )
+    .await
 }
 
 /// `POST /accounts/{account_id}/deposits` `{"amount", "description"}`.
@@ -278,7 +298,13 @@ async fn deposit(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let AmountBody { amount, description } = body(&bytes)?;
-    execute(&state, &account_id, AccountCommand::Deposit { amount, description }, &headers).await
+    execute(
+        &state,
+        &account_id,
+        AccountCommand::Deposit { amount, description },
+        &headers,
+    )
+    .await
 }
 
 /// `POST /accounts/{account_id}/withdrawals` `{"amount", "description"}`.
@@ -289,7 +315,13 @@ async fn withdraw(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let AmountBody { amount, description } = body(&bytes)?;
-    execute(&state, &account_id, AccountCommand::Withdraw { amount, description }, &headers).await
+    execute(
+        &state,
+        &account_id,
+        AccountCommand::Withdraw { amount, description },
+        &headers,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,7 +334,11 @@ struct TransferBody {
 
 /// `POST /transfers` `{"from", "to", "amount"}`: a withdrawal and a deposit in one atomic
 /// commit, both with the same correlation id.
-async fn transfer(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+async fn transfer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
     let TransferBody { from, to, amount } = body(&bytes)?;
     check_account_id(&from)?;
     check_account_id(&to)?;
@@ -337,11 +373,14 @@ async fn transfer(State(state): State<AppState>, headers: HeaderMap, bytes: Byte
     .map_err(|e| match e {
         RepositoryError::Domain((who, refused)) => ApiError::refused(&who, refused),
         RepositoryError::Client(error) => ApiError::store(error),
-        RepositoryError::Codec(error) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_event", error.to_string())
-        }
+        RepositoryError::Codec(error) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unreadable_event",
+            error.to_string(),
+        ),
     })?;
-    let outcome = outcome.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing_written", "no event"))?;
+    let outcome = outcome
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing_written", "no event"))?;
     let events: Vec<Value> = outcome
         .appends
         .iter()
@@ -420,7 +459,9 @@ async fn balance(
         .await;
     let read = match read {
         Ok(read) => read,
-        Err(factstore_client::Error::KeyNotFound { .. }) => return Err(ApiError::account_not_found(&account_id)),
+        Err(factstore_client::Error::KeyNotFound { .. }) => {
+            return Err(ApiError::account_not_found(&account_id));
+        }
         Err(error) => return Err(ApiError::store(error)),
     };
     let model = read.state.to_value();
@@ -463,7 +504,9 @@ async fn history(
     let events = state.client.aggregate_stream(&aggregate_id(&account_id), query);
     let events: Vec<factstore_client::Event> = match events.try_collect().await {
         Ok(events) => events,
-        Err(factstore_client::Error::AggregateNotFound { .. }) => return Err(ApiError::account_not_found(&account_id)),
+        Err(factstore_client::Error::AggregateNotFound { .. }) => {
+            return Err(ApiError::account_not_found(&account_id));
+        }
         Err(error) => return Err(ApiError::store(error)),
     };
     let entries: Vec<Value> = events
@@ -482,28 +525,43 @@ async fn history(
             })
         })
         .collect();
-    Ok(Json(json!({"account_id": account_id, "from": params.from, "to": params.to, "events": entries})).into_response())
+    Ok(
+        Json(json!({"account_id": account_id, "from": params.from, "to": params.to, "events": entries}))
+            .into_response(),
+    )
 }
 
 /// `GET /events/{event_id}/status`: whether the read models have processed a write yet.
-async fn event_status(State(state): State<AppState>, Path(event_id): Path<String>) -> Result<Response, ApiError> {
-    let event_id =
-        Uuid::try_parse(&event_id).map_err(|_| ApiError::bad_request(format!("'{event_id}' is not an event id")))?;
-    let status = state.client.event_status(event_id).await.map_err(ApiError::store)?;
+async fn event_status(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let event_id = Uuid::try_parse(&event_id)
+        .map_err(|_| ApiError::bad_request(format!("'{event_id}' is not an event id")))?;
+    let status = state
+        .client
+        .event_status(event_id)
+        .await
+        .map_err(ApiError::store)?;
     Ok(Json(status).into_response())
 }
 
 /// `GET /summary/{day}`: deposits and withdrawals of one UTC day (`YYYY-MM-DD`).
 async fn summary(State(state): State<AppState>, Path(day): Path<String>) -> Result<Response, ApiError> {
     if !matches!(TimeBound::from_str(&day), Ok(TimeBound::Day(_))) {
-        return Err(ApiError::bad_request(format!("'{day}' is not a day (YYYY-MM-DD)")));
+        return Err(ApiError::bad_request(format!(
+            "'{day}' is not a day (YYYY-MM-DD)"
+        )));
     }
     let read = state
         .client
         .projection_state(projections::DAILY_SUMMARY, &day, &StateQuery::new())
         .await;
     match read {
-        Ok(read) => Ok(Json(json!({"day": day, "summary": read.state.to_value(), "position": read.position})).into_response()),
+        Ok(read) => Ok(Json(
+            json!({"day": day, "summary": read.state.to_value(), "position": read.position}),
+        )
+        .into_response()),
         Err(factstore_client::Error::KeyNotFound { .. }) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_activity",

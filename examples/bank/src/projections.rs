@@ -28,11 +28,17 @@ pub fn balances() -> ProjectionDefinition {
     )
     .on(
         "MoneyDeposited",
-        [Operation::add("/balance").from("/event_data/amount"), Operation::inc("/transactions")],
+        [
+            Operation::add("/balance").from("/event_data/amount"),
+            Operation::inc("/transactions"),
+        ],
     )
     .on(
         "MoneyWithdrawn",
-        [Operation::sub("/balance").from("/event_data/amount"), Operation::inc("/transactions")],
+        [
+            Operation::sub("/balance").from("/event_data/amount"),
+            Operation::inc("/transactions"),
+        ],
     )
     .on(
         "*",
@@ -54,11 +60,17 @@ pub fn daily_summary() -> ProjectionDefinition {
     .initial(json!({"deposits": 0, "withdrawals": 0, "deposit_count": 0, "withdrawal_count": 0}))
     .on(
         "MoneyDeposited",
-        [Operation::add("/deposits").from("/event_data/amount"), Operation::inc("/deposit_count")],
+        [
+            Operation::add("/deposits").from("/event_data/amount"),
+            Operation::inc("/deposit_count"),
+        ],
     )
     .on(
         "MoneyWithdrawn",
-        [Operation::add("/withdrawals").from("/event_data/amount"), Operation::inc("/withdrawal_count")],
+        [
+            Operation::add("/withdrawals").from("/event_data/amount"),
+            Operation::inc("/withdrawal_count"),
+        ],
     )
 }
 

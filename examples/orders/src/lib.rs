@@ -100,7 +100,9 @@ impl ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_order", message)
             }
             Refused::WrongStage { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_stage", message),
-            Refused::WrongAmount { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_amount", message),
+            Refused::WrongAmount { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_amount", message)
+            }
         }
     }
 
@@ -115,14 +117,19 @@ impl ApiError {
             Error::NotYetMaterialized {
                 message, retry_after, ..
             } => {
-                let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized", message);
+                let mut error =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized", message);
                 error.retry_after = retry_after.or(Some(Duration::from_secs(1)));
                 error
             }
-            Error::EventNotFound { event_id } => {
-                ApiError::new(StatusCode::NOT_FOUND, "event_not_found", format!("no event {event_id}"))
+            Error::EventNotFound { event_id } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "event_not_found",
+                format!("no event {event_id}"),
+            ),
+            Error::Transport(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "store_unreachable", error.to_string())
             }
-            Error::Transport(_) => ApiError::new(StatusCode::BAD_GATEWAY, "store_unreachable", error.to_string()),
             other => ApiError::new(StatusCode::BAD_GATEWAY, "store_error", other.to_string()),
         }
     }
@@ -158,7 +165,9 @@ fn context(headers: &HeaderMap) -> CommandContext {
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     let valid = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if valid {
         Ok(())
     } else {
@@ -182,9 +191,11 @@ async fn execute(
         .map_err(|e| match e {
             RepositoryError::Domain(refused) => ApiError::refused(order_id, refused),
             RepositoryError::Client(error) => ApiError::store(error),
-            RepositoryError::Codec(error) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_event", error.to_string())
-            }
+            RepositoryError::Codec(error) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable_event",
+                error.to_string(),
+            ),
         })?;
     let last = done
         .appended
@@ -224,7 +235,11 @@ struct CreateBody {
 
 /// `POST /orders` `{"order_id", "customer", "customer_email", "items": [{"sku", "quantity", "price"}]}`:
 /// `OrderCreated` and one `ItemAdded` per item, appended together.
-async fn create(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
     let CreateBody {
         order_id,
         customer,
@@ -283,7 +298,13 @@ async fn ship(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let ShipBody { tracking, carrier } = body(&bytes)?;
-    execute(&state, &order_id, OrderCommand::Ship { tracking, carrier }, &headers).await
+    execute(
+        &state,
+        &order_id,
+        OrderCommand::Ship { tracking, carrier },
+        &headers,
+    )
+    .await
 }
 
 /// `POST /orders/{order_id}/delivery`: once shipped.
@@ -348,7 +369,9 @@ async fn history(State(state): State<AppState>, Path(order_id): Path<String>) ->
         .aggregate_stream(&aggregate_id(&order_id), AggregateQuery::new());
     let events: Vec<factstore_client::Event> = match events.try_collect().await {
         Ok(events) => events,
-        Err(factstore_client::Error::AggregateNotFound { .. }) => return Err(ApiError::order_not_found(&order_id)),
+        Err(factstore_client::Error::AggregateNotFound { .. }) => {
+            return Err(ApiError::order_not_found(&order_id));
+        }
         Err(error) => return Err(ApiError::store(error)),
     };
     let entries: Vec<Value> = events
@@ -371,7 +394,9 @@ async fn history(State(state): State<AppState>, Path(order_id): Path<String>) ->
 /// `GET /shipping/{day}`: orders shipped and delivered that UTC day.
 async fn shipping_day(State(state): State<AppState>, Path(day): Path<String>) -> Result<Response, ApiError> {
     if !matches!(TimeBound::from_str(&day), Ok(TimeBound::Day(_))) {
-        return Err(ApiError::bad_request(format!("'{day}' is not a day (YYYY-MM-DD)")));
+        return Err(ApiError::bad_request(format!(
+            "'{day}' is not a day (YYYY-MM-DD)"
+        )));
     }
     match state
         .client
@@ -418,9 +443,16 @@ async fn sku(State(state): State<AppState>, Path(sku): Path<String>) -> Result<R
 }
 
 /// `GET /events/{event_id}/status`: whether the read models have processed a write yet.
-async fn event_status(State(state): State<AppState>, Path(event_id): Path<String>) -> Result<Response, ApiError> {
-    let event_id =
-        Uuid::try_parse(&event_id).map_err(|_| ApiError::bad_request(format!("'{event_id}' is not an event id")))?;
-    let status = state.client.event_status(event_id).await.map_err(ApiError::store)?;
+async fn event_status(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let event_id = Uuid::try_parse(&event_id)
+        .map_err(|_| ApiError::bad_request(format!("'{event_id}' is not an event id")))?;
+    let status = state
+        .client
+        .event_status(event_id)
+        .await
+        .map_err(ApiError::store)?;
     Ok(Json(status).into_response())
 }

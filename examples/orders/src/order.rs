@@ -171,7 +171,9 @@ impl Aggregate for Order {
             OrderCommand::Pay { amount } => Ok(vec![OrderEvent::PaymentReceived { amount }]),
             OrderCommand::Ship { .. } if stage != Stage::Paid => wrong("shipping"),
             OrderCommand::Ship { tracking, .. } if tracking.trim().is_empty() => Err(Refused::NoTracking),
-            OrderCommand::Ship { tracking, carrier } => Ok(vec![OrderEvent::OrderShipped { tracking, carrier }]),
+            OrderCommand::Ship { tracking, carrier } => {
+                Ok(vec![OrderEvent::OrderShipped { tracking, carrier }])
+            }
             OrderCommand::Deliver if stage != Stage::Shipped => wrong("delivering"),
             OrderCommand::Deliver => Ok(vec![OrderEvent::OrderDelivered]),
         }

@@ -11,48 +11,51 @@ pub const SHIPPING_DAILY: &str = "shipping_daily";
 pub const SKU_DEMAND: &str = "sku_demand";
 
 pub fn order_status() -> ProjectionDefinition {
-    ProjectionDefinition::new(EventFilter::new().aggregate_type("Order"), ProjectionKey::AggregateId)
-        .initial(json!({"status": "created", "items": 0, "total": 0, "paid": 0}))
-        .on(
-            "OrderCreated",
-            [
-                Operation::set("/status").value("created"),
-                Operation::set("/customer").from("/event_data/customer"),
-                Operation::set("/created_at").from("/created_at"),
-            ],
-        )
-        .on(
-            "ItemAdded",
-            [
-                Operation::add("/items").from("/event_data/quantity"),
-                Operation::add("/total").from("/event_data/line_total"),
-                Operation::append("/skus").from("/event_data/sku"),
-            ],
-        )
-        .on(
-            "PaymentReceived",
-            [
-                Operation::set("/status").value("paid"),
-                Operation::add("/paid").from("/event_data/amount"),
-            ],
-        )
-        .on(
-            "OrderShipped",
-            [
-                Operation::set("/status").value("shipped"),
-                Operation::set("/tracking").from("/event_data/tracking"),
-                Operation::set("/carrier").from("/event_data/carrier").optional(),
-                Operation::set("/shipped_at").from("/created_at"),
-            ],
-        )
-        .on(
-            "OrderDelivered",
-            [
-                Operation::set("/status").value("delivered"),
-                Operation::set("/delivered_at").from("/created_at"),
-            ],
-        )
-        .on("*", [Operation::set("/last_event").from("/event_type")])
+    ProjectionDefinition::new(
+        EventFilter::new().aggregate_type("Order"),
+        ProjectionKey::AggregateId,
+    )
+    .initial(json!({"status": "created", "items": 0, "total": 0, "paid": 0}))
+    .on(
+        "OrderCreated",
+        [
+            Operation::set("/status").value("created"),
+            Operation::set("/customer").from("/event_data/customer"),
+            Operation::set("/created_at").from("/created_at"),
+        ],
+    )
+    .on(
+        "ItemAdded",
+        [
+            Operation::add("/items").from("/event_data/quantity"),
+            Operation::add("/total").from("/event_data/line_total"),
+            Operation::append("/skus").from("/event_data/sku"),
+        ],
+    )
+    .on(
+        "PaymentReceived",
+        [
+            Operation::set("/status").value("paid"),
+            Operation::add("/paid").from("/event_data/amount"),
+        ],
+    )
+    .on(
+        "OrderShipped",
+        [
+            Operation::set("/status").value("shipped"),
+            Operation::set("/tracking").from("/event_data/tracking"),
+            Operation::set("/carrier").from("/event_data/carrier").optional(),
+            Operation::set("/shipped_at").from("/created_at"),
+        ],
+    )
+    .on(
+        "OrderDelivered",
+        [
+            Operation::set("/status").value("delivered"),
+            Operation::set("/delivered_at").from("/created_at"),
+        ],
+    )
+    .on("*", [Operation::set("/last_event").from("/event_type")])
 }
 
 pub fn shipping_daily() -> ProjectionDefinition {
@@ -76,7 +79,10 @@ pub fn sku_demand() -> ProjectionDefinition {
     .initial(json!({"ordered": 0, "order_lines": 0}))
     .on(
         "ItemAdded",
-        [Operation::add("/ordered").from("/event_data/quantity"), Operation::inc("/order_lines")],
+        [
+            Operation::add("/ordered").from("/event_data/quantity"),
+            Operation::inc("/order_lines"),
+        ],
     )
 }
 
