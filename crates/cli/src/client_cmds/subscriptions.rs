@@ -25,7 +25,7 @@ pub enum SubscriptionsCommand {
         client: ClientArgs,
     },
     /// Create a group (or replace its definition).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// One group's checkpoint, events in flight, parked events and lag.
     Show {
         group: String,
@@ -120,6 +120,7 @@ pub fn run(args: SubscriptionsArgs) -> anyhow::Result<ExitCode> {
             })
         }
         SubscriptionsCommand::Create(args) => {
+            let args = *args;
             let filter = filter(&args)?;
             let mut definition = SubscriptionGroup::new(filter).start(args.start);
             definition.ack_timeout_ms = args.ack_timeout_ms;
