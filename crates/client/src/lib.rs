@@ -79,7 +79,8 @@ pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
 pub use json::RawJson;
 pub use persistent::{
-    Delivery, DeliveryOrdering, PollRequest, SubscriptionGroup, SubscriptionGroupStatus, SubscriptionStart,
+    Delivery, DeliveryOrdering, PollRequest, ReplayOutcome, SubscriptionGroup, SubscriptionGroupStatus,
+    SubscriptionStart,
 };
 pub use projection::{
     EventStatus, KeyedState, OpKind, Operation, ProjectionDefinition, ProjectionKey, ProjectionPut,

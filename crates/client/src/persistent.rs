@@ -247,24 +247,39 @@ struct PollAnswer {
     events: Vec<Delivery>,
 }
 
-/// The parked list: `{"events": [...]}` or `{"parked": [...]}`, or the list itself (the
-/// contract names the endpoint without fixing its body).
-fn parked_events(body: &[u8]) -> Result<Vec<Delivery>> {
+/// One page of parked events and where the next starts (`next_after_position`; `None` at the
+/// end). The contract names the endpoint without fixing its body: `{"events": [...]}` or
+/// `{"parked": [...]}`, or the list itself (one page) are all read.
+fn parked_page(body: &[u8]) -> Result<(Vec<Delivery>, Option<u64>)> {
     #[derive(Debug, Deserialize)]
     struct Wrapped {
         #[serde(default)]
         events: Option<Vec<Delivery>>,
         #[serde(default)]
         parked: Option<Vec<Delivery>>,
+        #[serde(default)]
+        next_after_position: Option<u64>,
     }
     if body.trim_ascii_start().starts_with(b"[") {
-        return decode(body, "the parked events");
+        return Ok((decode(body, "the parked events")?, None));
     }
     let wrapped: Wrapped = decode(body, "the parked events")?;
-    wrapped.events.or(wrapped.parked).ok_or_else(|| Error::Decode {
+    let events = wrapped.events.or(wrapped.parked).ok_or_else(|| Error::Decode {
         message: "the parked events answer has neither \"events\" nor \"parked\"".to_owned(),
         source: None,
-    })
+    })?;
+    Ok((events, wrapped.next_after_position))
+}
+
+/// The answer to a replay of parked events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct ReplayOutcome {
+    /// Events put back into delivery, when the server said.
+    #[serde(default)]
+    pub replayed: Option<u64>,
+    /// Events still parked, when the server said.
+    #[serde(default)]
+    pub parked: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -354,24 +369,39 @@ impl Client {
         Ok(())
     }
 
-    /// `GET /v1/subscriptions/{group}/parked`: the parked (dead-lettered) events.
+    /// `GET /v1/subscriptions/{group}/parked`: every parked (dead-lettered) event, page after
+    /// page, by position.
     pub async fn parked(&self, group: &str) -> Result<Vec<Delivery>> {
-        let url = self.endpoint(&["v1", "subscriptions", group, "parked"], &Params::default())?;
-        let (_, body) = self
-            .send_about(Method::GET, url, None, &Context::group(group))
-            .await?;
-        parked_events(&body)
+        let mut parked = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let mut params = Params::default();
+            params.push_opt("after_position", after);
+            let url = self.endpoint(&["v1", "subscriptions", group, "parked"], &params)?;
+            let (_, body) = self
+                .send_about(Method::GET, url, None, &Context::group(group))
+                .await?;
+            let (events, next) = parked_page(&body)?;
+            parked.extend(events);
+            match next {
+                // A next page must move on, or paging would never end.
+                Some(next) if Some(next) > after => after = Some(next),
+                _ => return Ok(parked),
+            }
+        }
     }
 
     /// `POST /v1/subscriptions/{group}/parked/replay`: delivers the parked events again.
-    pub async fn replay_parked(&self, group: &str) -> Result<()> {
+    pub async fn replay_parked(&self, group: &str) -> Result<ReplayOutcome> {
         let url = self.endpoint(
             &["v1", "subscriptions", group, "parked", "replay"],
             &Params::default(),
         )?;
-        self.send_about(Method::POST, url, None, &Context::group(group))
+        let (_, body) = self
+            .send_about(Method::POST, url, None, &Context::group(group))
             .await?;
-        Ok(())
+        // The contract does not fix the body; an empty or other one is an outcome unknown.
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 }
 
@@ -391,10 +421,13 @@ mod tests {
         assert_eq!(delivery.event.event_data.as_str(), r#"{"z":1,"a":2}"#);
 
         let list = format!(r#"{{"parked":[{EVENT}}}]}}"#);
-        assert_eq!(parked_events(list.as_bytes()).unwrap()[0].attempt, 0);
+        assert_eq!(parked_page(list.as_bytes()).unwrap().0[0].attempt, 0);
         let bare = format!(r#"[{EVENT},"attempt":5}}]"#);
-        assert_eq!(parked_events(bare.as_bytes()).unwrap()[0].attempt, 5);
-        assert!(parked_events(b"{}").is_err());
+        assert_eq!(parked_page(bare.as_bytes()).unwrap().0[0].attempt, 5);
+        let paged = format!(r#"{{"events":[{EVENT},"attempt":3}}],"next_after_position":42}}"#);
+        let (events, next) = parked_page(paged.as_bytes()).unwrap();
+        assert_eq!((events[0].attempt, next), (3, Some(42)));
+        assert!(parked_page(b"{}").is_err());
     }
 
     #[test]

@@ -178,8 +178,13 @@ pub fn run(args: SubscriptionsArgs) -> anyhow::Result<ExitCode> {
         SubscriptionsCommand::Replay { group, client } => {
             let (client, mut printer) = connect(&client)?;
             super::block_on(async move {
-                client.replay_parked(&group).await?;
-                printer.line(&format!("parked events of {group} will be delivered again"))?;
+                let outcome = client.replay_parked(&group).await?;
+                match (outcome.replayed, outcome.parked) {
+                    (Some(replayed), Some(parked)) => printer.line(&format!(
+                        "{replayed} parked events of {group} will be delivered again ({parked} still parked)"
+                    ))?,
+                    _ => printer.line(&format!("parked events of {group} will be delivered again"))?,
+                }
                 printer.flush()?;
                 Ok(ExitCode::SUCCESS)
             })
