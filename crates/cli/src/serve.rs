@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
+use factstore_schemas::{JournalStorage, SchemaRegistry};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -234,9 +235,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         ..EngineOptions::default()
     };
+    let fs = options.fs.clone();
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
+    // After the engine, which holds the data folder's lock.
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = JournalStorage::open(fs, &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,7 +256,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config);
+        let state = AppState::with_schemas(store, schemas, config);
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -17,6 +17,8 @@
 
 pub mod compat;
 pub mod error;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod registry;
 pub mod storage;
 pub mod store;

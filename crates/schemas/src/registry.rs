@@ -64,14 +64,19 @@ struct Catalog {
 
 /// One version of a schema, as `GET /v1/schemas/{event_type}` shows it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchemaVersionView {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2147483647))]
     pub version: u32,
+    /// The JSON Schema (draft 2020-12) of `event_data` at this version.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub schema: Value,
     pub registered_at: Timestamp,
 }
 
 /// An upcaster, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpcasterView {
     pub event_type: String,
     pub from_version: u32,
@@ -82,6 +87,7 @@ pub struct UpcasterView {
 
 /// An event type's schemas: `GET /v1/schemas/{event_type}`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventTypeSchemas {
     pub event_type: String,
     pub latest_version: u32,
@@ -90,6 +96,7 @@ pub struct EventTypeSchemas {
 
 /// An event type in `GET /v1/schemas`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventTypeSummary {
     pub event_type: String,
     pub latest_version: u32,
@@ -348,6 +355,16 @@ impl SchemaRegistry {
     /// Whether any upcaster is registered (reads skip all work when none is).
     pub fn upcasts(&self) -> bool {
         self.catalog.read().any_upcaster
+    }
+
+    /// Whether an upcaster applies to `event` (its type and version have one).
+    pub fn needs_upcast(&self, event: &Event) -> bool {
+        let catalog = self.catalog.read();
+        catalog.any_upcaster
+            && catalog
+                .types
+                .get(event.event_type())
+                .is_some_and(|e| e.upcasters.contains_key(&event.event_version()))
     }
 
     /// Brings each event to the newest version its upcasters reach. Events of a type and

@@ -18,16 +18,31 @@ use serde_json::{Map, Value};
 
 /// One operation of an upcaster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum UpcastOp {
-    Default { path: String, value: Value },
-    Set { path: String, value: Value },
+    /// Puts `value` at `path` when nothing is there.
+    Default {
+        path: String,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
+        value: Value,
+    },
+    /// Puts `value` at `path`, replacing what is there.
+    Set {
+        path: String,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
+        value: Value,
+    },
+    /// Moves what is at `from` to `path` (nothing at `from`: nothing to do; something at
+    /// `path` already: an error).
     Rename { from: String, path: String },
+    /// Removes what is at `path`, if anything.
     Unset { path: String },
 }
 
 /// The body of `PUT /v1/upcasters/{event_type}/{from_version}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpcasterDef {
     /// The version the data has after the operations; greater than the version it comes from.

@@ -9,6 +9,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
+use factstore_schemas::SchemaError;
 use serde_json::{Map, Value, json};
 
 /// An error answered to a client.
@@ -16,6 +17,8 @@ use serde_json::{Map, Value, json};
 pub enum ApiError {
     /// Anything the store reports.
     Store(StoreError),
+    /// What the schema registry reports about a schema or upcaster change or lookup.
+    Schema(SchemaError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
     /// a bad path segment. The message names the problem.
     InvalidRequest(String),
@@ -125,12 +128,49 @@ impl ApiError {
                 }
                 (StatusCode::NOT_FOUND, "snapshot_not_found")
             }
-            ApiError::Store(StoreError::Unavailable(_)) => {
+            ApiError::Store(StoreError::SchemaViolation { violations }) => {
+                detail("violations", json!(violations));
+                (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation")
+            }
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id,
+                position,
+                event_type,
+                event_version,
+                ..
+            }) => {
+                detail("event_id", json!(event_id));
+                detail("position", json!(position));
+                detail("event_type", json!(event_type));
+                detail("event_version", json!(event_version));
+                (StatusCode::INTERNAL_SERVER_ERROR, "upcast_failed")
+            }
+            ApiError::Schema(SchemaError::InvalidRequest(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Schema(SchemaError::SchemaNotFound { event_type }) => {
+                detail("event_type", json!(event_type));
+                (StatusCode::NOT_FOUND, "schema_not_found")
+            }
+            ApiError::Schema(SchemaError::SchemaExists { event_type, version }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                (StatusCode::CONFLICT, "schema_exists")
+            }
+            ApiError::Schema(SchemaError::Incompatible {
+                event_type,
+                version,
+                reason,
+            }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                detail("reason", json!(reason));
+                (StatusCode::CONFLICT, "incompatible_schema")
+            }
+            ApiError::Store(StoreError::Unavailable(_)) | ApiError::Schema(SchemaError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Schema(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         (status, code, details)
     }
@@ -143,6 +183,7 @@ impl ApiError {
                 "the store failed internally; the server log has the details".to_owned()
             }
             ApiError::Store(error) => error.to_string(),
+            ApiError::Schema(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
@@ -166,6 +207,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "refusing a write: the store is unavailable");
+            }
+            ApiError::Schema(SchemaError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a schema change: the registry cannot write");
             }
             ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal store error");

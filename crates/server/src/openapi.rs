@@ -37,7 +37,9 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use crate::append::{AppendBody, AppendResponse};
 use crate::error::ApiError;
+use crate::schemas::{SchemaList, SchemaPutResponse, UpcasterList};
 use crate::snapshots::{SnapshotList, SnapshotPutResponse};
+use factstore_schemas::{EventTypeSchemas, UpcasterDef, UpcasterView};
 use params::{
     AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, SubscribeParams,
     TimeParams,
@@ -84,12 +86,17 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidSnapshot,
+    SchemaViolation,
+    SchemaNotFound,
+    SchemaExists,
+    IncompatibleSchema,
+    UpcastFailed,
     Internal,
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -105,6 +112,11 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::InvalidSnapshot,
+        ErrorCode::SchemaViolation,
+        ErrorCode::SchemaNotFound,
+        ErrorCode::SchemaExists,
+        ErrorCode::IncompatibleSchema,
+        ErrorCode::UpcastFailed,
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
     ];
@@ -127,6 +139,11 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidSnapshot => "invalid_snapshot",
+            ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::SchemaNotFound => "schema_not_found",
+            ErrorCode::SchemaExists => "schema_exists",
+            ErrorCode::IncompatibleSchema => "incompatible_schema",
+            ErrorCode::UpcastFailed => "upcast_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
@@ -141,16 +158,19 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::AggregateNotFound
             | ErrorCode::EventNotFound
-            | ErrorCode::SnapshotNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::SnapshotNotFound
+            | ErrorCode::SchemaNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongExpectedVersion
             | ErrorCode::ConditionFailed
             | ErrorCode::DuplicateEventId
-            | ErrorCode::AggregateTypeMismatch => StatusCode::CONFLICT,
+            | ErrorCode::AggregateTypeMismatch
+            | ErrorCode::SchemaExists
+            | ErrorCode::IncompatibleSchema => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidSnapshot => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Internal | ErrorCode::UpcastFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -202,6 +222,27 @@ impl ErrorCode {
             ErrorCode::InvalidSnapshot => {
                 "the aggregate has no event at the snapshot's `version` (`aggregate_id`, \
                  `version`, `current_version`: 0 when it has no events); nothing was stored"
+            }
+            ErrorCode::SchemaViolation => {
+                "events do not match the JSON Schema registered for their `event_type` and \
+                 `event_version` (`violations`: every failing field of every such event, each \
+                 with `event_index`, `aggregate_id`, `event_type`, `event_version`, `path`, \
+                 `message`); nothing was written"
+            }
+            ErrorCode::SchemaNotFound => "no schema is registered for the event type (`event_type`)",
+            ErrorCode::SchemaExists => {
+                "the version is registered with a different schema; registered schemas never \
+                 change (`event_type`, `version`)"
+            }
+            ErrorCode::IncompatibleSchema => {
+                "the schema is not backward compatible with the previous version (a property \
+                 removed or retyped, or a required one added), or the previous version is not \
+                 registered (`event_type`, `version`, `reason`)"
+            }
+            ErrorCode::UpcastFailed => {
+                "a stored event cannot be upcast by the registered upcasters; the read stops \
+                 there rather than skip it (`event_id`, `position`, `event_type`, \
+                 `event_version`); `raw=true` reads it as stored"
             }
             ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
             ErrorCode::StoreUnavailable => {
@@ -353,6 +394,7 @@ macro_rules! operations {
                 (name = "events", description = "Append and read events."),
                 (name = "stream", description = "Follow events live."),
                 (name = "snapshots", description = "Cached aggregate states, and loading an aggregate."),
+                (name = "schemas", description = "JSON Schemas per event type and version, and upcasters."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -375,6 +417,12 @@ operations!(
     list_snapshots,
     load,
     subscribe,
+    put_schema,
+    list_schemas,
+    get_schema,
+    put_upcaster,
+    list_upcasters,
+    list_upcasters_of,
     health,
     metrics,
     openapi,
@@ -382,8 +430,9 @@ operations!(
 
 use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    Internal, InvalidRequest, InvalidSnapshot, PayloadTooLarge, SnapshotNotFound, StoreUnavailable,
-    Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
+    IncompatibleSchema, Internal, InvalidRequest, InvalidSnapshot, PayloadTooLarge, SchemaExists,
+    SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, Unauthorized, UnsupportedMediaType,
+    UpcastFailed, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -432,6 +481,7 @@ fn append_to_aggregate() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -479,6 +529,7 @@ fn commit() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -506,6 +557,7 @@ fn read_aggregate() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
 }
@@ -522,7 +574,7 @@ empty and still not be the end: the end is `next_after_position` = `head_positio
     responses((status = 200, description = "A page of events.", body = EventPage))
 )]
 fn read_events() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+    &[InvalidRequest, Unauthorized, Forbidden, UpcastFailed, Internal]
 }
 
 #[utoipa::path(
@@ -537,7 +589,14 @@ fn read_events() -> &'static [ErrorCode] {
     responses((status = 200, description = "The event.", body = Event))
 )]
 fn get_event() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        EventNotFound,
+        UpcastFailed,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -644,6 +703,7 @@ fn load() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
 }
@@ -684,6 +744,147 @@ after it; wins over `after_position`. A whole number of 0 or more."),
     )
 )]
 fn subscribe() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+/// The path parameter of the schema endpoints.
+const EVENT_TYPE: &str = "The event type, percent-decoded: 1 to 100 bytes (by default), no \
+control characters.";
+
+#[utoipa::path(
+    put,
+    path = "/v1/schemas/{event_type}/versions/{version}",
+    tag = "schemas",
+    summary = "Register a JSON Schema for one version of an event type",
+    description = "The body is a JSON Schema (draft 2020-12; a `$schema` naming another draft is \
+400) for `event_data` of events of this type and `event_version`. Once a type has a schema, every \
+append of it is validated (422 `schema_violation` naming every failing field), and an \
+`event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
+n − 1: it may only add optional properties (409 `incompatible_schema` with the reason, also when \
+n − 1 is not registered). Registering the same schema again is 200; another schema for a \
+registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
+Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = Object,
+        description = "A JSON Schema object (draft 2020-12).",
+        example = json!({
+            "type": "object",
+            "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}},
+            "required": ["amount"]
+        })
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = SchemaPutResponse),
+        (status = 200, description = "This schema was registered for this version already.", body = SchemaPutResponse),
+    )
+)]
+fn put_schema() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SchemaExists,
+        IncompatibleSchema,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    tag = "schemas",
+    summary = "Every event type with a schema",
+    description = "By name, with their registered versions. Takes no query parameters.",
+    responses((status = 200, description = "The event types.", body = SchemaList))
+)]
+fn list_schemas() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{event_type}",
+    tag = "schemas",
+    summary = "The schemas of one event type",
+    description = "Every registered version with its schema. Takes no query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The schemas.", body = EventTypeSchemas))
+)]
+fn get_schema() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, SchemaNotFound, Internal]
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/upcasters/{event_type}/{from_version}",
+    tag = "schemas",
+    summary = "Register the upcaster of an event type from one version",
+    description = "Operations that turn `event_data` of `from_version` into `to_version`, applied \
+in order: `default` (put `value` at `path` when nothing is there), `set` (put `value` at `path`), \
+`rename` (move `from` to `path`; nothing at `from` is nothing to do, something at `path` already \
+is an error), `unset` (remove `path`). Paths are JSON Pointers into `event_data`. Upcasters chain \
+version to version: every read, query, subscription and projection sees events upcast to the \
+newest version the chain reaches; `raw=true` reads them as stored, and stored bytes never change. \
+An event an upcaster cannot apply to fails the read that meets it (500 `upcast_failed`). \
+A new upcaster is 201, replacing one 200. Needs the admin role. Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("from_version" = u32, Path, description = "The `event_version` it upcasts from.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = UpcasterDef,
+        example = json!({"to_version": 2, "ops": [
+            {"op": "default", "path": "/currency", "value": "USD"},
+            {"op": "rename", "from": "/amt", "path": "/amount"}
+        ]})
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = UpcasterView),
+        (status = 200, description = "Registered and durable; it replaced the upcaster from this version, or was the same.", body = UpcasterView),
+    )
+)]
+fn put_upcaster() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters",
+    tag = "schemas",
+    summary = "Every upcaster",
+    description = "By event type, then by the version they upcast from. Takes no query parameters.",
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters/{event_type}",
+    tag = "schemas",
+    summary = "The upcasters of one event type",
+    description = "By the version they upcast from; an empty list when it has none. Takes no \
+query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters_of() -> &'static [ErrorCode] {
     &[InvalidRequest, Unauthorized, Forbidden, Internal]
 }
 
@@ -870,7 +1071,8 @@ mod schemas {
         /// not exist).
         #[schema(nullable = false)]
         current_version: Option<u64>,
-        /// `invalid_snapshot`: the version the snapshot named.
+        /// `invalid_snapshot`: the version the snapshot named; `schema_exists`,
+        /// `incompatible_schema`: the schema version.
         #[schema(nullable = false)]
         version: Option<u64>,
         /// `snapshot_not_found`: the bound asked for, when one was.
@@ -883,7 +1085,7 @@ mod schemas {
         #[schema(nullable = false)]
         conflicting_position: Option<u64>,
         /// `duplicate_event_id`: the first id of the request already stored;
-        /// `event_not_found`: the id asked for.
+        /// `event_not_found`: the id asked for; `upcast_failed`: the event.
         #[schema(nullable = false)]
         event_id: Option<Uuid>,
         /// `aggregate_type_mismatch`: the aggregate's type.
@@ -892,6 +1094,23 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`, `upcast_failed`: the
+        /// event type.
+        #[schema(nullable = false)]
+        event_type: Option<String>,
+        /// `upcast_failed`: the stored version of the event.
+        #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
+        event_version: Option<u32>,
+        /// `upcast_failed`: the event's position.
+        #[schema(nullable = false)]
+        position: Option<u64>,
+        /// `incompatible_schema`: why the schema cannot follow the previous version.
+        #[schema(nullable = false)]
+        reason: Option<String>,
+        /// `schema_violation`: every failing field of every event that does not match its
+        /// schema.
+        #[schema(nullable = false)]
+        violations: Option<Vec<factstore_core::SchemaViolation>>,
     }
 
     // Written by `health` (lib.rs).
@@ -1102,6 +1321,28 @@ mod tests {
                 aggregate_id: "a".into(),
                 version: 4,
                 current_version: 3,
+            }),
+            ApiError::Store(StoreError::SchemaViolation {
+                violations: Vec::new(),
+            }),
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id: Uuid::nil(),
+                position: 1,
+                event_type: "T".into(),
+                event_version: 1,
+                reason: "r".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaNotFound {
+                event_type: "T".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaExists {
+                event_type: "T".into(),
+                version: 1,
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::Incompatible {
+                event_type: "T".into(),
+                version: 2,
+                reason: "r".into(),
             }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),

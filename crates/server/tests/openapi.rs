@@ -244,6 +244,9 @@ fn walk(value: &Value, visit: &mut impl FnMut(&Value)) {
 fn concrete(path: &str) -> String {
     path.replace("{aggregate_id}", "account:probe")
         .replace("{event_id}", &Uuid::nil().to_string())
+        .replace("{event_type}", "MoneyDeposited")
+        .replace("{from_version}", "1")
+        .replace("{version}", "1")
 }
 
 #[tokio::test]
@@ -1209,4 +1212,84 @@ async fn a_failure_inside_a_subscription_matches_the_documented_schema() {
         next_message(&mut body, &mut buffer).await.is_none(),
         "the stream ends"
     );
+}
+
+#[tokio::test]
+async fn schema_registry_responses_match_the_documented_schemas() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let schema =
+        json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
+    let put_path = "/v1/schemas/{event_type}/versions/{version}";
+    doc.check_request("PUT", put_path, &schema, true);
+    for (uri, body, status) in [
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 201),
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 200),
+        (
+            "/v1/schemas/MoneyDeposited/versions/1",
+            json!({"type": "object"}),
+            409,
+        ),
+        ("/v1/schemas/MoneyDeposited/versions/3", schema.clone(), 409),
+        ("/v1/schemas/MoneyDeposited/versions/0", schema.clone(), 400),
+    ] {
+        let reply = put(&router, uri, &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{uri}: {}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", put_path, &reply);
+    }
+    for (uri, path, status) in [
+        ("/v1/schemas", "/v1/schemas", 200),
+        ("/v1/schemas/MoneyDeposited", "/v1/schemas/{event_type}", 200),
+        ("/v1/schemas/Nope", "/v1/schemas/{event_type}", 404),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status.as_u16(), status, "{uri}");
+        doc.check("GET", path, &reply);
+    }
+    let upcaster = json!({"to_version": 2, "ops": [
+        {"op": "default", "path": "/currency", "value": "USD"},
+        {"op": "set", "path": "/n", "value": 3},
+        {"op": "rename", "from": "/amt", "path": "/amount"},
+        {"op": "unset", "path": "/legacy"}
+    ]});
+    let up_path = "/v1/upcasters/{event_type}/{from_version}";
+    doc.check_request("PUT", up_path, &upcaster, true);
+    doc.check_request(
+        "PUT",
+        up_path,
+        &json!({"to_version": 2, "ops": [{"op": "copy"}]}),
+        false,
+    );
+    for (body, status) in [
+        (upcaster.clone(), 201),
+        (upcaster.clone(), 200),
+        (json!({"to_version": 1, "ops": []}), 400),
+    ] {
+        let reply = put(&router, "/v1/upcasters/MoneyDeposited/1", &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", up_path, &reply);
+    }
+    for (uri, path) in [
+        ("/v1/upcasters", "/v1/upcasters"),
+        ("/v1/upcasters/MoneyDeposited", "/v1/upcasters/{event_type}"),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        doc.check("GET", path, &reply);
+    }
+    // A schema violation, documented for both appends.
+    let bad = json!({"events": [{"aggregate_type": "Account", "event_type": "MoneyDeposited", "event_data": {"amount": "x"}}]});
+    let reply = post(&router, "/v1/aggregates/account:1/events", &bad).await;
+    assert_eq!(reply.code(), "schema_violation");
+    doc.check("POST", "/v1/aggregates/{aggregate_id}/events", &reply);
 }
