@@ -84,7 +84,8 @@ impl Image {
                 for &p in positions {
                     self.parked.remove(&p);
                     self.attempts.remove(&p);
-                    if self.replaying.remove(&p).is_none() && p > self.checkpoint {
+                    self.replaying.remove(&p);
+                    if p > self.checkpoint {
                         self.acked.insert(p);
                     }
                 }

@@ -220,7 +220,7 @@ impl Subscriptions {
                 )));
             }
             let image_bytes = records.first().map_or(0, |r| r.len() as u64);
-            let group = subscriptions.start_group(image, log, image_bytes).await?;
+            let group = subscriptions.start_group(image, log, image_bytes, false).await?;
             subscriptions.groups.write().insert(name, group);
         }
         Ok(subscriptions)
@@ -303,7 +303,7 @@ impl Subscriptions {
                 }
                 let mut image = image;
                 image.settle();
-                let group = self.start_group(image, old.log.clone(), image_bytes).await?;
+                let group = self.start_group(image, old.log.clone(), image_bytes, false).await?;
                 self.groups.write().insert(name.to_owned(), group);
                 old.stop.cancel();
                 old.pollers.notify_waiters();
@@ -321,7 +321,7 @@ impl Subscriptions {
                 let storage = self.storage.clone();
                 let group_name = name.to_owned();
                 let log = blocking(move || storage.create(&group_name, &[&bytes])).await?;
-                let group = self.start_group(image, log, image_bytes).await?;
+                let group = self.start_group(image, log, image_bytes, true).await?;
                 self.groups.write().insert(name.to_owned(), group);
                 PutOutcome::Created
             }
@@ -504,12 +504,15 @@ impl Subscriptions {
         image: Image,
         log: Arc<dyn GroupLog>,
         image_bytes: u64,
+        fresh: bool,
     ) -> Result<Arc<Group>, SubscriptionError> {
         let mut replaying = Vec::with_capacity(image.replaying.len());
         for &p in image.replaying.keys() {
             replaying.push(read_at(&*self.store, p).await?);
         }
-        let state = GroupState::from_image(&image, replaying)?;
+        // A loaded or replaced group has lost its leases: see `GroupState::from_image`.
+        let loaded_head = if fresh { 0 } else { self.head() };
+        let state = GroupState::from_image(&image, replaying, loaded_head)?;
         let group = Arc::new(Group {
             name: image.name.clone(),
             definition: image.definition.clone(),

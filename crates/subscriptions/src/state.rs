@@ -57,6 +57,8 @@ struct Live {
     event: Event,
     /// Deliveries so far.
     attempts: u32,
+    /// Delivered before it was replayed: a late ack of that delivery is taken.
+    replayed: bool,
     lease: Option<Lease>,
 }
 
@@ -75,6 +77,9 @@ enum Standing {
     Delivered,
     /// Live, never delivered.
     Undelivered,
+    /// Live, not delivered since the group was loaded, at or below the head then: it may
+    /// have been delivered before (a restart or a change of definition drops leases).
+    Earlier,
     Parked,
     /// Acked, or at or below the checkpoint.
     Done,
@@ -112,12 +117,17 @@ pub struct GroupState {
     checkpoint_recorded: u64,
     /// Counts the changes that must reach the journal; see [`changes`](GroupState::changes).
     changes: u64,
+    /// The head when the group was loaded: positions up to it may have been delivered before
+    /// (their leases are gone), so an ack of one of them is taken even when it has not been
+    /// delivered again yet, and a nack of one leaves it to be delivered again.
+    loaded_head: u64,
 }
 
 impl GroupState {
     /// The state of a group starting from `image` (settled), with the events of its
     /// `replaying` positions already read from the store.
-    pub fn from_image(image: &Image, replaying: Vec<Event>) -> Result<GroupState, SubscriptionError> {
+    /// `head` is the store's head now (see `loaded_head`); 0 for a new group.
+    pub fn from_image(image: &Image, replaying: Vec<Event>, head: u64) -> Result<GroupState, SubscriptionError> {
         let mut state = GroupState {
             ordering: image.definition.ordering,
             ack_timeout_ms: image.definition.ack_timeout_ms,
@@ -135,6 +145,7 @@ impl GroupState {
             delivered: Vec::new(),
             checkpoint_recorded: image.checkpoint,
             changes: 0,
+            loaded_head: head,
         };
         for event in replaying {
             let p = event.position();
@@ -143,7 +154,7 @@ impl GroupState {
                     "event at position {p} is not one the group replays"
                 )));
             };
-            state.insert_live(event, attempts);
+            state.insert_live(event, attempts, true);
         }
         if state.live.len() != image.replaying.len() {
             return Err(SubscriptionError::Internal(
@@ -259,7 +270,7 @@ impl GroupState {
                 continue;
             }
             let attempts = self.unread_attempts.remove(&p).unwrap_or(0);
-            self.insert_live(event, attempts);
+            self.insert_live(event, attempts, false);
         }
         self.read = self.read.max(read_to);
         self.advance();
@@ -333,7 +344,11 @@ impl GroupState {
     pub fn ack(&mut self, positions: &[u64], head: u64) -> Result<(), SubscriptionError> {
         for &p in positions {
             match self.standing(p, head) {
-                Standing::Delivered | Standing::Parked | Standing::Done | Standing::Unread => {}
+                Standing::Delivered
+                | Standing::Earlier
+                | Standing::Parked
+                | Standing::Done
+                | Standing::Unread => {}
                 Standing::Undelivered => return Err(not_delivered(p)),
                 Standing::Filtered => {
                     return Err(SubscriptionError::invalid(format!(
@@ -346,7 +361,7 @@ impl GroupState {
         let mut changed = Vec::new();
         for &p in positions {
             match self.standing(p, head) {
-                Standing::Delivered => {
+                Standing::Delivered | Standing::Earlier => {
                     self.remove_live(p);
                 }
                 Standing::Parked => {
@@ -377,7 +392,7 @@ impl GroupState {
     pub fn nack(&mut self, positions: &[u64], park: bool, head: u64) -> Result<(), SubscriptionError> {
         for &p in positions {
             match self.standing(p, head) {
-                Standing::Delivered | Standing::Parked | Standing::Unread => {}
+                Standing::Delivered | Standing::Earlier | Standing::Parked | Standing::Unread => {}
                 Standing::Done => {
                     return Err(SubscriptionError::invalid(format!(
                         "position {p} is already acked; it cannot be nacked"
@@ -437,7 +452,7 @@ impl GroupState {
             if self.live.contains_key(&p) || self.parked.remove(&p).is_none() {
                 continue;
             }
-            self.insert_live(event, 0);
+            self.insert_live(event, 0, true);
             replayed.push(p);
         }
         let count = replayed.len();
@@ -472,6 +487,8 @@ impl GroupState {
         if let Some(live) = self.live.get(&p) {
             return if live.attempts > 0 {
                 Standing::Delivered
+            } else if live.replayed || p <= self.loaded_head {
+                Standing::Earlier
             } else {
                 Standing::Undelivered
             };
@@ -479,6 +496,9 @@ impl GroupState {
         if self.parked.contains_key(&p) {
             Standing::Parked
         } else if p <= self.checkpoint || self.acked.contains(&p) {
+            Standing::Done
+        } else if p <= self.read && p <= self.loaded_head {
+            // Perhaps delivered under an earlier definition whose filter took it.
             Standing::Done
         } else if p <= self.read {
             Standing::Filtered
@@ -489,7 +509,7 @@ impl GroupState {
         }
     }
 
-    fn insert_live(&mut self, event: Event, attempts: u32) {
+    fn insert_live(&mut self, event: Event, attempts: u32, replayed: bool) {
         let p = event.position();
         if self.ordering == Ordering::PerAggregate {
             let queue = self.aggregates.entry(event.aggregate_id().into()).or_default();
@@ -511,6 +531,7 @@ impl GroupState {
             Live {
                 event,
                 attempts,
+                replayed,
                 lease: None,
             },
         );
