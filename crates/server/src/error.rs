@@ -9,6 +9,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
+use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
 
 /// An error answered to a client.
@@ -16,6 +17,8 @@ use serde_json::{Map, Value, json};
 pub enum ApiError {
     /// Anything the store reports.
     Store(StoreError),
+    /// Anything a persistent subscription reports.
+    Subscription(SubscriptionError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
     /// a bad path segment. The message names the problem.
     InvalidRequest(String),
@@ -125,9 +128,17 @@ impl ApiError {
                 }
                 (StatusCode::NOT_FOUND, "snapshot_not_found")
             }
-            ApiError::Store(StoreError::Unavailable(_)) => {
+            ApiError::Store(StoreError::Unavailable(_))
+            | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            ApiError::Subscription(SubscriptionError::NotFound { group }) => {
+                detail("group", json!(group));
+                (StatusCode::NOT_FOUND, "subscription_not_found")
+            }
+            ApiError::Subscription(SubscriptionError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            // `Internal`, and any variant added later.
+            ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -143,6 +154,10 @@ impl ApiError {
                 "the store failed internally; the server log has the details".to_owned()
             }
             ApiError::Store(error) => error.to_string(),
+            ApiError::Subscription(SubscriptionError::Internal(_)) => {
+                "the server failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Subscription(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
@@ -151,6 +166,12 @@ impl ApiError {
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(error: SubscriptionError) -> ApiError {
+        ApiError::Subscription(error)
     }
 }
 
@@ -169,6 +190,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal store error");
+            }
+            ApiError::Subscription(SubscriptionError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a subscription change: its journal is unavailable");
+            }
+            ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal subscription error");
             }
             _ => {}
         }

@@ -10,7 +10,8 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`], [`snapshots`] and [`subscribe`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`], [`subscribe`] and [`persistent`] (persistent
+//!   subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -29,8 +30,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use factstore_core::EventStore;
+use factstore_subscriptions::Subscriptions;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -44,6 +46,7 @@ pub mod extract;
 pub mod feed;
 pub mod metrics;
 pub mod openapi;
+pub mod persistent;
 pub mod read;
 pub mod render;
 pub mod serve;
@@ -101,6 +104,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// The persistent-subscription groups (`/v1/subscriptions`). [`AppState::new`] keeps them
+    /// in memory; `factstore serve` opens them on the data folder
+    /// ([`AppState::with_subscriptions`]) and closes them after the drain.
+    pub subscriptions: Arc<Subscriptions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -115,11 +122,18 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(store: Arc<dyn EventStore>, config: ServerConfig) -> AppState {
         AppState {
+            subscriptions: Subscriptions::in_memory(store.clone()),
             store,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The same state with these persistent-subscription groups (opened on the same store).
+    pub fn with_subscriptions(mut self, subscriptions: Arc<Subscriptions>) -> AppState {
+        self.subscriptions = subscriptions;
+        self
     }
 
     /// The live feed of the newest events. Must be called within the async runtime.
@@ -207,6 +221,15 @@ fn routes() -> Routes {
         .get("/v1/aggregates/{aggregate_id}/load", snapshots::load)
         .get("/v1/head", read::head)
         .get("/v1/subscribe", subscribe::subscribe)
+        .get("/v1/subscriptions", persistent::list_groups)
+        .put("/v1/subscriptions/{group}", persistent::put_group)
+        .get("/v1/subscriptions/{group}", persistent::get_group)
+        .delete("/v1/subscriptions/{group}", persistent::delete_group)
+        .post("/v1/subscriptions/{group}/poll", persistent::poll)
+        .post("/v1/subscriptions/{group}/ack", persistent::ack)
+        .post("/v1/subscriptions/{group}/nack", persistent::nack)
+        .get("/v1/subscriptions/{group}/parked", persistent::list_parked)
+        .post("/v1/subscriptions/{group}/parked/replay", persistent::replay_parked)
         .get("/v1/openapi.json", openapi::serve_document)
 }
 
@@ -233,6 +256,10 @@ impl Routes {
 
     fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
         self.add(Method::PUT, path, put(handler))
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::DELETE, path, delete(handler))
     }
 
     /// axum merges the methods of one path given in several calls.
