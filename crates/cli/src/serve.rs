@@ -16,6 +16,7 @@ use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
+use factstore_subscriptions::{FileStorage, Options as SubscriptionOptions, Subscriptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -234,6 +235,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         ..EngineOptions::default()
     };
+    let fs = options.fs.clone();
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
@@ -243,12 +245,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let drain = runtime.block_on(async {
         let store = Arc::new(EmbeddedStore::new(engine.clone()));
+        // Persistent-subscription groups keep their journals beside the event log.
+        let subscriptions_dir = args.data_dir.join("subscriptions");
+        let storage = FileStorage::open(fs, &subscriptions_dir)
+            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+        let subscriptions = Subscriptions::open(store.clone(), Arc::new(storage), SubscriptionOptions::default())
+            .await
+            .with_context(|| format!("cannot load the subscription groups in {}", subscriptions_dir.display()))?;
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config);
+        let state = AppState::new(store, config).with_subscriptions(subscriptions.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -271,9 +280,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // Subscriptions end when this token is cancelled; the drain waits for them.
             shutdown.cancel();
         };
-        factstore_server::serve_with(listener, app, serve_options, signal)
+        let drain = factstore_server::serve_with(listener, app, serve_options, signal)
             .await
-            .context("server failed")
+            .context("server failed");
+        // No request is in flight any more: stop the groups (their last deliveries are
+        // written) before the store closes.
+        subscriptions.close().await;
+        drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.

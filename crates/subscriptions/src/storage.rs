@@ -61,9 +61,11 @@ impl FileStorage {
         fs.create_dir_all(dir).map_err(|e| {
             SubscriptionError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs.sync_dir(parent).map_err(|e| {
-                SubscriptionError::Unavailable(format!("cannot sync {}: {e}", parent.display()))
+        // The folder (and any parent just created) must survive a crash before a journal in
+        // it is trusted: sync every folder up the path, once at start.
+        for folder in dir.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(folder).map_err(|e| {
+                SubscriptionError::Unavailable(format!("cannot sync {}: {e}", folder.display()))
             })?;
         }
         Ok(FileStorage {
