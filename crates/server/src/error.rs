@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
 use factstore_schemas::SchemaError;
+use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
 
 /// An error answered to a client.
@@ -19,6 +20,8 @@ pub enum ApiError {
     Store(StoreError),
     /// What the schema registry reports about a schema or upcaster change or lookup.
     Schema(SchemaError),
+    /// Anything a persistent subscription reports.
+    Subscription(SubscriptionError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
     /// a bad path segment. The message names the problem.
     InvalidRequest(String),
@@ -165,9 +168,20 @@ impl ApiError {
                 detail("reason", json!(reason));
                 (StatusCode::CONFLICT, "incompatible_schema")
             }
-            ApiError::Store(StoreError::Unavailable(_)) | ApiError::Schema(SchemaError::Unavailable(_)) => {
+            ApiError::Store(StoreError::Unavailable(_))
+            | ApiError::Schema(SchemaError::Unavailable(_))
+            | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            ApiError::Subscription(SubscriptionError::NotFound { group }) => {
+                detail("group", json!(group));
+                (StatusCode::NOT_FOUND, "subscription_not_found")
+            }
+            ApiError::Subscription(SubscriptionError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            // `Internal`, and any variant added later.
+            ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
             ApiError::Store(_) | ApiError::Schema(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -184,6 +198,10 @@ impl ApiError {
             }
             ApiError::Store(error) => error.to_string(),
             ApiError::Schema(error) => error.to_string(),
+            ApiError::Subscription(SubscriptionError::Internal(_)) => {
+                "the server failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Subscription(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
@@ -192,6 +210,12 @@ impl ApiError {
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(error: SubscriptionError) -> ApiError {
+        ApiError::Subscription(error)
     }
 }
 
@@ -213,6 +237,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal store error");
+            }
+            ApiError::Subscription(SubscriptionError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a subscription change: its journal is unavailable");
+            }
+            ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal subscription error");
             }
             _ => {}
         }

@@ -10,7 +10,8 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`], [`snapshots`], [`subscribe`] and [`schemas`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`schemas`] and [`persistent`]
+//!   (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -29,9 +30,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use factstore_core::EventStore;
 use factstore_schemas::{SchemaRegistry, SchemaStore};
+use factstore_subscriptions::Subscriptions;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -45,6 +47,7 @@ pub mod extract;
 pub mod feed;
 pub mod metrics;
 pub mod openapi;
+pub mod persistent;
 pub mod read;
 pub mod render;
 pub mod schemas;
@@ -109,6 +112,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// The persistent-subscription groups (`/v1/subscriptions`). [`AppState::new`] keeps them
+    /// in memory; `factstore serve` opens them on the data folder
+    /// ([`AppState::with_subscriptions`]) and closes them after the drain.
+    pub subscriptions: Arc<Subscriptions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -132,10 +139,12 @@ impl AppState {
         schemas: Arc<SchemaRegistry>,
         config: ServerConfig,
     ) -> AppState {
+        let upcast: Arc<dyn EventStore> = Arc::new(SchemaStore::new(store.clone(), schemas.clone()));
         AppState {
-            store: Arc::new(SchemaStore::new(store.clone(), schemas.clone())),
+            store: upcast.clone(),
             raw_store: store,
             schemas,
+            subscriptions: Subscriptions::in_memory(upcast),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
@@ -145,6 +154,12 @@ impl AppState {
     /// The store for a read: as stored when `raw`, else upcast.
     pub fn store_for(&self, raw: bool) -> &Arc<dyn EventStore> {
         if raw { &self.raw_store } else { &self.store }
+    }
+
+    /// The same state with these persistent-subscription groups (opened on the same store).
+    pub fn with_subscriptions(mut self, subscriptions: Arc<Subscriptions>) -> AppState {
+        self.subscriptions = subscriptions;
+        self
     }
 
     /// The live feed of the newest events, in their stored form. Must be called within the
@@ -239,6 +254,18 @@ fn routes() -> Routes {
         .put("/v1/upcasters/{event_type}/{from_version}", schemas::put_upcaster)
         .get("/v1/upcasters", schemas::list_upcasters)
         .get("/v1/upcasters/{event_type}", schemas::list_upcasters_of)
+        .get("/v1/subscriptions", persistent::list_groups)
+        .put("/v1/subscriptions/{group}", persistent::put_group)
+        .get("/v1/subscriptions/{group}", persistent::get_group)
+        .delete("/v1/subscriptions/{group}", persistent::delete_group)
+        .post("/v1/subscriptions/{group}/poll", persistent::poll)
+        .post("/v1/subscriptions/{group}/ack", persistent::ack)
+        .post("/v1/subscriptions/{group}/nack", persistent::nack)
+        .get("/v1/subscriptions/{group}/parked", persistent::list_parked)
+        .post(
+            "/v1/subscriptions/{group}/parked/replay",
+            persistent::replay_parked,
+        )
         .get("/v1/openapi.json", openapi::serve_document)
 }
 
@@ -265,6 +292,10 @@ impl Routes {
 
     fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
         self.add(Method::PUT, path, put(handler))
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::DELETE, path, delete(handler))
     }
 
     /// axum merges the methods of one path given in several calls.
