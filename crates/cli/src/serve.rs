@@ -15,7 +15,9 @@ use anyhow::{Context, bail};
 use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
+use factstore_schemas::{JournalStorage, SchemaRegistry};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
+use factstore_subscriptions::{FileStorage, Options as SubscriptionOptions, Subscriptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -234,9 +236,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         ..EngineOptions::default()
     };
+    let fs = options.fs.clone();
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
+    // After the engine, which holds the data folder's lock.
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = JournalStorage::open(fs.clone(), &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,7 +257,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config);
+        let state = AppState::with_schemas(store, schemas, config);
+        // Persistent-subscription groups keep their journals beside the event log, and read
+        // through the schema layer, so consumers get upcast events like every other reader.
+        let subscriptions_dir = args.data_dir.join("subscriptions");
+        let storage = FileStorage::open(fs, &subscriptions_dir)
+            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+        let subscriptions = Subscriptions::open(
+            state.store.clone(),
+            Arc::new(storage),
+            SubscriptionOptions::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the subscription groups in {}",
+                subscriptions_dir.display()
+            )
+        })?;
+        let state = state.with_subscriptions(subscriptions.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -271,9 +298,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // Subscriptions end when this token is cancelled; the drain waits for them.
             shutdown.cancel();
         };
-        factstore_server::serve_with(listener, app, serve_options, signal)
+        let drain = factstore_server::serve_with(listener, app, serve_options, signal)
             .await
-            .context("server failed")
+            .context("server failed");
+        // No request is in flight any more: stop the groups (their last deliveries are
+        // written) before the store closes.
+        subscriptions.close().await;
+        drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - One module per workload: [`append`], [`read_aggregate`], [`read_all`], [`subscribe`],
-//!   [`mixed`], [`reserve`], [`seed`].
+//!   [`mixed`], [`reserve`], [`seed`], [`consume`] (persistent subscriptions with ACK).
 //! - Shared parts: [`http`] (one hyper connection per client), [`control`] (warm-up, duration
 //!   or request count), [`stats`] (per-client measurements, merged at the end), [`scan`]
 //!   (counting events in bodies without parsing them), [`verify`] (`--verify`), [`report`]
@@ -25,6 +25,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 pub mod append;
+pub mod consume;
 pub mod control;
 pub mod http;
 pub mod mixed;
@@ -52,7 +53,8 @@ Examples (each prints its parameters with its results; add --json for one JSON o
   factstore bench subscribe --concurrency 4                          catch-up rate
   factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once
   factstore bench reserve --concurrency 32 --seats 20                seats under a condition
-  factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard";
+  factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard
+  factstore bench consume --seed 1000000 --consumers 4 --max 500      delivery with ACK";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -105,6 +107,9 @@ pub enum Workload {
     Reserve(reserve::ReserveArgs),
     /// Fill the store quickly with 1000-event appends, for the read workloads.
     Seed(seed::SeedArgs),
+    /// Consumers of a persistent-subscription group polling and acking every event
+    /// (events delivered and acked per second, poll and ack latency).
+    Consume(consume::ConsumeArgs),
 }
 
 impl Workload {
@@ -117,6 +122,7 @@ impl Workload {
             Workload::Mixed(_) => "mixed",
             Workload::Reserve(_) => "reserve",
             Workload::Seed(_) => "seed",
+            Workload::Consume(_) => "consume",
         }
     }
 }
@@ -174,6 +180,7 @@ async fn run_async(args: &BenchArgs) -> anyhow::Result<Report> {
         Workload::Mixed(a) => mixed::run(&bench, a).await?,
         Workload::Reserve(a) => reserve::run(&bench, a).await?,
         Workload::Seed(a) => seed::run(&bench, a).await?,
+        Workload::Consume(a) => consume::run(&bench, a).await?,
     };
     let head_after = head(&bench.target).await?;
     Ok(Report {
