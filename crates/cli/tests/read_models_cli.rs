@@ -1,9 +1,8 @@
 //! `factstore projections` and `factstore subscriptions` against a real `factstore serve`.
 //!
-//! The first test (checks made before any request) runs now. The others are PENDING: they
-//! need the server side of API.md "Projections (read models)" and "Persistent subscriptions",
-//! built on other branches; they are ignored until those are merged, then run
-//! `cargo test -p factstore --test read_models_cli -- --ignored`.
+//! The projections test is PENDING: it needs the server side of API.md "Projections (read
+//! models)" (branch `proj`); it is ignored until that is merged, then run
+//! `cargo test -p factstore --test read_models_cli -- --ignored` and drop the `#[ignore]`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -210,7 +209,6 @@ fn projections_put_list_show_state_rebuild_and_delete() {
 }
 
 #[test]
-#[ignore = "needs the persistent subscriptions server (API.md Persistent subscriptions); run with --ignored after merging"]
 fn subscriptions_create_list_show_parked_replay_and_delete() {
     let data = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(data.path(), &[]);
