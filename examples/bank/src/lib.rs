@@ -10,10 +10,12 @@
 //! # Layout
 //! - [`account`]: the aggregate (commands, events, rules, upcasters).
 //! - [`projections`]: the read models' definitions.
+//! - [`receipts`]: a worker on a persistent subscription (the binary `bank-receipts`).
 //! - [`app`]: the routes; [`ApiError`]: every refusal as a 4xx with a JSON body.
 
 pub mod account;
 pub mod projections;
+pub mod receipts;
 
 use std::str::FromStr;
 use std::time::Duration;
