@@ -13,3 +13,10 @@ pub mod fold;
 
 pub use definition::{Compiled, ProjectionDefinition};
 pub use error::ProjectionError;
+pub mod runtime;
+pub mod storage;
+
+pub use runtime::{
+    KeyState, ProjectionStatus, Projections, ProjectionsOptions, PutOutcome, Source, StatePage, StateQuery, Status,
+};
+pub use storage::{JournalStorage, MemoryStorage, ProjectionStorage};
