@@ -246,6 +246,26 @@ fn blocking_error(e: tokio::task::JoinError) -> ProjectionError {
 }
 
 impl Projections {
+    /// A registry without projections over `storage`, loading nothing from it: for a server
+    /// whose projections live in memory ([`crate::MemoryStorage`]). Use [`Projections::open`]
+    /// to restore stored ones.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        storage: Arc<dyn ProjectionStorage>,
+        options: ProjectionsOptions,
+    ) -> Projections {
+        Projections {
+            inner: Arc::new(Inner {
+                store,
+                storage,
+                options,
+                entries: RwLock::new(BTreeMap::new()),
+                manage: tokio::sync::Mutex::new(()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
     /// Opens the projections kept in `storage` and starts folding each. Must run within a
     /// tokio runtime. Leftovers of interrupted swaps and deletes are removed; an interrupted
     /// rebuild resumes.
@@ -260,16 +280,7 @@ impl Projections {
                 .await
                 .map_err(blocking_error)??
         };
-        let projections = Projections {
-            inner: Arc::new(Inner {
-                store,
-                storage,
-                options,
-                entries: RwLock::new(BTreeMap::new()),
-                manage: tokio::sync::Mutex::new(()),
-                shutdown: CancellationToken::new(),
-            }),
-        };
+        let projections = Projections::new(store, storage, options);
         let mut by_name: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for stored in opened {
             by_name.entry(stored.name.clone()).or_default().push(stored);

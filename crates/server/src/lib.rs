@@ -10,7 +10,7 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`], [`snapshots`] and [`subscribe`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`], [`projections`] and [`subscribe`]: the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -29,8 +29,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use factstore_core::EventStore;
+use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -44,6 +45,7 @@ pub mod extract;
 pub mod feed;
 pub mod metrics;
 pub mod openapi;
+pub mod projections;
 pub mod read;
 pub mod render;
 pub mod serve;
@@ -89,7 +91,7 @@ impl ServerConfig {
     }
 }
 
-/// What every handler shares. Cheap to clone (two reference counts).
+/// What every handler shares. Cheap to clone (a few reference counts).
 #[derive(Clone)]
 pub struct AppState {
     /// The store every request reads from and writes to. Its limits are the API's limits.
@@ -101,6 +103,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// The projections (read models) over `store`. [`AppState::new`] keeps them in memory;
+    /// `factstore serve` opens them from the data folder ([`AppState::with_projections`]).
+    pub projections: Projections,
 }
 
 impl std::fmt::Debug for AppState {
@@ -114,12 +119,24 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn EventStore>, config: ServerConfig) -> AppState {
+        let projections = Projections::new(
+            store.clone(),
+            Arc::new(MemoryStorage::new()),
+            ProjectionsOptions::default(),
+        );
         AppState {
             store,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
+            projections,
         }
+    }
+
+    /// Serves `projections` (opened over the same store) instead of in-memory ones.
+    pub fn with_projections(mut self, projections: Projections) -> AppState {
+        self.projections = projections;
+        self
     }
 
     /// The live feed of the newest events. Must be called within the async runtime.
@@ -195,6 +212,7 @@ fn routes() -> Routes {
         .post("/v1/events", append::commit)
         .get("/v1/events", read::read_events)
         .get("/v1/events/{event_id}", read::get_event)
+        .get("/v1/events/{event_id}/status", projections::event_status)
         .put("/v1/aggregates/{aggregate_id}/snapshots", snapshots::put_snapshot)
         .get(
             "/v1/aggregates/{aggregate_id}/snapshots",
@@ -206,6 +224,13 @@ fn routes() -> Routes {
         )
         .get("/v1/aggregates/{aggregate_id}/load", snapshots::load)
         .get("/v1/head", read::head)
+        .put("/v1/projections/{name}", projections::put_projection)
+        .get("/v1/projections/{name}", projections::get_projection)
+        .delete("/v1/projections/{name}", projections::delete_projection)
+        .get("/v1/projections", projections::list_projections)
+        .post("/v1/projections/{name}/rebuild", projections::rebuild_projection)
+        .get("/v1/projections/{name}/state", projections::list_projection_states)
+        .get("/v1/projections/{name}/state/{key}", projections::get_projection_state)
         .get("/v1/subscribe", subscribe::subscribe)
         .get("/v1/openapi.json", openapi::serve_document)
 }
@@ -233,6 +258,10 @@ impl Routes {
 
     fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
         self.add(Method::PUT, path, put(handler))
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::DELETE, path, delete(handler))
     }
 
     /// axum merges the methods of one path given in several calls.

@@ -370,6 +370,10 @@ async fn the_document_is_openapi_3_1_with_the_crate_version() {
                 !response["description"].as_str().unwrap().is_empty(),
                 "{what} {status}"
             );
+            if status == "204" {
+                assert!(response.get("content").is_none(), "{what}: 204 has no body");
+                continue;
+            }
             for media in response["content"].as_object().unwrap().values() {
                 doc.validator(&media["schema"]);
             }
