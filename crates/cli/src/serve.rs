@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
+use factstore_projections::{JournalStorage, Projections, ProjectionsOptions};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FACTSTORE_LIVE_FEED_BYTES", value_name = "BYTES", default_value = "64MiB",
           value_parser = parse_size)]
     pub live_feed_bytes: usize,
+    /// Projections keyed by aggregate_id snapshot a key's state every N of its events, so that
+    /// time travel and source=event_store reads do not fold from the first event; 0 never.
+    #[arg(long, env = "FACTSTORE_SNAPSHOT_EVERY", value_name = "N", default_value_t = 1000)]
+    pub snapshot_every: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -234,6 +239,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         ..EngineOptions::default()
     };
+    let fs = options.fs.clone();
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
@@ -248,7 +254,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config);
+        let projections_dir = args.data_dir.join("projections");
+        let storage = JournalStorage::open(fs, &projections_dir)
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let projections_options = ProjectionsOptions {
+            snapshot_every: args.snapshot_every,
+            ..ProjectionsOptions::default()
+        };
+        let projections = Projections::open(store.clone(), Arc::new(storage), projections_options)
+            .await
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let state = AppState::new(store, config).with_projections(projections.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -271,9 +287,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // Subscriptions end when this token is cancelled; the drain waits for them.
             shutdown.cancel();
         };
-        factstore_server::serve_with(listener, app, serve_options, signal)
+        let drain = factstore_server::serve_with(listener, app, serve_options, signal)
             .await
-            .context("server failed")
+            .context("server failed");
+        // After the drain: no request uses them any more. Each fold task ends after its batch
+        // and writes the checkpoint that lags in memory.
+        projections.shutdown().await;
+        drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.
