@@ -221,9 +221,23 @@ impl JournalStorage {
     pub fn open(fs: Arc<dyn FileSystem>, root: &Path) -> Result<JournalStorage, ProjectionError> {
         let io = |e: std::io::Error| ProjectionError::Internal(format!("{}: {e}", root.display()));
         if !fs.exists(root).map_err(io)? {
+            // Every folder made here is durable only once its parent is synced.
+            let mut missing = vec![root];
+            while let Some(parent) = missing
+                .last()
+                .and_then(|p| p.parent())
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                if fs.exists(parent).map_err(io)? {
+                    break;
+                }
+                missing.push(parent);
+            }
             fs.create_dir_all(root).map_err(io)?;
-            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs.sync_dir(parent).map_err(io)?;
+            for made in missing.iter().rev() {
+                if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs.sync_dir(parent).map_err(io)?;
+                }
             }
         }
         Ok(JournalStorage {
