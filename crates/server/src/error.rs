@@ -9,6 +9,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
+use factstore_projections::ProjectionError;
 use factstore_schemas::SchemaError;
 use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
@@ -22,6 +23,8 @@ pub enum ApiError {
     Schema(SchemaError),
     /// Anything a persistent subscription reports.
     Subscription(SubscriptionError),
+    /// What the projections report (but the store's errors, which are `Store`).
+    Projection(ProjectionError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
     /// a bad path segment. The message names the problem.
     InvalidRequest(String),
@@ -182,6 +185,37 @@ impl ApiError {
             }
             // `Internal`, and any variant added later.
             ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Projection(ProjectionError::Unavailable(_) | ProjectionError::ShuttingDown) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            ApiError::Projection(ProjectionError::InvalidRequest(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            ApiError::Projection(ProjectionError::Invalid(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_projection")
+            }
+            ApiError::Projection(ProjectionError::NotFound { name }) => {
+                detail("projection", json!(name));
+                (StatusCode::NOT_FOUND, "projection_not_found")
+            }
+            ApiError::Projection(ProjectionError::KeyNotFound { name, key }) => {
+                detail("projection", json!(name));
+                detail("key", json!(key));
+                (StatusCode::NOT_FOUND, "key_not_found")
+            }
+            ApiError::Projection(ProjectionError::NotYetMaterialized {
+                name,
+                position,
+                min_position,
+                ..
+            }) => {
+                detail("projection", json!(name));
+                detail("position", json!(position));
+                detail("min_position", json!(min_position));
+                (StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized")
+            }
+            // `Internal`, and any variant added later: a fault on our side.
+            ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
             ApiError::Store(_) | ApiError::Schema(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -202,6 +236,10 @@ impl ApiError {
                 "the server failed internally; the server log has the details".to_owned()
             }
             ApiError::Subscription(error) => error.to_string(),
+            ApiError::Projection(ProjectionError::Internal(_)) => {
+                "the projection storage failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Projection(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
@@ -216,6 +254,15 @@ impl ApiError {
 impl From<SubscriptionError> for ApiError {
     fn from(error: SubscriptionError) -> ApiError {
         ApiError::Subscription(error)
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> ApiError {
+        match error {
+            ProjectionError::Store(error) => ApiError::Store(error),
+            other => ApiError::Projection(other),
+        }
     }
 }
 
@@ -244,6 +291,9 @@ impl IntoResponse for ApiError {
             ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal subscription error");
             }
+            ApiError::Projection(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal projection error");
+            }
             _ => {}
         }
         crate::metrics::record_error(code);
@@ -253,6 +303,12 @@ impl IntoResponse for ApiError {
         // Serialising a Value into a Vec cannot fail.
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        if code == "not_yet_materialized" {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(crate::projections::RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.
             response.headers_mut().insert(

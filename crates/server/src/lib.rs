@@ -10,8 +10,8 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`schemas`] and [`persistent`]
-//!   (persistent subscriptions): the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`projections`], [`schemas`] and
+//!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -32,6 +32,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use factstore_core::EventStore;
+use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
 use factstore_schemas::{SchemaRegistry, SchemaStore};
 use factstore_subscriptions::Subscriptions;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,7 @@ pub mod feed;
 pub mod metrics;
 pub mod openapi;
 pub mod persistent;
+pub mod projections;
 pub mod read;
 pub mod render;
 pub mod schemas;
@@ -116,6 +118,9 @@ pub struct AppState {
     /// in memory; `factstore serve` opens them on the data folder
     /// ([`AppState::with_subscriptions`]) and closes them after the drain.
     pub subscriptions: Arc<Subscriptions>,
+    /// The projections (read models) over `store`. [`AppState::new`] keeps them in memory;
+    /// `factstore serve` opens them from the data folder ([`AppState::with_projections`]).
+    pub projections: Projections,
 }
 
 impl std::fmt::Debug for AppState {
@@ -140,6 +145,11 @@ impl AppState {
         config: ServerConfig,
     ) -> AppState {
         let upcast: Arc<dyn EventStore> = Arc::new(SchemaStore::new(store.clone(), schemas.clone()));
+        let projections = Projections::new(
+            upcast.clone(),
+            Arc::new(MemoryStorage::new()),
+            ProjectionsOptions::default(),
+        );
         AppState {
             store: upcast.clone(),
             raw_store: store,
@@ -148,6 +158,7 @@ impl AppState {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
+            projections,
         }
     }
 
@@ -159,6 +170,12 @@ impl AppState {
     /// The same state with these persistent-subscription groups (opened on the same store).
     pub fn with_subscriptions(mut self, subscriptions: Arc<Subscriptions>) -> AppState {
         self.subscriptions = subscriptions;
+        self
+    }
+
+    /// Serves `projections` (opened over the same store) instead of in-memory ones.
+    pub fn with_projections(mut self, projections: Projections) -> AppState {
+        self.projections = projections;
         self
     }
 
@@ -236,6 +253,7 @@ fn routes() -> Routes {
         .post("/v1/events", append::commit)
         .get("/v1/events", read::read_events)
         .get("/v1/events/{event_id}", read::get_event)
+        .get("/v1/events/{event_id}/status", projections::event_status)
         .put("/v1/aggregates/{aggregate_id}/snapshots", snapshots::put_snapshot)
         .get(
             "/v1/aggregates/{aggregate_id}/snapshots",
@@ -247,6 +265,19 @@ fn routes() -> Routes {
         )
         .get("/v1/aggregates/{aggregate_id}/load", snapshots::load)
         .get("/v1/head", read::head)
+        .put("/v1/projections/{name}", projections::put_projection)
+        .get("/v1/projections/{name}", projections::get_projection)
+        .delete("/v1/projections/{name}", projections::delete_projection)
+        .get("/v1/projections", projections::list_projections)
+        .post("/v1/projections/{name}/rebuild", projections::rebuild_projection)
+        .get(
+            "/v1/projections/{name}/state",
+            projections::list_projection_states,
+        )
+        .get(
+            "/v1/projections/{name}/state/{key}",
+            projections::get_projection_state,
+        )
         .get("/v1/subscribe", subscribe::subscribe)
         .put("/v1/schemas/{event_type}/versions/{version}", schemas::put_schema)
         .get("/v1/schemas", schemas::list_schemas)

@@ -44,12 +44,13 @@ use factstore_schemas::{EventTypeSchemas, UpcasterDef, UpcasterView};
 use factstore_subscriptions::{GroupDefinition, GroupStatus};
 use params::ParkedParams;
 use params::{
-    AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, SubscribeParams,
-    TimeParams,
+    AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, StateParams,
+    StatesPageParams, SubscribeParams, TimeParams,
 };
 use schemas::{
-    AggregateLoad, AggregatePage, Deliveries, ErrorBody, Event, EventPage, Health, ParkedPage, Snapshot,
-    StreamError, StreamPosition, StreamShutdown,
+    AggregateLoad, AggregatePage, Deliveries, ErrorBody, Event, EventPage, EventStatus, Health, KeyState,
+    ParkedPage, ProjectionBody, ProjectionList, ProjectionStatus, Snapshot, StatePage, StreamError,
+    StreamPosition, StreamShutdown,
 };
 
 /// `GET /v1/openapi.json`: the document, built on first use.
@@ -95,12 +96,16 @@ pub enum ErrorCode {
     IncompatibleSchema,
     UpcastFailed,
     SubscriptionNotFound,
+    ProjectionNotFound,
+    KeyNotFound,
+    InvalidProjection,
+    NotYetMaterialized,
     Internal,
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -122,6 +127,10 @@ impl ErrorCode {
         ErrorCode::IncompatibleSchema,
         ErrorCode::UpcastFailed,
         ErrorCode::SubscriptionNotFound,
+        ErrorCode::ProjectionNotFound,
+        ErrorCode::KeyNotFound,
+        ErrorCode::InvalidProjection,
+        ErrorCode::NotYetMaterialized,
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
     ];
@@ -150,6 +159,10 @@ impl ErrorCode {
             ErrorCode::IncompatibleSchema => "incompatible_schema",
             ErrorCode::UpcastFailed => "upcast_failed",
             ErrorCode::SubscriptionNotFound => "subscription_not_found",
+            ErrorCode::ProjectionNotFound => "projection_not_found",
+            ErrorCode::KeyNotFound => "key_not_found",
+            ErrorCode::InvalidProjection => "invalid_projection",
+            ErrorCode::NotYetMaterialized => "not_yet_materialized",
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
@@ -166,7 +179,9 @@ impl ErrorCode {
             | ErrorCode::EventNotFound
             | ErrorCode::SnapshotNotFound
             | ErrorCode::SchemaNotFound
-            | ErrorCode::SubscriptionNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::SubscriptionNotFound
+            | ErrorCode::ProjectionNotFound
+            | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongExpectedVersion
             | ErrorCode::ConditionFailed
@@ -176,7 +191,10 @@ impl ErrorCode {
             | ErrorCode::IncompatibleSchema => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation | ErrorCode::InvalidProjection => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorCode::NotYetMaterialized => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal | ErrorCode::UpcastFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -251,6 +269,22 @@ impl ErrorCode {
                 "a stored event cannot be upcast by the registered upcasters; the read stops \
                  there rather than skip it (`event_id`, `position`, `event_type`, \
                  `event_version`); `raw=true` reads it as stored"
+            }
+            ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
+            ErrorCode::KeyNotFound => {
+                "the projection has no state under this key: no event of the key was folded (or, \
+                 with time travel, none up to that time) (`projection`, `key`)"
+            }
+            ErrorCode::InvalidProjection => {
+                "the definition cannot work (an unknown key or operation, a JSON Pointer that does \
+                 not parse or does not point into the event, an operand of the wrong type); the \
+                 message names the field. With `source=event_store` or time travel: an event \
+                 cannot be folded by the definition"
+            }
+            ErrorCode::NotYetMaterialized => {
+                "the projection had not passed `min_position` within `wait_ms` (`projection`, \
+                 `position`: where it is, `min_position`); the `Retry-After` header says when \
+                 to ask again"
             }
             ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
             ErrorCode::StoreUnavailable => {
@@ -407,6 +441,7 @@ macro_rules! operations {
                 (name = "schemas", description = "JSON Schemas per event type and version, and upcasters."),
                 (name = "subscriptions", description = "Persistent subscriptions: consumer groups \
 with leases, acks, redelivery and parking; the server keeps each group's checkpoint."),
+                (name = "projections", description = "Read models: JSON states folded from the events by the server."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -428,6 +463,14 @@ operations!(
     latest_snapshot,
     list_snapshots,
     load,
+    put_projection,
+    list_projections,
+    get_projection,
+    delete_projection,
+    rebuild_projection,
+    get_projection_state,
+    list_projection_states,
+    event_status,
     subscribe,
     put_schema,
     list_schemas,
@@ -451,9 +494,10 @@ operations!(
 
 use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    IncompatibleSchema, Internal, InvalidRequest, InvalidSnapshot, PayloadTooLarge, SchemaExists,
-    SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized,
-    UnsupportedMediaType, UpcastFailed, WrongExpectedVersion,
+    IncompatibleSchema, Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound,
+    NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation,
+    SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType,
+    UpcastFailed, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -727,6 +771,212 @@ fn load() -> &'static [ErrorCode] {
         UpcastFailed,
         Internal,
     ]
+}
+
+const PROJECTION_NAME: &str = "The projection's name, percent-decoded: 1 to 100 bytes, no control \
+characters.";
+
+#[utoipa::path(
+    put,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "Create or replace a projection",
+    description = "A projection folds the events its `filter` passes into one JSON state per key, \
+kept up to date by the server, persisted with its checkpoint and restored after a restart.\n\n\
+- `key`: `aggregate_id`, `day` (the UTC date of `created_at`), `all` (one state, under `all`), or \
+a JSON Pointer into the event (`/event_data/sku`; an event without a value there is passed over \
+and counted as `unkeyed`).\n\
+- `on`: per event type, and `*` for every event, operations applied in order (the type's first, \
+then `*`): `set`, `add`, `sub`, `inc` (adds `value`, default 1), `min`, `max`, `append`, `unset`. \
+`path` is a JSON Pointer into the state; the operand comes from `from` (a JSON Pointer into the \
+event; missing fails the operation unless `optional: true`) or `value` (a literal). A missing \
+number counts as 0; `min`/`max` take the operand when nothing is there yet and compare numbers \
+or strings.\n\
+- An event on which an operation fails stops the projection (`failed`, the event's position in \
+`error`); it is never skipped.\n\n\
+201 for a new projection. 200 for an existing one: the same definition changes nothing; a \
+changed one is rebuilt from the first event while the old state keeps serving, then they swap \
+at once (`status: rebuilding` meanwhile). Needs the admin role. A token limited to aggregate id \
+prefixes may not use any projection route (403): states fold events of every aggregate. Takes no \
+query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    request_body(
+        content = ProjectionBody,
+        example = json!({
+            "filter": {"event_types": ["AccountCreated", "MoneyDeposited", "MoneyWithdrawn"],
+                       "aggregate_type": "Account"},
+            "key": "aggregate_id",
+            "initial": {"balance": 0, "transactions": 0},
+            "on": {
+                "AccountCreated": [{"op": "set", "path": "/balance", "from": "/event_data/initial"}],
+                "MoneyDeposited": [{"op": "add", "path": "/balance", "from": "/event_data/amount"},
+                                   {"op": "inc", "path": "/transactions"}],
+                "MoneyWithdrawn": [{"op": "sub", "path": "/balance", "from": "/event_data/amount"},
+                                   {"op": "inc", "path": "/transactions"}],
+                "*": [{"op": "set", "path": "/last_event", "from": "/event_type"}]
+            }
+        })
+    ),
+    responses(
+        (status = 201, description = "Created; it folds from the first event.", body = ProjectionStatus),
+        (status = 200, description = "Replaced: unchanged, or rebuilding with the new definition.",
+         body = ProjectionStatus),
+    )
+)]
+fn put_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidProjection,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections",
+    tag = "projections",
+    summary = "Every projection's status",
+    description = "By name. Takes no query parameters.",
+    responses((status = 200, description = "The statuses.", body = ProjectionList))
+)]
+fn list_projections() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "A projection's status",
+    description = "Takes no query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 200, description = "The status.", body = ProjectionStatus))
+)]
+fn get_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "Delete a projection",
+    description = "Stops it and removes its states, checkpoint and snapshots. Needs the admin role. \
+Takes no query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 204, description = "Deleted."))
+)]
+fn delete_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/projections/{name}/rebuild",
+    tag = "projections",
+    summary = "Rebuild a projection from the first event",
+    description = "Folds every event again into a new generation while the current state keeps \
+serving; when the new one has caught up with the head they swap at once. A rebuild already under \
+way goes on. Needs the admin role. Takes no query parameters and no body.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 202, description = "The rebuild is under way.", body = ProjectionStatus))
+)]
+fn rebuild_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}/state/{key}",
+    tag = "projections",
+    summary = "One key's state",
+    description = "The maintained state by default, as of `position`. With `min_position`, waits \
+(at most `wait_ms`) until the projection has passed it: read-your-writes. With \
+`source=event_store`, the state is folded from the events up to the head (for `aggregate_id` \
+keys from the projection's newest snapshot of the aggregate; for other keys from every event the \
+filter passes, which costs a scan). `until` / `as_of` fold only the events with `created_at` / \
+`recorded_at` at or before that time.",
+    params(
+        ("name" = String, Path, description = PROJECTION_NAME),
+        ("key" = String, Path, description = "The key, percent-decoded."),
+        StateParams,
+    ),
+    responses((status = 200, description = "The state.", body = KeyState))
+)]
+fn get_projection_state() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        KeyNotFound,
+        InvalidProjection,
+        Internal,
+        NotYetMaterialized,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}/state",
+    tag = "projections",
+    summary = "The states, a page at a time",
+    description = "In key order (bytes of UTF-8), after `after_key`. Continue from \
+`next_after_key`; null at the end.",
+    params(
+        ("name" = String, Path, description = PROJECTION_NAME),
+        StatesPageParams,
+    ),
+    responses((status = 200, description = "A page of states.", body = StatePage))
+)]
+fn list_projection_states() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}/status",
+    tag = "projections",
+    summary = "Whether the projections have processed an event",
+    description = "Lists the projections whose filter passes the event, each with whether it has \
+processed it; `materialized` is true when all of them have (also when none is listed). Takes no \
+query parameters.",
+    params(("event_id" = uuid::Uuid, Path, description = "The event's id, a UUID.")),
+    responses((status = 200, description = "The event's status.", body = EventStatus))
+)]
+fn event_status() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
 }
 
 #[utoipa::path(
@@ -1295,6 +1545,135 @@ mod schemas {
         events: Vec<Event>,
     }
 
+    // Serialised from `ProjectionDefinition` (factstore-projections).
+    /// The definition of a projection (the body of `PUT /v1/projections/{name}`).
+    #[derive(ToSchema)]
+    #[schema(as = ProjectionDefinition)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionBody {
+        /// Which events it folds: the filters of `GET /v1/events` (every one given must hold);
+        /// all events when absent.
+        #[schema(nullable = false)]
+        filter: Option<factstore_core::EventFilter>,
+        /// `aggregate_id`, `day`, `all`, or a JSON Pointer into the event.
+        #[schema(example = "aggregate_id")]
+        key: String,
+        /// The state of a key before its first event; `{}` when absent.
+        #[schema(required = false)]
+        initial: Option<Value>,
+        /// Per event type (and `*` for every event), the operations, in order.
+        on: std::collections::BTreeMap<String, Vec<ProjectionOp>>,
+    }
+
+    /// One operation of a projection.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionOp {
+        /// `set`, `add`, `sub`, `inc`, `min`, `max`, `append` or `unset`.
+        #[schema(example = "add")]
+        op: String,
+        /// A JSON Pointer into the state.
+        #[schema(example = "/balance")]
+        path: String,
+        /// A JSON Pointer into the event: where the operand comes from.
+        #[schema(nullable = false, example = "/event_data/amount")]
+        from: Option<String>,
+        /// A literal operand (any JSON).
+        #[schema(required = false)]
+        value: Option<Value>,
+        /// With `from`: when the event has nothing there, do nothing instead of failing.
+        #[schema(nullable = false)]
+        optional: Option<bool>,
+    }
+
+    // Serialised from `ProjectionStatus` (factstore-projections).
+    /// A projection's status.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionStatus {
+        name: String,
+        /// `rebuilding` while a rebuild folds beside the served state.
+        status: ProjectionState,
+        /// The last global position the served state has considered (events the filter passes
+        /// over count as considered).
+        position: u64,
+        head_position: u64,
+        /// `head_position - position`.
+        lag: u64,
+        /// Keys with a state.
+        keys: u64,
+        /// Events passed over because they had no key.
+        unkeyed: u64,
+        /// Why it (or its rebuild) stopped, naming the event's position; null when running.
+        #[schema(required = true)]
+        error: Option<String>,
+    }
+
+    /// What a projection is doing.
+    #[derive(ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ProjectionState {
+        Running,
+        Rebuilding,
+        Failed,
+    }
+
+    // Written by `projections::list_projections`.
+    /// `{"projections": [...]}`
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionList {
+        projections: Vec<ProjectionStatus>,
+    }
+
+    // Written by `projections::get_projection_state`.
+    /// One key's state.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyState {
+        key: String,
+        /// The state (any JSON; an object unless the definition's `initial` says otherwise).
+        state: Value,
+        /// The position the state is as of (for `source=event_store` and time travel: the head
+        /// when the fold began).
+        position: u64,
+    }
+
+    /// A key and its state.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyAndState {
+        key: String,
+        state: Value,
+    }
+
+    // Written by `projections::list_projection_states`.
+    /// A page of states.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StatePage {
+        /// In key order.
+        states: Vec<KeyAndState>,
+        /// Where the next page starts (its `after_key`); null at the end.
+        #[schema(required = true)]
+        next_after_key: Option<String>,
+        /// The position every state of the page is as of.
+        position: u64,
+    }
+
+    // Written by `projections::event_status`.
+    /// Whether the projections have processed an event.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct EventStatus {
+        event_id: Uuid,
+        position: u64,
+        /// Every listed projection has processed the event.
+        materialized: bool,
+        /// The projections whose filter passes the event, each with whether it has processed it.
+        projections: std::collections::BTreeMap<String, bool>,
+    }
+
     // Written by `ApiError::into_response` (error.rs), the details by `ApiError::parts`.
     /// The body of every error.
     #[derive(ToSchema)]
@@ -1355,7 +1734,8 @@ mod schemas {
         /// `upcast_failed`: the stored version of the event.
         #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
         event_version: Option<u32>,
-        /// `upcast_failed`: the event's position.
+        /// `upcast_failed`: the event's position; `not_yet_materialized`: where the
+        /// projection is.
         #[schema(nullable = false)]
         position: Option<u64>,
         /// `incompatible_schema`: why the schema cannot follow the previous version.
@@ -1365,6 +1745,15 @@ mod schemas {
         /// schema.
         #[schema(nullable = false)]
         violations: Option<Vec<factstore_core::SchemaViolation>>,
+        /// `projection_not_found`, `key_not_found`, `not_yet_materialized`: the projection.
+        #[schema(nullable = false)]
+        projection: Option<String>,
+        /// `key_not_found`: the key asked for.
+        #[schema(nullable = false)]
+        key: Option<String>,
+        /// `not_yet_materialized`: the position asked for.
+        #[schema(nullable = false)]
+        min_position: Option<u64>,
     }
 
     // Written by `persistent::render_deliveries` (persistent.rs): `Event::write_json` with
@@ -1576,13 +1965,55 @@ mod params {
         limit: Option<u64>,
     }
 
+    /// How to read one key's state.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct StateParams {
+        /// `read_model` (the maintained state) or `event_store` (folded from the events up to
+        /// the head: always current, slower).
+        #[param(inline)]
+        source: Option<StateSource>,
+        /// Read-your-writes: wait until the projection has passed this position.
+        #[param(minimum = 0)]
+        min_position: Option<u64>,
+        /// How long to wait for `min_position`, in milliseconds: at most 60000; 503
+        /// `not_yet_materialized` after it.
+        #[param(default = 5000, minimum = 0, maximum = 60000)]
+        wait_ms: Option<u64>,
+        /// Time travel: only the events whose `created_at` is at or before this (an RFC 3339
+        /// time, or a date `YYYY-MM-DD`: the end of that day).
+        #[param(example = "2024-01-15T14:00:00Z")]
+        until: Option<String>,
+        /// Time travel: only the events whose `recorded_at` is at or before this (the store as
+        /// it knew them then).
+        #[param(example = "2024-01-15T14:00:00Z")]
+        as_of: Option<String>,
+    }
+
+    /// Where a state comes from.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum StateSource {
+        ReadModel,
+        EventStore,
+    }
+
+    /// The paging of states.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct StatesPageParams {
+        /// States after this key (exclusive): the `next_after_key` of the previous page.
+        after_key: Option<String>,
+        /// States per page: 1 to 1000.
+        #[param(default = 100, minimum = 1, maximum = 1000)]
+        limit: Option<u64>,
+    }
+
     /// `raw`.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
     pub struct RawParam {
-        /// `true`: the events exactly as stored, not upcast. No upcasters exist yet, so events are
-        /// read as stored either way; the parameter is accepted for clients written against the
-        /// full API.
+        /// `true`: the events exactly as stored, not upcast by the registered upcasters.
         #[param(default = false)]
         raw: Option<bool>,
     }
@@ -1591,6 +2022,7 @@ mod params {
 #[cfg(test)]
 mod tests {
     use factstore_core::ExpectedVersion;
+    use factstore_projections::ProjectionError;
     use uuid::Uuid;
 
     use super::*;
@@ -1665,6 +2097,18 @@ mod tests {
             ApiError::Store(StoreError::Unavailable("x".into())),
             ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
                 group: "g".into(),
+            }),
+            ApiError::from(ProjectionError::NotFound { name: "p".into() }),
+            ApiError::from(ProjectionError::KeyNotFound {
+                name: "p".into(),
+                key: "k".into(),
+            }),
+            ApiError::from(ProjectionError::invalid("x")),
+            ApiError::from(ProjectionError::NotYetMaterialized {
+                name: "p".into(),
+                position: 1,
+                min_position: 2,
+                reason: None,
             }),
         ]
     }

@@ -206,3 +206,51 @@ async fn an_event_an_upcaster_cannot_apply_to_fails_the_read_naming_it() {
     let (status, _) = call(&router, "GET", "/v1/events?raw=true", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn projections_and_persistent_subscriptions_see_upcast_events() {
+    let router = app(Arc::new(ModelStore::new()));
+    let upcaster = json!({"to_version": 2, "ops": [{"op": "rename", "from": "/amt", "path": "/amount"}]});
+    let (status, _) = call(&router, "PUT", "/v1/upcasters/MoneyDeposited/1", Some(upcaster)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = append(
+        &router,
+        vec![deposit(1, json!({"amt": 500})), deposit(2, json!({"amount": 7}))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let projection = json!({
+        "filter": {"event_types": ["MoneyDeposited"]},
+        "key": "aggregate_id",
+        "initial": {"balance": 0},
+        "on": {"MoneyDeposited": [{"op": "add", "path": "/balance", "from": "/event_data/amount"}]}
+    });
+    let (status, body) = call(&router, "PUT", "/v1/projections/balances", Some(projection)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, state) = call(
+        &router,
+        "GET",
+        "/v1/projections/balances/state/account:1?min_position=2",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    assert_eq!(state["state"]["balance"], 507, "the v1 event was folded upcast");
+
+    let group = json!({"filter": {"event_types": ["MoneyDeposited"]}, "start": "beginning"});
+    let (status, body) = call(&router, "PUT", "/v1/subscriptions/workers", Some(group)).await;
+    assert!(status.is_success(), "{body}");
+    let (status, polled) = call(
+        &router,
+        "POST",
+        "/v1/subscriptions/workers/poll",
+        Some(json!({"consumer": "w1", "max": 10, "wait_ms": 2000})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{polled}");
+    let first = &polled["events"][0];
+    assert_eq!(first["event_version"], 2);
+    assert_eq!(first["event_data"], json!({"amount": 500}));
+    assert_eq!(first["attempt"], 1);
+}
