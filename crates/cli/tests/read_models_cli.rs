@@ -1,8 +1,5 @@
-//! `factstore projections` and `factstore subscriptions` against a real `factstore serve`.
-//!
-//! The projections test is PENDING: it needs the server side of API.md "Projections (read
-//! models)" (branch `proj`); it is ignored until that is merged, then run
-//! `cargo test -p factstore --test read_models_cli -- --ignored` and drop the `#[ignore]`.
+//! `factstore projections` and `factstore subscriptions` against a real `factstore serve`:
+//! the options checked before any request, then each command family end to end.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -107,7 +104,6 @@ fn bad_definitions_and_options_are_refused_before_any_request() {
 }
 
 #[test]
-#[ignore = "needs the projections server (API.md Projections); run with --ignored after merging"]
 fn projections_put_list_show_state_rebuild_and_delete() {
     let data = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(data.path(), &[]);

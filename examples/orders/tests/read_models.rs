@@ -1,8 +1,5 @@
 //! The order read models against a real server: order status, shipping per day, demand per
 //! SKU, all declarative projections.
-//!
-//! PENDING: these need the server side of API.md "Projections (read models)". Ignored until
-//! merged; then run `cargo test -p factstore-example-orders --test read_models_pending -- --ignored`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -14,7 +11,6 @@ use serde_json::json;
 use support::{Factstore, call};
 
 #[tokio::test]
-#[ignore = "needs the projections server (API.md Projections); run with --ignored after merging"]
 async fn status_shipping_and_demand_follow_the_orders() {
     let factstore = Factstore::start().await;
     let client = Client::new(&factstore.url).unwrap();

@@ -1,11 +1,6 @@
 //! The client's projection methods against a real server: put, get, list, states (read
 //! model, event store, read-your-writes), paging, event status, rebuild, delete, and their
 //! errors.
-//!
-//! PENDING: these need the server side of API.md "Projections (read models)" and `GET
-//! /v1/events/{event_id}/status` (branch `proj`). Ignored until merged; then run
-//! `cargo test -p factstore-client --test projections_pending -- --ignored` and drop the
-//! `#[ignore]`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -50,7 +45,6 @@ fn deposit(amount: i64) -> NewEvent {
 }
 
 #[tokio::test]
-#[ignore = "needs the projections server (API.md Projections); run with --ignored after merging"]
 async fn projections_are_put_read_listed_rebuilt_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

@@ -1,10 +1,6 @@
 //! The bank's read side against a real server: balances from the projection, from the event
 //! store, as of a time; read-your-writes by event status and by min_position; the daily
 //! summary.
-//!
-//! PENDING: these need the server side of API.md "Projections (read models)" and `GET
-//! /v1/events/{event_id}/status`. Ignored until merged; then run
-//! `cargo test -p factstore-example-bank --test read_models_pending -- --ignored`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -24,7 +20,6 @@ async fn service(factstore: &Factstore) -> (Client, axum::Router) {
 }
 
 #[tokio::test]
-#[ignore = "needs the projections server (API.md Projections); run with --ignored after merging"]
 async fn the_balance_comes_from_the_read_model_the_event_store_or_the_past() {
     let factstore = Factstore::start().await;
     let (client, app) = service(&factstore).await;
@@ -147,7 +142,6 @@ async fn the_balance_comes_from_the_read_model_the_event_store_or_the_past() {
 }
 
 #[tokio::test]
-#[ignore = "needs the projections server (API.md Projections); run with --ignored after merging"]
 async fn the_daily_summary_sums_each_days_deposits_and_withdrawals() {
     let factstore = Factstore::start().await;
     let (client, app) = service(&factstore).await;
