@@ -221,15 +221,26 @@ fn show(printer: &mut Printer, group: &str, status: &SubscriptionGroupStatus) ->
     if printer.json() {
         return printer.value(status);
     }
-    printer.line(&format!("group       {group}"))?;
-    printer.line(&format!("checkpoint  {}", status.checkpoint))?;
-    printer.line(&format!("in_flight   {}", status.in_flight))?;
-    printer.line(&format!("parked      {}", status.parked))?;
-    printer.line(&format!("lag         {}", status.lag))?;
+    let mut fields = vec![
+        ("group".to_owned(), group.to_owned()),
+        ("checkpoint".to_owned(), status.checkpoint.to_string()),
+        ("in_flight".to_owned(), status.in_flight.to_string()),
+        ("parked".to_owned(), status.parked.to_string()),
+        ("lag".to_owned(), status.lag.to_string()),
+    ];
+    // The rest of what the server sent (its definition, head, …), strings without quotes.
     for (key, value) in &status.other {
         if key != "group" && key != "name" {
-            printer.line(&format!("{key:<11} {value}"))?;
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            fields.push((key.clone(), text));
         }
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in fields {
+        printer.line(&format!("{key:<width$}  {value}"))?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `bank-receipts`: the receipts worker. Creates the `bank_receipts` persistent subscription
 //! if needed and appends a receipt line per deposit and withdrawal to `--out` (stdout when
-//! absent) until Ctrl-C. Run several with different `--consumer` names to share the work.
+//! absent) until Ctrl-C or SIGTERM (the batch in hand is finished and acked first). Run several with different `--consumer` names to share the work.
 
 use anyhow::Context;
 use clap::Parser;
@@ -36,9 +36,7 @@ async fn main() -> anyhow::Result<()> {
     receipts::install(&client)
         .await
         .context("cannot create the receipts group")?;
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let stop = shutdown_signal();
     let stats = match &args.out {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -55,4 +53,17 @@ async fn main() -> anyhow::Result<()> {
         stats.acked, stats.nacked
     );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what a process manager sends).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
