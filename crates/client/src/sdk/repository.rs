@@ -544,3 +544,145 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use super::*;
+    use crate::sdk::DomainEvent;
+
+    struct Counter;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "event_type", content = "event_data")]
+    enum Ev {
+        Added { n: i64 },
+    }
+    impl DomainEvent for Ev {}
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Aggregate for Counter {
+        const AGGREGATE_TYPE: &'static str = "Counter";
+        const SNAPSHOT_VERSION: u32 = 3;
+        type State = i64;
+        type Command = i64;
+        type Event = Ev;
+        type Error = Never;
+        fn apply(state: &mut i64, Ev::Added { n }: &Ev) {
+            *state += n;
+        }
+        fn handle(_: &i64, n: i64) -> Result<Vec<Ev>, Never> {
+            Ok(vec![Ev::Added { n }])
+        }
+    }
+
+    fn loaded(version: u64, state: i64) -> Loaded<i64> {
+        Loaded {
+            aggregate_id: "counter:1".into(),
+            version,
+            state,
+            snapshot_version: None,
+            events_applied: 0,
+        }
+    }
+
+    #[test]
+    fn staging_expects_the_loaded_version_and_snapshots_when_a_multiple_is_crossed() {
+        // No request is made by `stage`: the URL is never contacted.
+        let repository =
+            Repository::<Counter>::new(Client::new("http://127.0.0.1:9").unwrap()).snapshot_every(10);
+        let context = CommandContext::new()
+            .created_by("user:1")
+            .metadata(json!({"source": "test"}))
+            .correlation_id("c-1");
+        let two = [Ev::Added { n: 1 }, Ev::Added { n: 2 }];
+
+        let staged = repository.stage(&loaded(7, 100), &two, &context).unwrap();
+        assert_eq!(staged.append.expected_version, ExpectedVersion::Exact(7));
+        assert!(staged.snapshot.is_none(), "7 → 9 crosses no multiple of 10");
+        let event = &staged.append.events[0];
+        assert_eq!(
+            (
+                event.aggregate_type.as_str(),
+                event.event_type.as_str(),
+                event.event_version
+            ),
+            ("Counter", "Added", None)
+        );
+        assert_eq!(event.created_by.as_deref(), Some("user:1"));
+        assert_eq!(
+            event.metadata.as_ref().unwrap().to_value(),
+            json!({"source": "test", "correlation_id": "c-1"})
+        );
+
+        let staged = repository.stage(&loaded(9, 100), &two, &context).unwrap();
+        let snapshot = staged.snapshot.unwrap();
+        assert_eq!((snapshot.version, snapshot.snapshot_version), (11, Some(3)));
+        assert_eq!(
+            snapshot.state.to_value(),
+            json!(103),
+            "the state after the new events"
+        );
+        assert!(
+            repository
+                .stage(&loaded(10, 0), &[], &context)
+                .unwrap()
+                .snapshot
+                .is_none()
+        );
+
+        let never = Repository::<Counter>::new(Client::new("http://127.0.0.1:9").unwrap());
+        assert!(
+            never
+                .stage(&loaded(9, 0), &two, &context)
+                .unwrap()
+                .snapshot
+                .is_none()
+        );
+    }
+
+    fn conflict() -> RepositoryError<Never> {
+        RepositoryError::Client(Error::WrongExpectedVersion {
+            aggregate_id: "counter:1".into(),
+            expected_version: ExpectedVersion::Exact(1),
+            current_version: 2,
+        })
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_a_bounded_number_of_times_and_nothing_else_is() {
+        let calls = AtomicU32::new(0);
+        let result = retry_on_conflict(3, |n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 3 { Err(conflict()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!((result.unwrap(), calls.load(Ordering::SeqCst)), (3, 3));
+
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retry_on_conflict(3, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(conflict()) }
+        })
+        .await;
+        assert!(result.unwrap_err().is_conflict());
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "bounded");
+
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retry_on_conflict(5, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(RepositoryError::Domain(Never)) }
+        })
+        .await;
+        assert!(matches!(result, Err(RepositoryError::Domain(Never))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a refusal is final");
+    }
+}
