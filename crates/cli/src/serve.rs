@@ -249,9 +249,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let subscriptions_dir = args.data_dir.join("subscriptions");
         let storage = FileStorage::open(fs, &subscriptions_dir)
             .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
-        let subscriptions = Subscriptions::open(store.clone(), Arc::new(storage), SubscriptionOptions::default())
-            .await
-            .with_context(|| format!("cannot load the subscription groups in {}", subscriptions_dir.display()))?;
+        let subscriptions =
+            Subscriptions::open(store.clone(), Arc::new(storage), SubscriptionOptions::default())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load the subscription groups in {}",
+                        subscriptions_dir.display()
+                    )
+                })?;
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {

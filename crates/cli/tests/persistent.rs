@@ -54,7 +54,13 @@ async fn writer(client: reqwest::Client, url: String, worker: usize, stop: Insta
 }
 
 /// Polls and acks until `stop` (or the server dies). Returns when a request fails.
-async fn consumer(client: reqwest::Client, url: String, name: String, ledger: Arc<Mutex<Ledger>>, stop: Instant) {
+async fn consumer(
+    client: reqwest::Client,
+    url: String,
+    name: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Instant,
+) {
     while Instant::now() < stop {
         let Ok(response) = client
             .post(format!("{url}/v1/subscriptions/bus/poll"))
@@ -86,7 +92,11 @@ async fn consumer(client: reqwest::Client, url: String, name: String, ledger: Ar
         if positions.is_empty() {
             continue;
         }
-        ledger.lock().expect("lock").ack_sent.extend(positions.iter().copied());
+        ledger
+            .lock()
+            .expect("lock")
+            .ack_sent
+            .extend(positions.iter().copied());
         let Ok(response) = client
             .post(format!("{url}/v1/subscriptions/bus/ack"))
             .json(&json!({ "positions": positions }))
@@ -150,7 +160,12 @@ async fn acked_events_are_never_delivered_again_across_kill_9() {
         let stop = Instant::now() + Duration::from_secs(30);
         let mut tasks = Vec::new();
         for worker in 0..3 {
-            tasks.push(tokio::spawn(writer(client.clone(), server.url.clone(), worker, stop)));
+            tasks.push(tokio::spawn(writer(
+                client.clone(),
+                server.url.clone(),
+                worker,
+                stop,
+            )));
         }
         for c in 0..4 {
             tasks.push(tokio::spawn(consumer(
@@ -208,13 +223,20 @@ async fn acked_events_are_never_delivered_again_across_kill_9() {
     let head = head(&client, &server.url).await;
     let ledger = ledger.lock().expect("lock");
     check_order(&ledger.received);
-    assert_eq!(ledger.redelivered_after_ack, Vec::<u64>::new(), "acked events delivered again");
+    assert_eq!(
+        ledger.redelivered_after_ack,
+        Vec::<u64>::new(),
+        "acked events delivered again"
+    );
     // An ack whose answer the kill swallowed may have been made durable: its events are done
     // without an acknowledged ack. Every event was acked at least once in total.
     let missing: Vec<u64> = (1..=head).filter(|p| !ledger.ack_sent.contains(p)).collect();
     assert_eq!(missing, Vec::<u64>::new(), "events never acked");
     let unanswered = (1..=head).filter(|p| !ledger.acked.contains(p)).count();
-    assert!(unanswered < head as usize / 2, "{unanswered} of {head} acks unanswered");
+    assert!(
+        unanswered < head as usize / 2,
+        "{unanswered} of {head} acks unanswered"
+    );
     assert!(head > 0);
     server.kill();
     assert_verify_ok(dir.path());

@@ -136,7 +136,9 @@ impl ApiError {
                 detail("group", json!(group));
                 (StatusCode::NOT_FOUND, "subscription_not_found")
             }
-            ApiError::Subscription(SubscriptionError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Subscription(SubscriptionError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
             // `Internal`, and any variant added later.
             ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a

@@ -229,7 +229,10 @@ fn routes() -> Routes {
         .post("/v1/subscriptions/{group}/ack", persistent::ack)
         .post("/v1/subscriptions/{group}/nack", persistent::nack)
         .get("/v1/subscriptions/{group}/parked", persistent::list_parked)
-        .post("/v1/subscriptions/{group}/parked/replay", persistent::replay_parked)
+        .post(
+            "/v1/subscriptions/{group}/parked/replay",
+            persistent::replay_parked,
+        )
         .get("/v1/openapi.json", openapi::serve_document)
 }
 

@@ -40,11 +40,11 @@ use crate::error::ApiError;
 use crate::persistent::{AckBody, GroupList, NackBody, PollBody, ReplayBody, ReplayResponse};
 use crate::snapshots::{SnapshotList, SnapshotPutResponse};
 use factstore_subscriptions::{GroupDefinition, GroupStatus};
+use params::ParkedParams;
 use params::{
     AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, SubscribeParams,
     TimeParams,
 };
-use params::ParkedParams;
 use schemas::{
     AggregateLoad, AggregatePage, Deliveries, ErrorBody, Event, EventPage, Health, ParkedPage, Snapshot,
     StreamError, StreamPosition, StreamShutdown,
@@ -776,7 +776,13 @@ Takes no query parameters.",
     responses((status = 200, description = "The group.", body = GroupStatus))
 )]
 fn get_group() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, SubscriptionNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -897,7 +903,13 @@ Continue from `next_after_position`; null at the end. Needs the reader role.",
     responses((status = 200, description = "A page of parked events.", body = ParkedPage))
 )]
 fn list_parked() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, SubscriptionNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -1410,7 +1422,9 @@ mod tests {
             ApiError::UnsupportedMediaType("x".into()),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::Store(StoreError::Unavailable("x".into())),
-            ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound { group: "g".into() }),
+            ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
+                group: "g".into(),
+            }),
         ]
     }
 

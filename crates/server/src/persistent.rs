@@ -282,7 +282,12 @@ pub fn render_deliveries(deliveries: &[Delivery]) -> Vec<u8> {
     out
 }
 
-fn write_with_attempt(out: &mut Vec<u8>, event: &factstore_core::Event, attempt: u32, numbers: &mut itoa::Buffer) {
+fn write_with_attempt(
+    out: &mut Vec<u8>,
+    event: &factstore_core::Event,
+    attempt: u32,
+    numbers: &mut itoa::Buffer,
+) {
     event.write_json(out);
     // `write_json` writes one JSON object: its last byte is the closing brace.
     debug_assert_eq!(out.last(), Some(&b'}'));
@@ -341,7 +346,13 @@ pub async fn list_parked(
     let after = params.u64("after_position")?.unwrap_or(0);
     let limit = params.limit(PARKED_PAGE_DEFAULT, PARKED_PAGE_MAX)?;
     let (events, next) = state.subscriptions.parked(&group, after, limit).await?;
-    let mut out = Vec::with_capacity(events.iter().map(|e| e.event.as_bytes().len() + 280).sum::<usize>() + 64);
+    let mut out = Vec::with_capacity(
+        events
+            .iter()
+            .map(|e| e.event.as_bytes().len() + 280)
+            .sum::<usize>()
+            + 64,
+    );
     let mut numbers = itoa::Buffer::new();
     out.extend_from_slice(b"{\"events\":[");
     for (i, parked) in events.iter().enumerate() {

@@ -918,10 +918,30 @@ async fn subscription_responses_match_the_documented_schemas(router: &Router, do
     doc.check("POST", "/v1/subscriptions/{group}/parked/replay", &reply);
     for (method, path, uri, body) in [
         ("GET", group, "/v1/subscriptions/nope", Value::Null),
-        ("POST", poll, "/v1/subscriptions/nope/poll", json!({"consumer": "w"})),
-        ("POST", poll, "/v1/subscriptions/billing/poll", json!({"consumer": ""})),
-        ("POST", poll, "/v1/subscriptions/billing/poll", json!({"consumer": "w", "max": 0})),
-        ("POST", "/v1/subscriptions/{group}/ack", "/v1/subscriptions/billing/ack", json!({"positions": [999]})),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/nope/poll",
+            json!({"consumer": "w"}),
+        ),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/billing/poll",
+            json!({"consumer": ""}),
+        ),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/billing/poll",
+            json!({"consumer": "w", "max": 0}),
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/ack",
+            "/v1/subscriptions/billing/ack",
+            json!({"positions": [999]}),
+        ),
     ] {
         let reply = if body.is_null() {
             get(router, uri).await

@@ -43,7 +43,13 @@ async fn create(router: &Router, group: &str, definition: Value) -> Answer {
         .await
 }
 
-async fn poll(router: &Router, group: &str, consumer: &str, max: usize, wait_ms: u64) -> Vec<(u64, u64, String)> {
+async fn poll(
+    router: &Router,
+    group: &str,
+    consumer: &str,
+    max: usize,
+    wait_ms: u64,
+) -> Vec<(u64, u64, String)> {
     let answer = Call::post(
         &format!("/v1/subscriptions/{group}/poll"),
         &json!({"consumer": consumer, "max": max, "wait_ms": wait_ms}),
@@ -84,7 +90,9 @@ async fn nack(router: &Router, group: &str, positions: &[u64], park: bool) -> An
 }
 
 async fn status(router: &Router, group: &str) -> Value {
-    let answer = Call::get(&format!("/v1/subscriptions/{group}")).send(router).await;
+    let answer = Call::get(&format!("/v1/subscriptions/{group}"))
+        .send(router)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     answer.body
 }
@@ -116,19 +124,38 @@ async fn a_group_delivers_leases_and_moves_its_checkpoint_with_acks() {
     assert_eq!(positions(&poll(&router, "billing", "w2", 10, 0).await), [3]);
     assert_eq!(poll(&router, "billing", "w3", 10, 0).await, []);
     let s = status(&router, "billing").await;
-    assert_eq!((s["in_flight"].clone(), s["checkpoint"].clone(), s["lag"].clone()), (json!(3), json!(0), json!(3)));
+    assert_eq!(
+        (s["in_flight"].clone(), s["checkpoint"].clone(), s["lag"].clone()),
+        (json!(3), json!(0), json!(3))
+    );
 
-    assert_eq!(ack(&router, "billing", &[2, 3]).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(status(&router, "billing").await["checkpoint"], 0, "1 is still in flight");
+    assert_eq!(
+        ack(&router, "billing", &[2, 3]).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(&router, "billing").await["checkpoint"],
+        0,
+        "1 is still in flight"
+    );
     assert_eq!(ack(&router, "billing", &[1]).await.status, StatusCode::NO_CONTENT);
     let s = status(&router, "billing").await;
-    assert_eq!((s["checkpoint"].clone(), s["lag"].clone(), s["in_flight"].clone()), (json!(3), json!(0), json!(0)));
+    assert_eq!(
+        (s["checkpoint"].clone(), s["lag"].clone(), s["in_flight"].clone()),
+        (json!(3), json!(0), json!(0))
+    );
     // Acking again is the same success.
-    assert_eq!(ack(&router, "billing", &[1, 2]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        ack(&router, "billing", &[1, 2]).await.status,
+        StatusCode::NO_CONTENT
+    );
 
     let list = Call::get("/v1/subscriptions").send(&router).await;
     assert_eq!(list.body["subscriptions"][0]["group"], "billing");
-    assert_eq!(delete("/v1/subscriptions/billing").send(&router).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        delete("/v1/subscriptions/billing").send(&router).await.status,
+        StatusCode::NO_CONTENT
+    );
     assert_error(
         &Call::get("/v1/subscriptions/billing").send(&router).await,
         StatusCode::NOT_FOUND,
@@ -144,7 +171,12 @@ async fn start_filter_and_long_polls() {
     append(&router, "account:1", 2).await;
     append(&router, "order:1", 2).await;
     create(&router, "from-end", json!({"start": "end"})).await;
-    create(&router, "after-1", json!({"start": 1, "filter": {"aggregate_id_prefix": "account:"}})).await;
+    create(
+        &router,
+        "after-1",
+        json!({"start": 1, "filter": {"aggregate_id_prefix": "account:"}}),
+    )
+    .await;
     assert_eq!(positions(&poll(&router, "after-1", "w", 10, 0).await), [2]);
     assert_eq!(poll(&router, "from-end", "w", 10, 0).await, []);
     assert_eq!(status(&router, "from-end").await["checkpoint"], 4);
@@ -156,7 +188,10 @@ async fn start_filter_and_long_polls() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     append(&router, "order:2", 1).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(positions(&got), [5]);
     // The filter passes over order:2; its position still counts as done.
     ack(&router, "after-1", &[2]).await;
@@ -174,16 +209,30 @@ async fn an_unacked_event_comes_again_after_the_ack_timeout_and_is_parked_after_
     assert_eq!((again[0].0, again[0].1), (1, 2));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let s = status(&router, "g").await;
-    assert_eq!((s["parked"].clone(), s["checkpoint"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (s["parked"].clone(), s["checkpoint"].clone()),
+        (json!(1), json!(1))
+    );
     let parked = Call::get("/v1/subscriptions/g/parked").send(&router).await;
     assert_eq!(parked.body["events"][0]["position"], 1);
     assert_eq!(parked.body["events"][0]["attempt"], 2);
     assert_eq!(parked.body["next_after_position"], Value::Null);
 
-    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({})).send(&router).await;
-    assert_eq!(replay.body, json!({"replayed": 1, "parked": 0}), "{}", replay.text());
+    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({}))
+        .send(&router)
+        .await;
+    assert_eq!(
+        replay.body,
+        json!({"replayed": 1, "parked": 0}),
+        "{}",
+        replay.text()
+    );
     let again = poll(&router, "g", "w3", 1, 1000).await;
-    assert_eq!((again[0].0, again[0].1), (1, 1), "a replay starts the count afresh");
+    assert_eq!(
+        (again[0].0, again[0].1),
+        (1, 1),
+        "a replay starts the count afresh"
+    );
     assert_eq!(ack(&router, "g", &[1]).await.status, StatusCode::NO_CONTENT);
     assert_eq!(status(&router, "g").await["pending"], 0);
 }
@@ -195,21 +244,42 @@ async fn nack_redelivers_or_parks_and_parked_pages_and_replays_by_position() {
     create(&router, "g", json!({})).await;
     let got = poll(&router, "g", "w", 4, 0).await;
     assert_eq!(positions(&got), [1, 2, 3, 4]);
-    assert_eq!(nack(&router, "g", &[1], false).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(nack(&router, "g", &[2, 3], true).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        nack(&router, "g", &[1], false).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        nack(&router, "g", &[2, 3], true).await.status,
+        StatusCode::NO_CONTENT
+    );
     let again = poll(&router, "g", "w", 4, 0).await;
     assert_eq!((again[0].0, again[0].1), (1, 2));
-    let page = Call::get("/v1/subscriptions/g/parked?limit=1").send(&router).await;
-    assert_eq!((page.body["events"][0]["position"].clone(), page.body["next_after_position"].clone()), (json!(2), json!(2)));
-    let page = Call::get("/v1/subscriptions/g/parked?after_position=2").send(&router).await;
+    let page = Call::get("/v1/subscriptions/g/parked?limit=1")
+        .send(&router)
+        .await;
+    assert_eq!(
+        (
+            page.body["events"][0]["position"].clone(),
+            page.body["next_after_position"].clone()
+        ),
+        (json!(2), json!(2))
+    );
+    let page = Call::get("/v1/subscriptions/g/parked?after_position=2")
+        .send(&router)
+        .await;
     assert_eq!(page.body["events"][0]["position"], 3);
-    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({"positions": [3]})).send(&router).await;
+    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({"positions": [3]}))
+        .send(&router)
+        .await;
     assert_eq!(replay.body, json!({"replayed": 1, "parked": 1}));
     assert_eq!(positions(&poll(&router, "g", "w", 4, 0).await), [3]);
     // A late ack of a parked event takes it off the parked list.
     ack(&router, "g", &[1, 2, 3, 4]).await;
     let s = status(&router, "g").await;
-    assert_eq!((s["parked"].clone(), s["checkpoint"].clone()), (json!(0), json!(4)));
+    assert_eq!(
+        (s["parked"].clone(), s["checkpoint"].clone()),
+        (json!(0), json!(4))
+    );
 }
 
 #[tokio::test]
@@ -222,7 +292,11 @@ async fn per_aggregate_ordering_holds_an_aggregate_while_one_of_its_events_is_in
     assert_eq!(positions(&first), [1, 4]);
     assert_eq!(poll(&router, "g", "w2", 10, 0).await, []);
     nack(&router, "g", &[1], false).await;
-    assert_eq!(positions(&poll(&router, "g", "w2", 10, 0).await), [1], "1 again, before 2");
+    assert_eq!(
+        positions(&poll(&router, "g", "w2", 10, 0).await),
+        [1],
+        "1 again, before 2"
+    );
     ack(&router, "g", &[1, 4]).await;
     assert_eq!(positions(&poll(&router, "g", "w2", 10, 0).await), [2, 5]);
 }
@@ -236,7 +310,13 @@ async fn a_changed_definition_keeps_the_progress() {
     ack(&router, "g", &positions(&got)).await;
     let answer = create(&router, "g", json!({"ack_timeout_ms": 5000})).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!((answer.body["ack_timeout_ms"].clone(), answer.body["checkpoint"].clone()), (json!(5000), json!(2)));
+    assert_eq!(
+        (
+            answer.body["ack_timeout_ms"].clone(),
+            answer.body["checkpoint"].clone()
+        ),
+        (json!(5000), json!(2))
+    );
     assert_eq!(positions(&poll(&router, "g", "w", 10, 1000).await), [3]);
 }
 
@@ -244,13 +324,26 @@ async fn a_changed_definition_keeps_the_progress() {
 async fn bad_requests_are_400_and_unknown_groups_404() {
     let router = app(Arc::new(ModelStore::new()));
     append(&router, "account:1", 2).await;
-    create(&router, "g", json!({"filter": {"event_types": ["MoneyDeposited"]}})).await;
+    create(
+        &router,
+        "g",
+        json!({"filter": {"event_types": ["MoneyDeposited"]}}),
+    )
+    .await;
     let got = poll(&router, "g", "w", 1, 1000).await;
     assert_eq!(positions(&got), [1]);
     for (uri, body, words) in [
         ("/v1/subscriptions/g", json!({"colour": 1}), "unknown field"),
-        ("/v1/subscriptions/g", json!({"filter": {"event_type": ["x"]}}), "unknown field"),
-        ("/v1/subscriptions/g", json!({"max_deliveries": 0}), "max_deliveries"),
+        (
+            "/v1/subscriptions/g",
+            json!({"filter": {"event_type": ["x"]}}),
+            "unknown field",
+        ),
+        (
+            "/v1/subscriptions/g",
+            json!({"max_deliveries": 0}),
+            "max_deliveries",
+        ),
         ("/v1/subscriptions/g", json!({"start": "later"}), "start"),
         ("/v1/subscriptions/a%2Fb", json!({}), "group name"),
     ] {
@@ -271,7 +364,9 @@ async fn bad_requests_are_400_and_unknown_groups_404() {
         ("ack", json!({"positions": [1], "extra": true}), "unknown field"),
         ("parked/replay", json!({"positions": [1]}), "not parked"),
     ] {
-        let answer = Call::post(&format!("/v1/subscriptions/g/{path}"), &body).send(&router).await;
+        let answer = Call::post(&format!("/v1/subscriptions/g/{path}"), &body)
+            .send(&router)
+            .await;
         assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
         assert!(answer.text().contains(words), "{path} {body}: {}", answer.text());
     }
@@ -282,7 +377,9 @@ async fn bad_requests_are_400_and_unknown_groups_404() {
     assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
     assert!(answer.text().contains("already acked"));
 
-    let bad_param = Call::get("/v1/subscriptions/g/parked?limit=0").send(&router).await;
+    let bad_param = Call::get("/v1/subscriptions/g/parked?limit=0")
+        .send(&router)
+        .await;
     assert_error(&bad_param, StatusCode::BAD_REQUEST, "invalid_request");
     for call in [
         Call::get("/v1/subscriptions/nope"),
@@ -326,20 +423,35 @@ async fn admins_manage_groups_readers_consume_and_prefix_tokens_are_refused() {
         "reader-token-0123456789abcdef",
         "acc-admin-token-0123456789abc",
     );
-    let answer = Call::put("/v1/subscriptions/g", &json!({})).token(reader).send(&router).await;
+    let answer = Call::put("/v1/subscriptions/g", &json!({}))
+        .token(reader)
+        .send(&router)
+        .await;
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
-    let answer = Call::put("/v1/subscriptions/g", &json!({})).token(limited).send(&router).await;
+    let answer = Call::put("/v1/subscriptions/g", &json!({}))
+        .token(limited)
+        .send(&router)
+        .await;
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
-    let answer = Call::put("/v1/subscriptions/g", &json!({})).token(admin).send(&router).await;
+    let answer = Call::put("/v1/subscriptions/g", &json!({}))
+        .token(admin)
+        .send(&router)
+        .await;
     assert_eq!(answer.status, StatusCode::CREATED);
     let answer = Call::post("/v1/subscriptions/g/poll", &json!({"consumer": "w"}))
         .token(reader)
         .send(&router)
         .await;
     assert_eq!(answer.status, StatusCode::OK);
-    let answer = Call::get("/v1/subscriptions/g").token(limited).send(&router).await;
+    let answer = Call::get("/v1/subscriptions/g")
+        .token(limited)
+        .send(&router)
+        .await;
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
-    let answer = Call::post("/v1/subscriptions/g/parked/replay", &json!({})).token(reader).send(&router).await;
+    let answer = Call::post("/v1/subscriptions/g/parked/replay", &json!({}))
+        .token(reader)
+        .send(&router)
+        .await;
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     let answer = delete("/v1/subscriptions/g").token(reader).send(&router).await;
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
@@ -348,7 +460,11 @@ async fn admins_manage_groups_readers_consume_and_prefix_tokens_are_refused() {
 }
 
 /// A server over `store` whose groups keep their journals on `fs`.
-async fn durable_app(store: Arc<ModelStore>, fs: &Arc<FaultFs>, options: Options) -> (Router, Arc<Subscriptions>) {
+async fn durable_app(
+    store: Arc<ModelStore>,
+    fs: &Arc<FaultFs>,
+    options: Options,
+) -> (Router, Arc<Subscriptions>) {
     let storage = FileStorage::open(fs.clone(), Path::new("/data/subscriptions")).unwrap();
     let subscriptions = Subscriptions::open(store.clone() as Arc<dyn EventStore>, Arc::new(storage), options)
         .await
@@ -369,10 +485,20 @@ async fn a_failed_sync_fails_the_ack_with_503_and_a_crash_keeps_every_acknowledg
     assert_eq!(ack(&router, "g", &[1, 2]).await.status, StatusCode::NO_CONTENT);
 
     fs.fail_sync_after(0, Repeat::Once);
-    assert_error(&ack(&router, "g", &[3]).await, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    assert_error(
+        &ack(&router, "g", &[3]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    );
     // Poisoned: no more changes, no more deliveries, until a restart.
-    assert_error(&ack(&router, "g", &[4]).await, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
-    let answer = Call::post("/v1/subscriptions/g/poll", &json!({"consumer": "w"})).send(&router).await;
+    assert_error(
+        &ack(&router, "g", &[4]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    );
+    let answer = Call::post("/v1/subscriptions/g/poll", &json!({"consumer": "w"}))
+        .send(&router)
+        .await;
     assert_error(&answer, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
 
     // The process dies; the disk keeps only what was synced.
@@ -384,9 +510,16 @@ async fn a_failed_sync_fails_the_ack_with_503_and_a_crash_keeps_every_acknowledg
     let s = status(&router, "g").await;
     assert_eq!(s["checkpoint"], 2, "the acknowledged acks survived");
     let again = poll(&router, "g", "w", 10, 1000).await;
-    assert_eq!(positions(&again), [3, 4, 5, 6], "the failed ack's event comes again; 1 and 2 never");
+    assert_eq!(
+        positions(&again),
+        [3, 4, 5, 6],
+        "the failed ack's event comes again; 1 and 2 never"
+    );
     assert!(again.iter().all(|d| d.1 == 2), "attempts survive: {again:?}");
-    assert_eq!(ack(&router, "g", &[3, 4, 5, 6]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        ack(&router, "g", &[3, 4, 5, 6]).await.status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(status(&router, "g").await["checkpoint"], 6);
     subscriptions.close().await;
 }
@@ -411,7 +544,9 @@ async fn compaction_and_restarts_keep_acks_parks_and_replays() {
             acked.extend(chunk.iter().copied());
         }
     }
-    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({"limit": 1})).send(&router).await;
+    let replay = Call::post("/v1/subscriptions/g/parked/replay", &json!({"limit": 1}))
+        .send(&router)
+        .await;
     assert_eq!(replay.body["replayed"], 1);
     let before = status(&router, "g").await;
     subscriptions.close().await;
@@ -428,6 +563,9 @@ async fn compaction_and_restarts_keep_acks_parks_and_replays() {
     for (p, _, _) in &again {
         assert!(!acked.contains(p), "acked {p} delivered again");
     }
-    assert_eq!(again.len() as u64 + acked.len() as u64 + after["parked"].as_u64().unwrap(), 20);
+    assert_eq!(
+        again.len() as u64 + acked.len() as u64 + after["parked"].as_u64().unwrap(),
+        20
+    );
     subscriptions.close().await;
 }

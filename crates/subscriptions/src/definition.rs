@@ -101,7 +101,10 @@ pub struct GroupDefinition {
     pub start: Start,
     /// How long a consumer holds a delivered event before it is delivered again.
     #[serde(default = "ack_timeout_default")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 100, maximum = 86400000, default = 30000))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 100, maximum = 86400000, default = 30000)
+    )]
     pub ack_timeout_ms: u64,
     /// Deliveries of one event before it is parked (dead-lettered).
     #[serde(default = "max_deliveries_default")]
@@ -194,7 +197,10 @@ mod tests {
             assert!(serde_json::from_str::<GroupDefinition>(bad).is_err(), "{bad}");
         }
         let back = serde_json::to_string(&def).expect("serialises");
-        assert_eq!(serde_json::from_str::<GroupDefinition>(&back).expect("parses"), def);
+        assert_eq!(
+            serde_json::from_str::<GroupDefinition>(&back).expect("parses"),
+            def
+        );
     }
 
     #[test]
@@ -204,12 +210,22 @@ mod tests {
             max_deliveries: 0,
             ..GroupDefinition::default()
         };
-        assert!(def.validate(&limits).expect_err("invalid").to_string().contains("max_deliveries"));
+        assert!(
+            def.validate(&limits)
+                .expect_err("invalid")
+                .to_string()
+                .contains("max_deliveries")
+        );
         let def = GroupDefinition {
             ack_timeout_ms: 5,
             ..GroupDefinition::default()
         };
-        assert!(def.validate(&limits).expect_err("invalid").to_string().contains("ack_timeout_ms"));
+        assert!(
+            def.validate(&limits)
+                .expect_err("invalid")
+                .to_string()
+                .contains("ack_timeout_ms")
+        );
         assert!(validate_group_name("orders-v2.billing:eu").is_ok());
         assert!(validate_group_name("").is_err());
         assert!(validate_group_name("a/b").is_err());

@@ -146,7 +146,10 @@ impl From<SubscriptionError> for Failure {
 
 impl Group {
     /// Runs `f` on the state unless the group is gone or poisoned.
-    fn with_state<T>(&self, f: impl FnOnce(&mut GroupState) -> Result<T, SubscriptionError>) -> Result<T, Failure> {
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&mut GroupState) -> Result<T, SubscriptionError>,
+    ) -> Result<T, Failure> {
         let mut inner = self.inner.lock();
         if self.gone.load(AtomicOrdering::Acquire) {
             return Err(Failure::Gone);
@@ -246,7 +249,9 @@ impl Subscriptions {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| SubscriptionError::NotFound { group: name.to_owned() })
+            .ok_or_else(|| SubscriptionError::NotFound {
+                group: name.to_owned(),
+            })
     }
 
     /// Runs `op` on the group, again on its new handle when it was replaced meanwhile.
@@ -292,7 +297,7 @@ impl Subscriptions {
                     *durable = inner.state.changes();
                     inner.state.image(name, &definition)
                 };
-                let bytes = Record::Image(image.clone()).encode();
+                let bytes = Record::Image(Box::new(image.clone())).encode();
                 let image_bytes = bytes.len() as u64;
                 let log = old.log.clone();
                 let written = blocking(move || log.rewrite(&[&bytes])).await;
@@ -303,7 +308,9 @@ impl Subscriptions {
                 }
                 let mut image = image;
                 image.settle();
-                let group = self.start_group(image, old.log.clone(), image_bytes, false).await?;
+                let group = self
+                    .start_group(image, old.log.clone(), image_bytes, false)
+                    .await?;
                 self.groups.write().insert(name.to_owned(), group);
                 old.stop.cancel();
                 old.pollers.notify_waiters();
@@ -316,7 +323,7 @@ impl Subscriptions {
                     Start::After(p) => p,
                 };
                 let image = Image::new(name, definition, checkpoint);
-                let bytes = Record::Image(image.clone()).encode();
+                let bytes = Record::Image(Box::new(image.clone())).encode();
                 let image_bytes = bytes.len() as u64;
                 let storage = self.storage.clone();
                 let group_name = name.to_owned();
@@ -455,7 +462,11 @@ impl Subscriptions {
         limit: usize,
     ) -> Result<(Vec<ParkedEvent>, Option<u64>), SubscriptionError> {
         let group = self.group(name)?;
-        let mut page = group.inner.lock().state.parked_page(after, limit.saturating_add(1));
+        let mut page = group
+            .inner
+            .lock()
+            .state
+            .parked_page(after, limit.saturating_add(1));
         let next = if page.len() > limit {
             page.truncate(limit);
             page.last().map(|&(p, _)| p)
@@ -533,10 +544,10 @@ impl Subscriptions {
             group.clone(),
             self.options.clone(),
         ));
-        self.tasks.spawn(expire_and_flush(group.clone(), self.epoch, self.options.clone()));
+        self.tasks
+            .spawn(expire_and_flush(group.clone(), self.epoch, self.options.clone()));
         Ok(group)
     }
-
 }
 
 /// Writes the group's pending records, unless the journal already holds change `ticket`
@@ -566,7 +577,7 @@ async fn flush(group: &Arc<Group>, ticket: Option<u64>, compact_bytes: u64) -> R
         if group.log.len() > threshold {
             let image = inner.state.image(&group.name, &group.definition);
             inner.state.discard_records();
-            (vec![Record::Image(image).encode()], true, upto)
+            (vec![Record::Image(Box::new(image)).encode()], true, upto)
         } else {
             let records: Vec<Vec<u8>> = inner.state.take_records().iter().map(Record::encode).collect();
             (records, false, upto)
@@ -580,7 +591,11 @@ async fn flush(group: &Arc<Group>, ticket: Option<u64>, compact_bytes: u64) -> R
     let image_bytes = records.first().map_or(0, |r| r.len() as u64);
     let written = blocking(move || {
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        if compacted { log.rewrite(&refs) } else { log.append(&refs) }
+        if compacted {
+            log.rewrite(&refs)
+        } else {
+            log.append(&refs)
+        }
     })
     .await;
     match written {

@@ -127,7 +127,11 @@ impl GroupState {
     /// The state of a group starting from `image` (settled), with the events of its
     /// `replaying` positions already read from the store.
     /// `head` is the store's head now (see `loaded_head`); 0 for a new group.
-    pub fn from_image(image: &Image, replaying: Vec<Event>, head: u64) -> Result<GroupState, SubscriptionError> {
+    pub fn from_image(
+        image: &Image,
+        replaying: Vec<Event>,
+        head: u64,
+    ) -> Result<GroupState, SubscriptionError> {
         let mut state = GroupState {
             ordering: image.definition.ordering,
             ack_timeout_ms: image.definition.ack_timeout_ms,
@@ -625,7 +629,10 @@ impl GroupState {
     #[cfg(test)]
     pub(crate) fn check(&self) {
         for &p in self.live.keys() {
-            assert!(!self.acked.contains(&p) && !self.parked.contains_key(&p), "{p} twice");
+            assert!(
+                !self.acked.contains(&p) && !self.parked.contains_key(&p),
+                "{p} twice"
+            );
         }
         for &p in self.acked.iter() {
             assert!(p > self.checkpoint && !self.parked.contains_key(&p));

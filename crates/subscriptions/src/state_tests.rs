@@ -54,7 +54,10 @@ fn positions(deliveries: &[crate::Delivery]) -> Vec<u64> {
 fn acks_move_the_checkpoint_over_acked_and_filtered_positions() {
     let mut g = group(Ordering::None, 5);
     // Positions 2 and 4 did not pass the filter.
-    g.add_read(vec![event(1, "a", "E"), event(3, "b", "E"), event(5, "c", "E")], 6);
+    g.add_read(
+        vec![event(1, "a", "E"), event(3, "b", "E"), event(5, "c", "E")],
+        6,
+    );
     let got = g.deliver(&consumer("w"), 10, 0);
     assert_eq!(positions(&got), [1, 3, 5]);
     assert!(got.iter().all(|d| d.attempt == 1));
@@ -74,7 +77,10 @@ fn an_expired_lease_delivers_again_and_parks_after_max_deliveries() {
     let mut g = group(Ordering::None, 2);
     g.add_read(vec![event(1, "a", "E")], 1);
     assert_eq!(g.deliver(&consumer("w1"), 10, 0)[0].attempt, 1);
-    assert!(g.deliver(&consumer("w2"), 10, 999).is_empty(), "leased until 1000");
+    assert!(
+        g.deliver(&consumer("w2"), 10, 999).is_empty(),
+        "leased until 1000"
+    );
     let again = g.deliver(&consumer("w2"), 10, 1000);
     assert_eq!((positions(&again), again[0].attempt), (vec![1], 2));
     assert_eq!(g.lease_holder(1), Some("w2"));
@@ -123,7 +129,12 @@ fn acks_and_nacks_are_all_or_nothing_and_strict() {
     g.add_read(vec![event(1, "a", "E"), event(3, "a", "E")], 4);
     g.deliver(&consumer("w"), 1, 0);
     // 3 was read but never delivered; 2 was passed over by the filter; 9 is past the head.
-    for (bad, words) in [(3, "not been delivered"), (2, "filter"), (9, "not an event"), (0, "not an event")] {
+    for (bad, words) in [
+        (3, "not been delivered"),
+        (2, "filter"),
+        (9, "not an event"),
+        (0, "not an event"),
+    ] {
         let error = g.ack(&[1, bad], 4).expect_err("refused");
         assert!(error.to_string().contains(words), "{bad}: {error}");
         assert_eq!(g.lease_holder(1), Some("w"), "nothing was applied");
@@ -136,11 +147,19 @@ fn acks_and_nacks_are_all_or_nothing_and_strict() {
 fn per_aggregate_holds_an_aggregates_later_events_while_one_is_in_flight() {
     let mut g = group(Ordering::PerAggregate, 5);
     g.add_read(
-        vec![event(1, "a", "E"), event(2, "a", "E"), event(3, "b", "E"), event(4, "a", "E")],
+        vec![
+            event(1, "a", "E"),
+            event(2, "a", "E"),
+            event(3, "b", "E"),
+            event(4, "a", "E"),
+        ],
         4,
     );
     assert_eq!(positions(&g.deliver(&consumer("w1"), 10, 0)), [1, 3]);
-    assert!(g.deliver(&consumer("w2"), 10, 0).is_empty(), "a and b are in flight");
+    assert!(
+        g.deliver(&consumer("w2"), 10, 0).is_empty(),
+        "a and b are in flight"
+    );
     g.nack(&[1], false, 4).expect("nack");
     // 1 comes again before 2.
     assert_eq!(positions(&g.deliver(&consumer("w2"), 10, 0)), [1]);
@@ -154,7 +173,11 @@ fn per_aggregate_holds_an_aggregates_later_events_while_one_is_in_flight() {
     assert_eq!(replayed, [2]);
     g.replay(vec![event(2, "a", "E")]);
     g.check();
-    assert_eq!(positions(&g.deliver(&consumer("w2"), 10, 0)), [2], "version order across a replay");
+    assert_eq!(
+        positions(&g.deliver(&consumer("w2"), 10, 0)),
+        [2],
+        "version order across a replay"
+    );
     g.ack(&[2, 3], 4).expect("ack");
     assert_eq!(positions(&g.deliver(&consumer("w2"), 10, 0)), [4]);
     g.check();
@@ -174,7 +197,11 @@ fn replay_brings_back_parked_events_below_the_checkpoint() {
     assert_eq!((positions(&again), again[0].attempt), (vec![1], 1));
     assert_eq!(g.checkpoint(), 2, "the checkpoint never moves back");
     // A restart now must deliver 1 again: it is replayed and not acked.
-    let mut journal = vec![Record::Image(Image::new("g", GroupDefinition::default(), 0))];
+    let mut journal = vec![Record::Image(Box::new(Image::new(
+        "g",
+        GroupDefinition::default(),
+        0,
+    )))];
     journal.extend(g.take_records());
     let image = Image::replay(&journal.iter().map(Record::encode).collect::<Vec<_>>()).expect("replays");
     assert_eq!(image.replaying.keys().copied().collect::<Vec<_>>(), [1]);
@@ -193,22 +220,42 @@ fn after_a_restart_acks_of_earlier_deliveries_are_taken() {
     let mut g = GroupState::from_image(&image, Vec::new(), 3).expect("loads");
     // Before the reader caught up, and after.
     g.ack(&[2], 3).expect("delivered before the restart");
-    g.add_read(vec![event(1, "a", "E"), event(2, "a", "E"), event(3, "a", "E")], 3);
+    g.add_read(
+        vec![event(1, "a", "E"), event(2, "a", "E"), event(3, "a", "E")],
+        3,
+    );
     g.ack(&[3], 3).expect("read again, not delivered again yet");
     let got = g.deliver(&consumer("w"), 10, 0);
-    assert_eq!((positions(&got), got[0].attempt), (vec![1], 2), "attempts survive");
+    assert_eq!(
+        (positions(&got), got[0].attempt),
+        (vec![1], 2),
+        "attempts survive"
+    );
     assert!(g.ack(&[4], 3).is_err());
 }
 
 #[derive(Debug, Clone)]
 enum Op {
     Read(u64),
-    Poll { consumer: usize, max: usize },
-    Ack { consumer: usize, pick: usize, count: usize },
-    Nack { consumer: usize, pick: usize, park: bool },
+    Poll {
+        consumer: usize,
+        max: usize,
+    },
+    Ack {
+        consumer: usize,
+        pick: usize,
+        count: usize,
+    },
+    Nack {
+        consumer: usize,
+        pick: usize,
+        park: bool,
+    },
     Tick(u64),
     Replay,
-    Restart { crash: bool },
+    Restart {
+        crash: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -246,7 +293,7 @@ proptest! {
         let events = store(40);
         let head = events.len() as u64;
         let matching: BTreeSet<u64> = events.iter().filter(|e| e.event_type() == "E").map(|e| e.position()).collect();
-        let mut journal = vec![Record::Image(Image::new("g", definition.clone(), 0)).encode()];
+        let mut journal = vec![Record::Image(Box::new(Image::new("g", definition.clone(), 0))).encode()];
         let mut g = GroupState::from_image(&Image::new("g", definition.clone(), 0), Vec::new(), 0).expect("new");
         let mut now = 0u64;
         let mut held: Vec<Vec<u64>> = vec![Vec::new(); 3];
@@ -326,7 +373,7 @@ proptest! {
                         prop_assert_eq!(image.checkpoint, settled.checkpoint);
                     }
                     // Compaction writes the image back, as the registry does now and then.
-                    journal = vec![Record::Image(image.clone()).encode()];
+                    journal = vec![Record::Image(Box::new(image.clone())).encode()];
                     image.settle();
                     let replaying = image.replaying.keys().map(|&p| events[(p - 1) as usize].clone()).collect();
                     g = GroupState::from_image(&image, replaying, head).expect("loads");

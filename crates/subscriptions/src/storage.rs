@@ -58,9 +58,8 @@ pub struct FileStorage {
 impl FileStorage {
     /// The journals in `dir` (created, with its parents, when missing).
     pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<FileStorage, SubscriptionError> {
-        fs.create_dir_all(dir).map_err(|e| {
-            SubscriptionError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        fs.create_dir_all(dir)
+            .map_err(|e| SubscriptionError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         // The folder (and any parent just created) must survive a crash before a journal in
         // it is trusted: sync every folder up the path, once at start.
         for folder in dir.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
@@ -160,9 +159,9 @@ impl Storage for FileStorage {
         if self.fs.exists(&path).map_err(unavailable)? {
             self.fs.remove_file(&path).map_err(unavailable)?;
         }
-        self.fs.sync_dir(&self.dir).map_err(|e| {
-            SubscriptionError::Unavailable(format!("cannot sync {}: {e}", self.dir.display()))
-        })
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| SubscriptionError::Unavailable(format!("cannot sync {}: {e}", self.dir.display())))
     }
 }
 

@@ -133,7 +133,9 @@ async fn call(
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let uri = path.parse().with_context(|| format!("'{path}' is not a valid path"))?;
+    let uri = path
+        .parse()
+        .with_context(|| format!("'{path}' is not a valid path"))?;
     client
         .fetch(target.request(method, uri, body))
         .await
@@ -152,15 +154,24 @@ fn positions(body: &[u8]) -> Vec<u64> {
             continue;
         }
         let digits = &body[from + AFTER_ID.len()..];
-        let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-        if let Some(p) = std::str::from_utf8(&digits[..end]).ok().and_then(|t| t.parse().ok()) {
+        let end = digits
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        if let Some(p) = std::str::from_utf8(&digits[..end])
+            .ok()
+            .and_then(|t| t.parse().ok())
+        {
             out.push(p);
         }
     }
     out
 }
 
-#[expect(clippy::too_many_arguments, reason = "one consumer's whole setup, passed once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one consumer's whole setup, passed once"
+)]
 async fn consume(
     mut client: Client,
     target: Arc<Target>,
@@ -182,13 +193,14 @@ async fn consume(
     let mut ack_body = Vec::with_capacity(16 + max * 12);
     while acked.load(Ordering::Relaxed) < events && Instant::now() < deadline {
         let started = Instant::now();
-        let (status, body) = match call(&mut client, &target, Method::POST, &poll_path, poll_body.clone()).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                polls.failed("connection".to_owned(), || format!("{e:#}"));
-                continue;
-            }
-        };
+        let (status, body) =
+            match call(&mut client, &target, Method::POST, &poll_path, poll_body.clone()).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    polls.failed("connection".to_owned(), || format!("{e:#}"));
+                    continue;
+                }
+            };
         if !status.is_success() {
             let (key, message) = describe_failure(status, &body);
             polls.failed(key, || format!("POST {poll_path}: {message}"));
@@ -210,7 +222,15 @@ async fn consume(
         }
         ack_body.extend_from_slice(b"]}");
         let started = Instant::now();
-        match call(&mut client, &target, Method::POST, &ack_path, Bytes::from(ack_body.clone())).await {
+        match call(
+            &mut client,
+            &target,
+            Method::POST,
+            &ack_path,
+            Bytes::from(ack_body.clone()),
+        )
+        .await
+        {
             Ok((status, _)) if status.as_u16() == 204 => {
                 acks.ok(started.elapsed(), got.len() as u64);
                 acked.fetch_add(got.len() as u64, Ordering::Relaxed);
