@@ -15,6 +15,8 @@ use anyhow::{Context, bail};
 use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
+use factstore_projections::{JournalStorage, Projections, ProjectionsOptions};
+use factstore_schemas::{JournalStorage as SchemaJournal, SchemaRegistry};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
 use factstore_subscriptions::{FileStorage, Options as SubscriptionOptions, Subscriptions};
 
@@ -49,6 +51,15 @@ pub struct ServeArgs {
     #[arg(long, env = "FACTSTORE_LIVE_FEED_BYTES", value_name = "BYTES", default_value = "64MiB",
           value_parser = parse_size)]
     pub live_feed_bytes: usize,
+    /// Projections keyed by aggregate_id snapshot a key's state every N of its events, so that
+    /// time travel and source=event_store reads do not fold from the first event; 0 never.
+    #[arg(
+        long,
+        env = "FACTSTORE_SNAPSHOT_EVERY",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub snapshot_every: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -239,31 +250,55 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
+    // After the engine, which holds the data folder's lock.
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let drain = runtime.block_on(async {
         let store = Arc::new(EmbeddedStore::new(engine.clone()));
-        // Persistent-subscription groups keep their journals beside the event log.
-        let subscriptions_dir = args.data_dir.join("subscriptions");
-        let storage = FileStorage::open(fs, &subscriptions_dir)
-            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
-        let subscriptions =
-            Subscriptions::open(store.clone(), Arc::new(storage), SubscriptionOptions::default())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot load the subscription groups in {}",
-                        subscriptions_dir.display()
-                    )
-                })?;
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config).with_subscriptions(subscriptions.clone());
+        let state = AppState::with_schemas(store, schemas, config);
+        // Projections and persistent-subscription groups keep their journals beside the event
+        // log, and read through the schema layer, so they see upcast events like every other
+        // reader.
+        let projections_dir = args.data_dir.join("projections");
+        let storage = JournalStorage::open(fs.clone(), &projections_dir)
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let projections_options = ProjectionsOptions {
+            snapshot_every: args.snapshot_every,
+            ..ProjectionsOptions::default()
+        };
+        let projections = Projections::open(state.store.clone(), Arc::new(storage), projections_options)
+            .await
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let subscriptions_dir = args.data_dir.join("subscriptions");
+        let storage = FileStorage::open(fs, &subscriptions_dir)
+            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+        let subscriptions = Subscriptions::open(
+            state.store.clone(),
+            Arc::new(storage),
+            SubscriptionOptions::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the subscription groups in {}",
+                subscriptions_dir.display()
+            )
+        })?;
+        let state = state
+            .with_subscriptions(subscriptions.clone())
+            .with_projections(projections.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -289,8 +324,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let drain = factstore_server::serve_with(listener, app, serve_options, signal)
             .await
             .context("server failed");
-        // No request is in flight any more: stop the groups (their last deliveries are
-        // written) before the store closes.
+        // After the drain: no request uses them any more. Each fold task ends after its batch
+        // and writes the checkpoint that lags in memory; the groups write their last deliveries.
+        projections.shutdown().await;
         subscriptions.close().await;
         drain
     })?;

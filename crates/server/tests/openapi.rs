@@ -20,7 +20,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore,
-    ExpectedVersion, Head, Limits, NewEvent, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    ExpectedVersion, Head, Limits, NewEvent, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo,
+    SnapshotStored, StoreError,
 };
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app, app_with_state, route_list};
 use factstore_testkit::model::ModelStore;
@@ -247,6 +248,9 @@ fn walk(value: &Value, visit: &mut impl FnMut(&Value)) {
 fn concrete(path: &str) -> String {
     path.replace("{aggregate_id}", "account:probe")
         .replace("{event_id}", &Uuid::nil().to_string())
+        .replace("{event_type}", "MoneyDeposited")
+        .replace("{from_version}", "1")
+        .replace("{version}", "1")
         .replace("{group}", "probe")
 }
 
@@ -375,11 +379,12 @@ async fn the_document_is_openapi_3_1_with_the_crate_version() {
                 !response["description"].as_str().unwrap().is_empty(),
                 "{what} {status}"
             );
-            // A 204 has no content.
-            if status != "204" {
-                for media in response["content"].as_object().unwrap().values() {
-                    doc.validator(&media["schema"]);
-                }
+            if status == "204" {
+                assert!(response.get("content").is_none(), "{what}: 204 has no body");
+                continue;
+            }
+            for media in response["content"].as_object().unwrap().values() {
+                doc.validator(&media["schema"]);
             }
         }
         if let Some(body) = operation.get("requestBody") {
@@ -970,7 +975,7 @@ impl EventStore for BrokenStore {
         &self.limits
     }
 
-    async fn commit(&self, _commit: Commit) -> Result<CommitOutcome, StoreError> {
+    async fn commit_prepared(&self, _commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         Err(StoreError::Unavailable("fsync failed".into()))
     }
 
@@ -1241,8 +1246,8 @@ impl EventStore for FailingFilteredReads {
         self.0.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.0.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.0.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
@@ -1305,4 +1310,84 @@ async fn a_failure_inside_a_subscription_matches_the_documented_schema() {
         next_message(&mut body, &mut buffer).await.is_none(),
         "the stream ends"
     );
+}
+
+#[tokio::test]
+async fn schema_registry_responses_match_the_documented_schemas() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let schema =
+        json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
+    let put_path = "/v1/schemas/{event_type}/versions/{version}";
+    doc.check_request("PUT", put_path, &schema, true);
+    for (uri, body, status) in [
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 201),
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 200),
+        (
+            "/v1/schemas/MoneyDeposited/versions/1",
+            json!({"type": "object"}),
+            409,
+        ),
+        ("/v1/schemas/MoneyDeposited/versions/3", schema.clone(), 409),
+        ("/v1/schemas/MoneyDeposited/versions/0", schema.clone(), 400),
+    ] {
+        let reply = put(&router, uri, &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{uri}: {}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", put_path, &reply);
+    }
+    for (uri, path, status) in [
+        ("/v1/schemas", "/v1/schemas", 200),
+        ("/v1/schemas/MoneyDeposited", "/v1/schemas/{event_type}", 200),
+        ("/v1/schemas/Nope", "/v1/schemas/{event_type}", 404),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status.as_u16(), status, "{uri}");
+        doc.check("GET", path, &reply);
+    }
+    let upcaster = json!({"to_version": 2, "ops": [
+        {"op": "default", "path": "/currency", "value": "USD"},
+        {"op": "set", "path": "/n", "value": 3},
+        {"op": "rename", "from": "/amt", "path": "/amount"},
+        {"op": "unset", "path": "/legacy"}
+    ]});
+    let up_path = "/v1/upcasters/{event_type}/{from_version}";
+    doc.check_request("PUT", up_path, &upcaster, true);
+    doc.check_request(
+        "PUT",
+        up_path,
+        &json!({"to_version": 2, "ops": [{"op": "copy"}]}),
+        false,
+    );
+    for (body, status) in [
+        (upcaster.clone(), 201),
+        (upcaster.clone(), 200),
+        (json!({"to_version": 1, "ops": []}), 400),
+    ] {
+        let reply = put(&router, "/v1/upcasters/MoneyDeposited/1", &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", up_path, &reply);
+    }
+    for (uri, path) in [
+        ("/v1/upcasters", "/v1/upcasters"),
+        ("/v1/upcasters/MoneyDeposited", "/v1/upcasters/{event_type}"),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        doc.check("GET", path, &reply);
+    }
+    // A schema violation, documented for both appends.
+    let bad = json!({"events": [{"aggregate_type": "Account", "event_type": "MoneyDeposited", "event_data": {"amount": "x"}}]});
+    let reply = post(&router, "/v1/aggregates/account:1/events", &bad).await;
+    assert_eq!(reply.code(), "schema_violation");
+    doc.check("POST", "/v1/aggregates/{aggregate_id}/events", &reply);
 }
