@@ -51,7 +51,12 @@ pub struct ServeArgs {
     pub live_feed_bytes: usize,
     /// Projections keyed by aggregate_id snapshot a key's state every N of its events, so that
     /// time travel and source=event_store reads do not fold from the first event; 0 never.
-    #[arg(long, env = "FACTSTORE_SNAPSHOT_EVERY", value_name = "N", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "FACTSTORE_SNAPSHOT_EVERY",
+        value_name = "N",
+        default_value_t = 1000
+    )]
     pub snapshot_every: u64,
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -89,9 +89,19 @@ async fn states(client: &reqwest::Client, url: &str, name: &str) -> BTreeMap<Str
         if let Some(after) = &after {
             uri.push_str(&format!("&after_key={after}"));
         }
-        let page: Value = client.get(uri).send().await.expect("states").json().await.expect("json");
+        let page: Value = client
+            .get(uri)
+            .send()
+            .await
+            .expect("states")
+            .json()
+            .await
+            .expect("json");
         for entry in page["states"].as_array().expect("states") {
-            out.insert(entry["key"].as_str().expect("key").to_owned(), entry["state"].clone());
+            out.insert(
+                entry["key"].as_str().expect("key").to_owned(),
+                entry["state"].clone(),
+            );
         }
         match page["next_after_key"].as_str() {
             Some(next) => after = Some(next.to_owned()),
@@ -142,7 +152,10 @@ async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_
                 {"op": "add", "path": "/sum", "from": "/event_data/amount"},
                 {"op": "append", "path": "/positions", "from": "/position"}]}}),
         ),
-        ("totals", json!({"key": "all", "on": {"*": [{"op": "inc", "path": "/events"}]}})),
+        (
+            "totals",
+            json!({"key": "all", "on": {"*": [{"op": "inc", "path": "/events"}]}}),
+        ),
     ] {
         let answer = client
             .put(format!("{}/v1/projections/{name}", server.url))
@@ -159,26 +172,38 @@ async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_
             None => ServeProcess::start(dir.path(), &extra),
         };
         let events = read_all(&client, &running.url).await;
-        let head = events.last().map_or(0, |e| e["position"].as_u64().expect("position"));
+        let head = events
+            .last()
+            .map_or(0, |e| e["position"].as_u64().expect("position"));
         wait_caught_up(&client, &running.url, "accounts", head).await;
         wait_caught_up(&client, &running.url, "totals", head).await;
         let (accounts, totals) = expected(&events);
         let got = states(&client, &running.url, "accounts").await;
         assert_eq!(got, accounts, "cycle {cycle}: the account states");
         if head > 0 {
-            assert_eq!(states(&client, &running.url, "totals").await["all"], totals, "cycle {cycle}");
+            assert_eq!(
+                states(&client, &running.url, "totals").await["all"],
+                totals,
+                "cycle {cycle}"
+            );
         }
         // source=event_store folds from the projection's snapshots: the same states.
         for key in accounts.keys().take(3) {
             let read: Value = client
-                .get(format!("{}/v1/projections/accounts/state/{key}?source=event_store", running.url))
+                .get(format!(
+                    "{}/v1/projections/accounts/state/{key}?source=event_store",
+                    running.url
+                ))
                 .send()
                 .await
                 .expect("read")
                 .json()
                 .await
                 .expect("json");
-            assert_eq!(&read["state"], &accounts[key], "cycle {cycle}: {key} from the store");
+            assert_eq!(
+                &read["state"], &accounts[key],
+                "cycle {cycle}: {key} from the store"
+            );
         }
         if cycle == cycles {
             running.kill();

@@ -107,12 +107,13 @@ fn projections(c: &mut Criterion) {
     let head = *store.watch_head().borrow();
     let storage =
         JournalStorage::open(Arc::new(StdFileSystem), &dir.path().join("projections")).expect("storage");
-    let projections = runtime.block_on(Projections::open(
-        store.clone(),
-        Arc::new(storage),
-        ProjectionsOptions::default(),
-    ))
-    .expect("open");
+    let projections = runtime
+        .block_on(Projections::open(
+            store.clone(),
+            Arc::new(storage),
+            ProjectionsOptions::default(),
+        ))
+        .expect("open");
     let counter = AtomicUsize::new(0);
 
     let mut group = c.benchmark_group("catch_up");
@@ -143,7 +144,10 @@ fn projections(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(head));
     runtime.block_on(async {
-        projections.put("rebuilt", definition("aggregate_id")).await.expect("put");
+        projections
+            .put("rebuilt", definition("aggregate_id"))
+            .await
+            .expect("put");
         wait(&projections, "rebuilt", head, false).await;
     });
     group.bench_function(BenchmarkId::from_parameter(head), |b| {

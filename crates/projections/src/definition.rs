@@ -188,7 +188,10 @@ pub enum Operand {
     /// `unset` has none.
     None,
     Literal(Value),
-    From { pointer: EventPointer, optional: bool },
+    From {
+        pointer: EventPointer,
+        optional: bool,
+    },
 }
 
 /// A validated operation.
@@ -247,7 +250,9 @@ pub fn parse_pointer(text: &str) -> Result<Vec<String>, String> {
         return Ok(Vec::new());
     }
     let Some(rest) = text.strip_prefix('/') else {
-        return Err(format!("'{text}' is not a JSON Pointer (it must be empty or start with '/')"));
+        return Err(format!(
+            "'{text}' is not a JSON Pointer (it must be empty or start with '/')"
+        ));
     };
     rest.split('/')
         .map(|token| {
@@ -303,7 +308,9 @@ impl ProjectionDefinition {
     /// Checks everything and builds the runnable form. Every error names the field.
     pub fn compile(&self, limits: &Limits) -> Result<Compiled, ProjectionError> {
         let invalid = |field: &str, problem: String| ProjectionError::invalid(format!("{field}: {problem}"));
-        self.filter.validate(limits).map_err(|e| invalid("filter", e.to_string()))?;
+        self.filter
+            .validate(limits)
+            .map_err(|e| invalid("filter", e.to_string()))?;
         let key = match self.key.as_str() {
             "aggregate_id" => KeySpec::AggregateId,
             "day" => KeySpec::Day,
@@ -339,8 +346,12 @@ impl ProjectionDefinition {
         for (event_type, specs) in &self.on {
             let field = format!("on.{event_type}");
             if event_type != "*" {
-                factstore_core::append::validate_identifier("event_type", event_type, limits.event_type_bytes_max)
-                    .map_err(|e| invalid(&field, e.to_string()))?;
+                factstore_core::append::validate_identifier(
+                    "event_type",
+                    event_type,
+                    limits.event_type_bytes_max,
+                )
+                .map_err(|e| invalid(&field, e.to_string()))?;
                 if !self.filter.event_types.is_empty() && !self.filter.event_types.contains(event_type) {
                     return Err(invalid(
                         &field,
@@ -382,7 +393,10 @@ fn compile_op(spec: &OpSpec, field: &str) -> Result<Op, ProjectionError> {
     };
     let path = parse_pointer(&spec.path).map_err(|p| invalid("path", p))?;
     if kind == OpKind::Unset && path.is_empty() {
-        return Err(invalid("path", "unset needs a path inside the state, not the whole state".to_owned()));
+        return Err(invalid(
+            "path",
+            "unset needs a path inside the state, not the whole state".to_owned(),
+        ));
     }
     let name = kind.name();
     let operand = match (&spec.from, &spec.value) {
@@ -407,7 +421,10 @@ fn compile_op(spec: &OpSpec, field: &str) -> Result<Op, ProjectionError> {
                     return Err(invalid("value", format!("{name} needs a number, got {value}")));
                 }
                 OpKind::Min | OpKind::Max if !(value.is_number() || value.is_string()) => {
-                    return Err(invalid("value", format!("{name} needs a number or a string, got {value}")));
+                    return Err(invalid(
+                        "value",
+                        format!("{name} needs a number or a string, got {value}"),
+                    ));
                 }
                 _ => {}
             }
@@ -417,18 +434,27 @@ fn compile_op(spec: &OpSpec, field: &str) -> Result<Op, ProjectionError> {
             OpKind::Unset => Operand::None,
             OpKind::Inc => Operand::Literal(Value::from(1)),
             _ => {
-                return Err(invalid("from", format!("{name} needs an operand: give from or value")));
+                return Err(invalid(
+                    "from",
+                    format!("{name} needs an operand: give from or value"),
+                ));
             }
         },
     };
     if spec.optional.is_some() && !matches!(operand, Operand::From { .. }) {
-        return Err(invalid("optional", "optional applies only to an operand given by from".to_owned()));
+        return Err(invalid(
+            "optional",
+            "optional applies only to an operand given by from".to_owned(),
+        ));
     }
     Ok(Op {
         kind,
         path,
         operand,
-        label: format!("{field} ({name} {})", if spec.path.is_empty() { "\"\"" } else { &spec.path }),
+        label: format!(
+            "{field} ({name} {})",
+            if spec.path.is_empty() { "\"\"" } else { &spec.path }
+        ),
     })
 }
 
@@ -438,7 +464,8 @@ mod tests {
     use serde_json::json;
 
     fn compile(value: Value) -> Result<Compiled, String> {
-        let definition: ProjectionDefinition = serde_json::from_value(value).map_err(|e| format!("serde: {e}"))?;
+        let definition: ProjectionDefinition =
+            serde_json::from_value(value).map_err(|e| format!("serde: {e}"))?;
         definition.compile(&Limits::default()).map_err(|e| e.to_string())
     }
 
@@ -467,7 +494,10 @@ mod tests {
         .expect("valid");
         assert_eq!(compiled.key, KeySpec::AggregateId);
         assert_eq!(compiled.typed["MoneyDeposited"].len(), 2);
-        assert_eq!(compiled.typed["MoneyDeposited"][1].operand, Operand::Literal(json!(1)));
+        assert_eq!(
+            compiled.typed["MoneyDeposited"][1].operand,
+            Operand::Literal(json!(1))
+        );
         assert_eq!(compiled.star.len(), 1);
     }
 
@@ -479,7 +509,10 @@ mod tests {
         let KeySpec::Pointer(p) = compile(base("/event_data/sku")).expect("valid").key else {
             panic!("a pointer key");
         };
-        assert_eq!((p.field, p.rest), (Some(EventField::EventData), vec!["sku".to_owned()]));
+        assert_eq!(
+            (p.field, p.rest),
+            (Some(EventField::EventData), vec!["sku".to_owned()])
+        );
         assert!(error_of(base("aggregate")).starts_with("invalid projection: key: 'aggregate' is not a key"));
         assert!(error_of(base("/nope/x")).contains("key: '/nope/x' does not point into the event"));
         assert!(error_of(base("/position/x")).contains("points inside 'position'"));
@@ -488,42 +521,91 @@ mod tests {
     #[test]
     fn every_problem_names_its_field() {
         let cases = [
-            (json!({"key": "all", "on": {"A": [{"op": "mul", "path": "/a"}]}}), "on.A[0].op: unknown operation 'mul'"),
-            (json!({"key": "all", "on": {"A": [{"op": "set", "path": "a"}]}}), "on.A[0].path: 'a' is not a JSON Pointer"),
-            (json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a"}]}}), "on.A[0].from: set needs an operand"),
-            (json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "from": "/x", "value": 1}]}}), "on.A[0].from: give either"),
-            (json!({"key": "all", "on": {"A": [{"op": "add", "path": "/a", "value": "1"}]}}), "on.A[0].value: add needs a number"),
-            (json!({"key": "all", "on": {"A": [{"op": "max", "path": "/a", "value": [1]}]}}), "on.A[0].value: max needs a number or a string"),
-            (json!({"key": "all", "on": {"A": [{"op": "unset", "path": ""}]}}), "on.A[0].path: unset needs a path"),
-            (json!({"key": "all", "on": {"A": [{"op": "unset", "path": "/a", "value": 1}]}}), "on.A[0].value: unset takes no operand"),
-            (json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": 1, "optional": true}]}}), "on.A[0].optional"),
-            (json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "from": "/event_data/~2"}]}}), "on.A[0].from: '/event_data/~2' has a '~'"),
-            (json!({"key": "all", "filter": {"event_types": ["B"]}, "on": {"A": []}}), "on.A: 'A' is not among filter.event_types"),
-            (json!({"key": "all", "filter": {"aggregate_type": ""}, "on": {}}), "filter: "),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "mul", "path": "/a"}]}}),
+                "on.A[0].op: unknown operation 'mul'",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "set", "path": "a"}]}}),
+                "on.A[0].path: 'a' is not a JSON Pointer",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a"}]}}),
+                "on.A[0].from: set needs an operand",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "from": "/x", "value": 1}]}}),
+                "on.A[0].from: give either",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "add", "path": "/a", "value": "1"}]}}),
+                "on.A[0].value: add needs a number",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "max", "path": "/a", "value": [1]}]}}),
+                "on.A[0].value: max needs a number or a string",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "unset", "path": ""}]}}),
+                "on.A[0].path: unset needs a path",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "unset", "path": "/a", "value": 1}]}}),
+                "on.A[0].value: unset takes no operand",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": 1, "optional": true}]}}),
+                "on.A[0].optional",
+            ),
+            (
+                json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "from": "/event_data/~2"}]}}),
+                "on.A[0].from: '/event_data/~2' has a '~'",
+            ),
+            (
+                json!({"key": "all", "filter": {"event_types": ["B"]}, "on": {"A": []}}),
+                "on.A: 'A' is not among filter.event_types",
+            ),
+            (
+                json!({"key": "all", "filter": {"aggregate_type": ""}, "on": {}}),
+                "filter: ",
+            ),
         ];
         for (definition, expected) in cases {
             let error = error_of(definition.clone());
-            assert!(error.contains(expected), "{definition}: got '{error}', expected '{expected}'");
+            assert!(
+                error.contains(expected),
+                "{definition}: got '{error}', expected '{expected}'"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_shape_errors() {
         assert!(error_of(json!({"key": "all", "on": {}, "extra": 1})).starts_with("serde:"));
-        assert!(error_of(json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": 1, "x": 2}]}})).starts_with("serde:"));
-        assert!(error_of(json!({"key": "all", "filter": {"event_type": ["A"]}, "on": {}})).starts_with("serde:"));
+        assert!(
+            error_of(json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": 1, "x": 2}]}}))
+                .starts_with("serde:")
+        );
+        assert!(
+            error_of(json!({"key": "all", "filter": {"event_type": ["A"]}, "on": {}})).starts_with("serde:")
+        );
         assert!(error_of(json!({"on": {}})).starts_with("serde:"));
     }
 
     #[test]
     fn a_literal_null_is_a_value() {
-        let compiled = compile(json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": null}]}})).expect("valid");
+        let compiled =
+            compile(json!({"key": "all", "on": {"A": [{"op": "set", "path": "/a", "value": null}]}}))
+                .expect("valid");
         assert_eq!(compiled.typed["A"][0].operand, Operand::Literal(Value::Null));
     }
 
     #[test]
     fn pointers_unescape() {
-        assert_eq!(parse_pointer("/a~1b/c~0d/").expect("valid"), vec!["a/b", "c~d", ""]);
+        assert_eq!(
+            parse_pointer("/a~1b/c~0d/").expect("valid"),
+            vec!["a/b", "c~d", ""]
+        );
         assert_eq!(parse_pointer("").expect("valid"), Vec::<String>::new());
     }
 

@@ -95,7 +95,9 @@ impl<'e> EventView<'e> {
                         None => return Ok(None),
                     },
                     EventField::EventData | EventField::Metadata => {
-                        return Err(FoldError("unreachable: object fields are handled above".to_owned()));
+                        return Err(FoldError(
+                            "unreachable: object fields are handled above".to_owned(),
+                        ));
                     }
                 };
                 return Ok(Some(Cow::Owned(value)));
@@ -188,7 +190,12 @@ fn apply_op(op: &Op, state: &mut Value, view: &EventView<'_>) -> Result<(), Fold
             let left = match slot {
                 Value::Null => Number::from(0),
                 Value::Number(n) => n.clone(),
-                other => return Err(fail(format!("the state holds {} there, not a number", kind_of(other)))),
+                other => {
+                    return Err(fail(format!(
+                        "the state holds {} there, not a number",
+                        kind_of(other)
+                    )));
+                }
             };
             *slot = Value::Number(arithmetic(&left, right, op.kind == OpKind::Sub).map_err(fail)?);
         }
@@ -219,7 +226,10 @@ fn apply_op(op: &Op, state: &mut Value, view: &EventView<'_>) -> Result<(), Fold
             Value::Null => *slot = Value::Array(vec![operand.into_owned()]),
             Value::Array(items) => items.push(operand.into_owned()),
             other => {
-                return Err(fail(format!("the state holds {} there, not an array", kind_of(other))));
+                return Err(fail(format!(
+                    "the state holds {} there, not an array",
+                    kind_of(other)
+                )));
             }
         },
         OpKind::Unset => {}
@@ -240,14 +250,22 @@ fn kind_of(value: &Value) -> &'static str {
 
 fn arithmetic(left: &Number, right: &Number, subtract: bool) -> Result<Number, String> {
     if let (Some(a), Some(b)) = (left.as_i64(), right.as_i64()) {
-        let exact = if subtract { a.checked_sub(b) } else { a.checked_add(b) };
+        let exact = if subtract {
+            a.checked_sub(b)
+        } else {
+            a.checked_add(b)
+        };
         if let Some(result) = exact {
             return Ok(Number::from(result));
         }
     }
-    let (a, b) = (left.as_f64().unwrap_or(f64::NAN), right.as_f64().unwrap_or(f64::NAN));
+    let (a, b) = (
+        left.as_f64().unwrap_or(f64::NAN),
+        right.as_f64().unwrap_or(f64::NAN),
+    );
     let result = if subtract { a - b } else { a + b };
-    Number::from_f64(result).ok_or_else(|| format!("{left} and {right} give {result}, which is not a JSON number"))
+    Number::from_f64(result)
+        .ok_or_else(|| format!("{left} and {right} give {result}, which is not a JSON number"))
 }
 
 fn compare_numbers(a: &Number, b: &Number) -> Ordering {
@@ -420,7 +438,12 @@ mod tests {
     #[test]
     fn adding_a_string_fails_and_names_it() {
         let error = fold(&bank(), &[event(1, "MoneyDeposited", r#"{"amount":"5"}"#)]).expect_err("fails");
-        assert!(error.0.contains("the value at /event_data/amount is a string, not a number"), "{error}");
+        assert!(
+            error
+                .0
+                .contains("the value at /event_data/amount is a string, not a number"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -436,7 +459,11 @@ mod tests {
             {"op": "unset", "path": "/tmp"},
             {"op": "set", "path": "/pos", "from": "/position"}
         ]}}));
-        let events = [event(1, "X", r#"{"n":5}"#), event(2, "X", r#"{"n":-2.5}"#), event(3, "X", r#"{"n":7}"#)];
+        let events = [
+            event(1, "X", r#"{"n":5}"#),
+            event(2, "X", r#"{"n":-2.5}"#),
+            event(3, "X", r#"{"n":7}"#),
+        ];
         assert_eq!(
             fold(&c, &events).expect("folds"),
             json!({"sum": 9.5, "min": -2.5, "max": 7, "last_at": "2023-11-14T22:13:23.000000Z",
@@ -446,13 +473,20 @@ mod tests {
 
     #[test]
     fn integer_overflow_goes_to_floating_point() {
-        let c = compiled(json!({"key": "all", "initial": {"n": i64::MAX}, "on": {"*": [{"op": "inc", "path": "/n"}]}}));
-        assert_eq!(fold(&c, &[event(1, "X", "{}")]).expect("folds")["n"], json!(i64::MAX as f64 + 1.0));
+        let c = compiled(
+            json!({"key": "all", "initial": {"n": i64::MAX}, "on": {"*": [{"op": "inc", "path": "/n"}]}}),
+        );
+        assert_eq!(
+            fold(&c, &[event(1, "X", "{}")]).expect("folds")["n"],
+            json!(i64::MAX as f64 + 1.0)
+        );
     }
 
     #[test]
     fn paths_through_scalars_fail() {
-        let c = compiled(json!({"key": "all", "initial": {"a": 1}, "on": {"*": [{"op": "set", "path": "/a/b", "value": 1}]}}));
+        let c = compiled(
+            json!({"key": "all", "initial": {"a": 1}, "on": {"*": [{"op": "set", "path": "/a/b", "value": 1}]}}),
+        );
         let error = fold(&c, &[event(1, "X", "{}")]).expect_err("fails");
         assert!(error.0.contains("/a holds a number, which has no 'b'"), "{error}");
     }
@@ -461,8 +495,14 @@ mod tests {
     fn keys() {
         let by_sku = compiled(json!({"key": "/event_data/sku", "on": {}}));
         let key = |c: &Compiled, e: &Event| key_of(c, &EventView::new(e)).expect("no error");
-        assert_eq!(key(&by_sku, &event(1, "X", r#"{"sku":"A-1"}"#)), Some("A-1".to_owned()));
-        assert_eq!(key(&by_sku, &event(1, "X", r#"{"sku":12}"#)), Some("12".to_owned()));
+        assert_eq!(
+            key(&by_sku, &event(1, "X", r#"{"sku":"A-1"}"#)),
+            Some("A-1".to_owned())
+        );
+        assert_eq!(
+            key(&by_sku, &event(1, "X", r#"{"sku":12}"#)),
+            Some("12".to_owned())
+        );
         assert_eq!(key(&by_sku, &event(1, "X", r#"{"other":1}"#)), None);
         assert_eq!(key(&by_sku, &event(1, "X", r#"{"sku":null}"#)), None);
         let by_day = compiled(json!({"key": "day", "on": {}}));

@@ -348,7 +348,11 @@ impl Projections {
         let compiled = content
             .definition
             .compile(self.inner.store.limits())
-            .map_err(|e| ProjectionError::Internal(format!("projection '{name}': its stored definition no longer compiles ({e})")))?;
+            .map_err(|e| {
+                ProjectionError::Internal(format!(
+                    "projection '{name}': its stored definition no longer compiles ({e})"
+                ))
+            })?;
         let keys = content
             .keys
             .into_iter()
@@ -447,11 +451,17 @@ impl Projections {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| ProjectionError::NotFound { name: name.to_owned() })
+            .ok_or_else(|| ProjectionError::NotFound {
+                name: name.to_owned(),
+            })
     }
 
     /// Creates or replaces a projection. The definition is validated before anything else.
-    pub async fn put(&self, name: &str, definition: ProjectionDefinition) -> Result<PutOutcome, ProjectionError> {
+    pub async fn put(
+        &self,
+        name: &str,
+        definition: ProjectionDefinition,
+    ) -> Result<PutOutcome, ProjectionError> {
         validate_name(name)?;
         let compiled = definition.compile(self.inner.store.limits())?;
         let _guard = self.inner.manage.lock().await;
@@ -492,8 +502,15 @@ impl Projections {
         Ok(PutOutcome::Rebuilding)
     }
 
-    async fn begin_rebuild(&self, entry: &Arc<Entry>, number: u64, compiled: Compiled) -> Result<(), ProjectionError> {
-        let generation = self.create_generation(&entry.name, number, compiled, false).await?;
+    async fn begin_rebuild(
+        &self,
+        entry: &Arc<Entry>,
+        number: u64,
+        compiled: Compiled,
+    ) -> Result<(), ProjectionError> {
+        let generation = self
+            .create_generation(&entry.name, number, compiled, false)
+            .await?;
         entry.slot.write().rebuild = Some(generation.clone());
         self.start(entry, &generation);
         Ok(())
@@ -530,7 +547,9 @@ impl Projections {
             .entries
             .write()
             .remove(name)
-            .ok_or_else(|| ProjectionError::NotFound { name: name.to_owned() })?;
+            .ok_or_else(|| ProjectionError::NotFound {
+                name: name.to_owned(),
+            })?;
         let (live, rebuild) = {
             let slot = entry.slot.read();
             (slot.live.clone(), slot.rebuild.clone())
@@ -561,7 +580,11 @@ impl Projections {
             .map(|e| format!("the rebuild failed: {e}"));
         let (status, error) = match (&view.failed, &rebuild, rebuild_error) {
             (Some(error), _, _) => (
-                if rebuild.is_some() { Status::Rebuilding } else { Status::Failed },
+                if rebuild.is_some() {
+                    Status::Rebuilding
+                } else {
+                    Status::Failed
+                },
                 Some(error.clone()),
             ),
             (None, Some(_), Some(error)) => (Status::Failed, Some(error)),
@@ -597,7 +620,12 @@ impl Projections {
     }
 
     /// Waits until the projection has passed `min_position`, at most `wait`.
-    pub async fn wait_for(&self, name: &str, min_position: u64, wait: Duration) -> Result<u64, ProjectionError> {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        min_position: u64,
+        wait: Duration,
+    ) -> Result<u64, ProjectionError> {
         let entry = self.entry(name)?;
         let mut served = entry.served.subscribe();
         let not_yet = |position: u64, reason: Option<String>| ProjectionError::NotYetMaterialized {
@@ -616,7 +644,10 @@ impl Projections {
             if let Some(error) = live.view.read().failed.clone()
                 && entry.slot.read().rebuild.is_none()
             {
-                return Err(not_yet(position, Some(format!("the projection has failed ({error})"))));
+                return Err(not_yet(
+                    position,
+                    Some(format!("the projection has failed ({error})")),
+                ));
             }
             match tokio::time::timeout_at(deadline, served.changed()).await {
                 Ok(Ok(())) => {}
@@ -627,10 +658,16 @@ impl Projections {
     }
 
     /// One key's state, as `query` asks.
-    pub async fn state(&self, name: &str, key: &str, query: &StateQuery) -> Result<KeyState, ProjectionError> {
+    pub async fn state(
+        &self,
+        name: &str,
+        key: &str,
+        query: &StateQuery,
+    ) -> Result<KeyState, ProjectionError> {
         let entry = self.entry(name)?;
         if let Some(min_position) = query.min_position {
-            self.wait_for(name, min_position, query.wait.unwrap_or(WAIT_DEFAULT)).await?;
+            self.wait_for(name, min_position, query.wait.unwrap_or(WAIT_DEFAULT))
+                .await?;
         }
         let not_found = || ProjectionError::KeyNotFound {
             name: name.to_owned(),
@@ -760,7 +797,12 @@ impl Projections {
     }
 
     /// A page of states in key order, after `after_key`.
-    pub fn states(&self, name: &str, after_key: Option<&str>, limit: usize) -> Result<StatePage, ProjectionError> {
+    pub fn states(
+        &self,
+        name: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<StatePage, ProjectionError> {
         let live = self.entry(name)?.live();
         let view = live.view.read();
         let lower = match after_key {
@@ -936,7 +978,9 @@ fn fold_and_commit(
                 // The same fold up to the event before: it succeeded once, it succeeds again.
                 let scratch = fold_events(compiled, &view, before, snapshot_every)
                     .map_err(|(_, e)| ProjectionError::Internal(format!("a refold failed: {e}")))?;
-                let event = events.get(at).ok_or_else(|| ProjectionError::Internal("failure index".to_owned()))?;
+                let event = events
+                    .get(at)
+                    .ok_or_else(|| ProjectionError::Internal("failure index".to_owned()))?;
                 let message = format!(
                     "the event at position {} ({}, aggregate '{}') cannot be folded: {problem}",
                     event.position(),
@@ -951,7 +995,13 @@ fn fold_and_commit(
             None => next_after_position,
         };
         let unkeyed = view.unkeyed + scratch.unkeyed;
-        (scratch, failure, position.max(view.position), unkeyed, view.durable_position)
+        (
+            scratch,
+            failure,
+            position.max(view.position),
+            unkeyed,
+            view.durable_position,
+        )
     };
     let persist = !scratch.states.is_empty()
         || !scratch.snapshots.is_empty()
@@ -977,7 +1027,10 @@ fn fold_and_commit(
             );
         }
         for snapshot in scratch.snapshots {
-            view.snapshots.entry(snapshot.key.clone()).or_default().push(snapshot);
+            view.snapshots
+                .entry(snapshot.key.clone())
+                .or_default()
+                .push(snapshot);
         }
         view.position = position;
         view.unkeyed = unkeyed;
@@ -1046,7 +1099,11 @@ fn maybe_compact(generation: &Generation, compact_bytes_min: u64) -> Result<(), 
 
 /// Makes `generation` live in place of the current one: `live` durable in its log first,
 /// then the swap for readers, then the old generation stopped and its log removed.
-async fn promote(projections: &Projections, entry: &Entry, generation: &Arc<Generation>) -> Result<(), ProjectionError> {
+async fn promote(
+    projections: &Projections,
+    entry: &Entry,
+    generation: &Arc<Generation>,
+) -> Result<(), ProjectionError> {
     if generation.cancel.is_cancelled() {
         return Ok(());
     }
@@ -1113,7 +1170,13 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
             let work = generation.clone();
             let next = page.next_after_position;
             let outcome = tokio::task::spawn_blocking(move || {
-                fold_and_commit(&work, page.events, next, options.snapshot_every, options.compact_bytes_min)
+                fold_and_commit(
+                    &work,
+                    page.events,
+                    next,
+                    options.snapshot_every,
+                    options.compact_bytes_min,
+                )
             })
             .await
             .map_err(blocking_error)
@@ -1167,7 +1230,12 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
     // does not read them again.
     let (position, durable, unkeyed, failed) = {
         let view = generation.view.read();
-        (view.position, view.durable_position, view.unkeyed, view.failed.is_some())
+        (
+            view.position,
+            view.durable_position,
+            view.unkeyed,
+            view.failed.is_some(),
+        )
     };
     if position > durable && !failed {
         let work = generation.clone();

@@ -43,7 +43,10 @@ pub const JOURNAL_MAGIC: [u8; 8] = *b"FSPROJ01";
 
 /// One generation's record log. Appends are atomic and durable when they return `Ok`; after
 /// an error the log refuses every later write (it is poisoned).
-#[expect(clippy::len_without_is_empty, reason = "the length decides compaction, nothing else")]
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "the length decides compaction, nothing else"
+)]
 pub trait GenerationLog: Send + Sync + Debug {
     /// Appends the records, all or none, and makes them durable.
     fn append(&self, records: &[&[u8]]) -> Result<(), ProjectionError>;
@@ -165,10 +168,13 @@ pub fn replay(records: &[Vec<u8>], what: &str) -> Result<Replayed, ProjectionErr
         .next()
         .ok_or_else(|| ProjectionError::Internal(format!("{what} has no records")))?;
     let decode = |bytes: &[u8]| -> Result<Record, ProjectionError> {
-        serde_json::from_slice(bytes).map_err(|e| ProjectionError::Internal(format!("{what}: a record does not decode: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| ProjectionError::Internal(format!("{what}: a record does not decode: {e}")))
     };
     let Record::Definition { definition } = decode(first)? else {
-        return Err(ProjectionError::Internal(format!("{what} does not begin with its definition")));
+        return Err(ProjectionError::Internal(format!(
+            "{what} does not begin with its definition"
+        )));
     };
     let mut out = Replayed {
         definition,
@@ -181,7 +187,9 @@ pub fn replay(records: &[Vec<u8>], what: &str) -> Result<Replayed, ProjectionErr
     for bytes in iter {
         match decode(bytes)? {
             Record::Definition { .. } => {
-                return Err(ProjectionError::Internal(format!("{what} has a second definition")));
+                return Err(ProjectionError::Internal(format!(
+                    "{what} has a second definition"
+                )));
             }
             Record::Live => out.live = true,
             Record::Batch {
@@ -202,7 +210,10 @@ pub fn replay(records: &[Vec<u8>], what: &str) -> Result<Replayed, ProjectionErr
                 }
             }
             Record::Snapshot(snapshot) => {
-                out.snapshots.entry(snapshot.key.clone()).or_default().push(snapshot);
+                out.snapshots
+                    .entry(snapshot.key.clone())
+                    .or_default()
+                    .push(snapshot);
             }
         }
     }
@@ -325,7 +336,10 @@ impl ProjectionStorage for JournalStorage {
         }
         let (journal, records) = Journal::open(self.fs.clone(), &path, JOURNAL_MAGIC)?;
         if !records.is_empty() {
-            return Err(ProjectionError::Internal(format!("{} is not new", path.display())));
+            return Err(ProjectionError::Internal(format!(
+                "{} is not new",
+                path.display()
+            )));
         }
         Ok(Box::new(JournalLog(journal)))
     }
@@ -375,10 +389,13 @@ pub fn decode_name(folder: &str) -> Option<String> {
     (encode_name(&name) == folder && !name.is_empty()).then_some(name)
 }
 
+/// The records of one log kept in memory.
+type MemoryRecords = Arc<Mutex<Vec<Vec<u8>>>>;
+
 /// Projection logs in memory.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {
-    logs: Arc<Mutex<BTreeMap<(String, u64), Arc<Mutex<Vec<Vec<u8>>>>>>>,
+    logs: Arc<Mutex<BTreeMap<(String, u64), MemoryRecords>>>,
 }
 
 impl MemoryStorage {
@@ -388,7 +405,7 @@ impl MemoryStorage {
 }
 
 #[derive(Debug)]
-struct MemoryLog(Arc<Mutex<Vec<Vec<u8>>>>);
+struct MemoryLog(MemoryRecords);
 
 impl GenerationLog for MemoryLog {
     fn append(&self, records: &[&[u8]]) -> Result<(), ProjectionError> {
@@ -423,7 +440,9 @@ impl ProjectionStorage for MemoryStorage {
 
     fn create(&self, name: &str, generation: u64) -> Result<Box<dyn GenerationLog>, ProjectionError> {
         let log = Arc::new(Mutex::new(Vec::new()));
-        self.logs.lock().insert((name.to_owned(), generation), log.clone());
+        self.logs
+            .lock()
+            .insert((name.to_owned(), generation), log.clone());
         Ok(Box::new(MemoryLog(log)))
     }
 
@@ -441,7 +460,12 @@ mod tests {
     fn names_encode_to_safe_folders_and_back() {
         for name in ["balances", "a.b", "..", "x/y", "é", "%41", "with space"] {
             let folder = encode_name(name);
-            assert!(folder.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)), "{folder}");
+            assert!(
+                folder
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
+                "{folder}"
+            );
             assert_eq!(decode_name(&folder).as_deref(), Some(name));
         }
         assert_eq!(decode_name("a.b"), None);

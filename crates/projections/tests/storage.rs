@@ -44,7 +44,9 @@ fn options() -> ProjectionsOptions {
 
 async fn open(fs: &FaultFs, store: &Arc<ModelStore>) -> Projections {
     let storage = JournalStorage::open(Arc::new(fs.clone()), Path::new(ROOT)).unwrap();
-    Projections::open(store.clone(), Arc::new(storage), options()).await.unwrap()
+    Projections::open(store.clone(), Arc::new(storage), options())
+        .await
+        .unwrap()
 }
 
 async fn append(store: &ModelStore, aggregate: usize, count: usize) {
@@ -52,7 +54,11 @@ async fn append(store: &ModelStore, aggregate: usize, count: usize) {
         .map(|i| NewEvent::new("Account", "Deposited", json!({"amount": i + 1})))
         .collect();
     store
-        .commit(Commit::single(&format!("acc:{aggregate}"), ExpectedVersion::Any, events))
+        .commit(Commit::single(
+            &format!("acc:{aggregate}"),
+            ExpectedVersion::Any,
+            events,
+        ))
         .await
         .unwrap();
 }
@@ -61,7 +67,10 @@ async fn append(store: &ModelStore, aggregate: usize, count: usize) {
 fn model_fold(definition: &ProjectionDefinition, events: &[Event], position: u64) -> BTreeMap<String, Value> {
     let compiled = definition.compile(&factstore_core::Limits::default()).unwrap();
     let mut states = BTreeMap::new();
-    for event in events.iter().filter(|e| e.position() <= position && compiled.filter().matches(e)) {
+    for event in events
+        .iter()
+        .filter(|e| e.position() <= position && compiled.filter().matches(e))
+    {
         let view = EventView::new(event);
         if let Some(key) = key_of(&compiled, &view).unwrap() {
             let state = states.entry(key).or_insert_with(|| compiled.initial().clone());
@@ -71,7 +80,11 @@ fn model_fold(definition: &ProjectionDefinition, events: &[Event], position: u64
     states
 }
 
-async fn wait_until(projections: &Projections, name: &str, mut done: impl FnMut(&factstore_projections::ProjectionStatus) -> bool) {
+async fn wait_until(
+    projections: &Projections,
+    name: &str,
+    mut done: impl FnMut(&factstore_projections::ProjectionStatus) -> bool,
+) {
     for _ in 0..2000 {
         let status = projections.status(name).unwrap();
         if done(&status) {
@@ -135,15 +148,26 @@ async fn a_crash_at_any_moment_keeps_states_and_checkpoint_consistent() {
         if position < head {
             interrupted += 1;
         }
-        assert_eq!(on_disk, model_fold(&counting(), &events, position), "seed {seed}: the stored states at {position}");
+        assert_eq!(
+            on_disk,
+            model_fold(&counting(), &events, position),
+            "seed {seed}: the stored states at {position}"
+        );
 
         // A restart resumes from the checkpoint and ends at the fold of every event.
         let reopened = open(&fs, &store).await;
         wait_until(&reopened, "counts", |s| s.position >= head).await;
-        assert_eq!(states(&reopened, "counts").await, model_fold(&counting(), &events, head), "seed {seed}");
+        assert_eq!(
+            states(&reopened, "counts").await,
+            model_fold(&counting(), &events, head),
+            "seed {seed}"
+        );
         reopened.shutdown().await;
     }
-    assert!(interrupted > 0, "no crash came before the projection had caught up: the test tests nothing");
+    assert!(
+        interrupted > 0,
+        "no crash came before the projection had caught up: the test tests nothing"
+    );
 }
 
 #[tokio::test]
@@ -159,17 +183,27 @@ async fn a_failed_sync_stops_the_projection_and_a_restart_resumes_it() {
     wait_until(&projections, "counts", |s| s.status == Status::Failed).await;
     let status = projections.status("counts").unwrap();
     assert_eq!(status.position, 3, "nothing unsynced is served");
-    assert!(status.error.as_deref().unwrap().starts_with("storage:"), "{status:?}");
+    assert!(
+        status.error.as_deref().unwrap().starts_with("storage:"),
+        "{status:?}"
+    );
     append(&store, 2, 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(projections.status("counts").unwrap().position, 3, "a poisoned log takes nothing more");
+    assert_eq!(
+        projections.status("counts").unwrap().position,
+        3,
+        "a poisoned log takes nothing more"
+    );
     projections.shutdown().await;
 
     fs.clear_faults();
     fs.crash();
     let reopened = open(&fs, &store).await;
     wait_until(&reopened, "counts", |s| s.position == 6).await;
-    assert_eq!(states(&reopened, "counts").await, model_fold(&counting(), &store.events(), 6));
+    assert_eq!(
+        states(&reopened, "counts").await,
+        model_fold(&counting(), &store.events(), 6)
+    );
     reopened.shutdown().await;
 }
 
@@ -186,13 +220,19 @@ async fn compaction_and_restarts_keep_states_and_snapshots() {
     projections.shutdown().await;
     let files = fs.file_names(format!("{ROOT}/counts"));
     assert_eq!(files, vec!["gen-1.journal".to_owned()]);
-    let size = fs.read_file(format!("{ROOT}/counts/gen-1.journal")).unwrap().len();
+    let size = fs
+        .read_file(format!("{ROOT}/counts/gen-1.journal"))
+        .unwrap()
+        .len();
     // 60 batches each rewriting a growing array: compaction keeps the file near its image.
     assert!(size < 64 * 1024, "the log was not compacted: {size} bytes");
     fs.crash();
     let reopened = open(&fs, &store).await;
     assert_eq!(reopened.status("counts").unwrap().position, 180);
-    assert_eq!(states(&reopened, "counts").await, model_fold(&counting(), &store.events(), 180));
+    assert_eq!(
+        states(&reopened, "counts").await,
+        model_fold(&counting(), &store.events(), 180)
+    );
     // Snapshots survived compaction: time travel to every version agrees with the fold.
     let events = store.events();
     for event in events.iter().filter(|e| e.aggregate_id() == "acc:0").step_by(5) {
@@ -207,7 +247,10 @@ async fn compaction_and_restarts_keep_states_and_snapshots() {
             .cloned()
             .collect();
         let last = expected.last().unwrap().position();
-        assert_eq!(Some(&state.state), model_fold(&counting(), &expected, last).get("acc:0"));
+        assert_eq!(
+            Some(&state.state),
+            model_fold(&counting(), &expected, last).get("acc:0")
+        );
     }
     reopened.shutdown().await;
 }
@@ -229,19 +272,37 @@ async fn a_rebuild_interrupted_by_a_crash_leaves_the_old_projection_serving_and_
     fs.fail_sync_after(6, Repeat::Forever);
     projections.put("counts", changed.clone()).await.unwrap();
     wait_until(&projections, "counts", |s| s.status == Status::Failed).await;
-    assert_eq!(projections.definition("counts").unwrap(), counting(), "the old definition serves");
+    assert_eq!(
+        projections.definition("counts").unwrap(),
+        counting(),
+        "the old definition serves"
+    );
     projections.shutdown().await;
-    assert_eq!(fs.file_names(format!("{ROOT}/counts")).len(), 2, "the rebuild was interrupted");
+    assert_eq!(
+        fs.file_names(format!("{ROOT}/counts")).len(),
+        2,
+        "the rebuild was interrupted"
+    );
     fs.clear_faults();
     fs.crash();
     let reopened = open(&fs, &store).await;
     // Either the old definition still serves (rebuild resumed) or the new one has swapped in;
     // both end at the fold of the new definition.
-    wait_until(&reopened, "counts", |s| s.status == Status::Running && s.position == 200).await;
-    assert_eq!(states(&reopened, "counts").await, model_fold(&changed, &store.events(), 200));
+    wait_until(&reopened, "counts", |s| {
+        s.status == Status::Running && s.position == 200
+    })
+    .await;
+    assert_eq!(
+        states(&reopened, "counts").await,
+        model_fold(&changed, &store.events(), 200)
+    );
     assert_eq!(reopened.definition("counts").unwrap(), changed);
     reopened.shutdown().await;
-    assert_eq!(fs.file_names(format!("{ROOT}/counts")).len(), 1, "the old generation is removed");
+    assert_eq!(
+        fs.file_names(format!("{ROOT}/counts")).len(),
+        1,
+        "the old generation is removed"
+    );
 }
 
 #[tokio::test]

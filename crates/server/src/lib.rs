@@ -229,8 +229,14 @@ fn routes() -> Routes {
         .delete("/v1/projections/{name}", projections::delete_projection)
         .get("/v1/projections", projections::list_projections)
         .post("/v1/projections/{name}/rebuild", projections::rebuild_projection)
-        .get("/v1/projections/{name}/state", projections::list_projection_states)
-        .get("/v1/projections/{name}/state/{key}", projections::get_projection_state)
+        .get(
+            "/v1/projections/{name}/state",
+            projections::list_projection_states,
+        )
+        .get(
+            "/v1/projections/{name}/state/{key}",
+            projections::get_projection_state,
+        )
         .get("/v1/subscribe", subscribe::subscribe)
         .get("/v1/openapi.json", openapi::serve_document)
 }

@@ -774,7 +774,13 @@ fn list_projections() -> &'static [ErrorCode] {
     responses((status = 200, description = "The status.", body = ProjectionStatus))
 )]
 fn get_projection() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, ProjectionNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -865,7 +871,13 @@ fn get_projection_state() -> &'static [ErrorCode] {
     responses((status = 200, description = "A page of states.", body = StatePage))
 )]
 fn list_projection_states() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, ProjectionNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -1567,7 +1579,12 @@ mod tests {
             .paths
             .paths
             .values()
-            .map(|item| [&item.get, &item.post, &item.put, &item.delete].into_iter().flatten().count())
+            .map(|item| {
+                [&item.get, &item.post, &item.put, &item.delete]
+                    .into_iter()
+                    .flatten()
+                    .count()
+            })
             .sum();
         assert_eq!(operations, OPERATIONS.len());
     }

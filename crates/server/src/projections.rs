@@ -10,11 +10,11 @@
 use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request, State};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use factstore_core::time::Bound;
 use factstore_core::StoreError;
+use factstore_core::time::Bound;
 use factstore_projections::definition::validate_name;
 use factstore_projections::{ProjectionDefinition, ProjectionStatus, PutOutcome, Source, StateQuery};
 use serde::Serialize;

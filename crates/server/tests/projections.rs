@@ -145,7 +145,9 @@ async fn append(router: &Router, aggregate_id: &str, events: Vec<Value>) -> u64 
 }
 
 async fn put(router: &Router, name: &str, definition: &Value) -> Answer {
-    Call::put(&format!("/v1/projections/{name}"), definition).send(router).await
+    Call::put(&format!("/v1/projections/{name}"), definition)
+        .send(router)
+        .await
 }
 
 async fn get(router: &Router, uri: &str) -> Answer {
@@ -175,8 +177,18 @@ async fn a_projection_folds_reads_and_reports_its_status() {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     assert_eq!(created.body["name"], "balances");
     assert_eq!(created.body["status"], "running");
-    append(&router, "account:1", vec![ev("AccountCreated", json!({"initial": 100}))]).await;
-    append(&router, "account:2", vec![ev("AccountCreated", json!({"initial": 5}))]).await;
+    append(
+        &router,
+        "account:1",
+        vec![ev("AccountCreated", json!({"initial": 100}))],
+    )
+    .await;
+    append(
+        &router,
+        "account:2",
+        vec![ev("AccountCreated", json!({"initial": 5}))],
+    )
+    .await;
     let last = append(
         &router,
         "account:1",
@@ -204,7 +216,10 @@ async fn a_projection_folds_reads_and_reports_its_status() {
     assert_eq!(list.body, json!({"projections": [status.body]}));
     // The same definition again: 200, nothing changes.
     let again = put(&router, "balances", &bank()).await;
-    assert_eq!((again.status, &again.body["status"]), (StatusCode::OK, &json!("running")));
+    assert_eq!(
+        (again.status, &again.body["status"]),
+        (StatusCode::OK, &json!("running"))
+    );
     // Percent-encoded keys are the same key.
     let encoded = get(&router, "/v1/projections/balances/state/account%3A2").await;
     assert_eq!(encoded.body["state"]["balance"], 5);
@@ -214,7 +229,12 @@ async fn a_projection_folds_reads_and_reports_its_status() {
 async fn bad_definitions_and_requests_are_refused_before_anything_is_stored() {
     let router = router();
     let cases = [
-        (json!({"key": "nope", "on": {}}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_projection", "key:"),
+        (
+            json!({"key": "nope", "on": {}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_projection",
+            "key:",
+        ),
         (
             json!({"key": "all", "on": {"A": [{"op": "mul", "path": "/a"}]}}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -227,14 +247,24 @@ async fn bad_definitions_and_requests_are_refused_before_anything_is_stored() {
             "invalid_projection",
             "on.A[0].from",
         ),
-        (json!({"key": "all", "on": {}, "extra": 1}), StatusCode::BAD_REQUEST, "invalid_request", "extra"),
+        (
+            json!({"key": "all", "on": {}, "extra": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "extra",
+        ),
         (
             json!({"key": "all", "filter": {"event_type": "A"}, "on": {}}),
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "event_type",
         ),
-        (json!({"on": {}}), StatusCode::BAD_REQUEST, "invalid_request", "key"),
+        (
+            json!({"on": {}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "key",
+        ),
     ];
     for (body, status, code, names) in cases {
         let answer = put(&router, "p", &body).await;
@@ -255,14 +285,21 @@ async fn bad_definitions_and_requests_are_refused_before_anything_is_stored() {
     assert_error(&long_name, StatusCode::BAD_REQUEST, "invalid_request");
     let unknown_param = Call::put("/v1/projections/p?x=1", &bank()).send(&router).await;
     assert_error(&unknown_param, StatusCode::BAD_REQUEST, "invalid_request");
-    assert_eq!(get(&router, "/v1/projections").await.body, json!({"projections": []}));
+    assert_eq!(
+        get(&router, "/v1/projections").await.body,
+        json!({"projections": []})
+    );
     for uri in [
         "/v1/projections/balances/state/k?source=cache",
         "/v1/projections/balances/state/k?wait_ms=60001",
         "/v1/projections/balances/state/k?until=yesterday",
         "/v1/projections/balances/state?limit=1001",
     ] {
-        assert_error(&get(&router, uri).await, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_error(
+            &get(&router, uri).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
     }
 }
 
@@ -274,13 +311,20 @@ async fn unknown_projections_and_keys_are_404() {
         get(&router, "/v1/projections/nope/state").await,
         get(&router, "/v1/projections/nope/state/k").await,
         delete("/v1/projections/nope").send(&router).await,
-        Call::post("/v1/projections/nope/rebuild", &json!({})).send(&router).await,
+        Call::post("/v1/projections/nope/rebuild", &json!({}))
+            .send(&router)
+            .await,
     ] {
         assert_error(&answer, StatusCode::NOT_FOUND, "projection_not_found");
         assert_eq!(answer.body["error"]["projection"], "nope");
     }
     put(&router, "balances", &bank()).await;
-    let position = append(&router, "account:1", vec![ev("AccountCreated", json!({"initial": 1}))]).await;
+    let position = append(
+        &router,
+        "account:1",
+        vec![ev("AccountCreated", json!({"initial": 1}))],
+    )
+    .await;
     state_at(&router, "balances", "account:1", position).await;
     for uri in [
         "/v1/projections/balances/state/account:9",
@@ -296,10 +340,18 @@ async fn unknown_projections_and_keys_are_404() {
 async fn read_your_writes_waits_for_the_position_or_answers_503() {
     let router = router();
     put(&router, "balances", &bank()).await;
-    let position = append(&router, "account:1", vec![ev("AccountCreated", json!({"initial": 1}))]).await;
+    let position = append(
+        &router,
+        "account:1",
+        vec![ev("AccountCreated", json!({"initial": 1}))],
+    )
+    .await;
     let late = get(
         &router,
-        &format!("/v1/projections/balances/state/account:1?min_position={}&wait_ms=50", position + 1),
+        &format!(
+            "/v1/projections/balances/state/account:1?min_position={}&wait_ms=50",
+            position + 1
+        ),
     )
     .await;
     assert_error(&late, StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized");
@@ -311,13 +363,21 @@ async fn read_your_writes_waits_for_the_position_or_answers_503() {
         tokio::spawn(async move {
             get(
                 &router,
-                &format!("/v1/projections/balances/state/account:1?min_position={}&wait_ms=10000", position + 1),
+                &format!(
+                    "/v1/projections/balances/state/account:1?min_position={}&wait_ms=10000",
+                    position + 1
+                ),
             )
             .await
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    append(&router, "account:1", vec![ev("MoneyDeposited", json!({"amount": 2}))]).await;
+    append(
+        &router,
+        "account:1",
+        vec![ev("MoneyDeposited", json!({"amount": 2}))],
+    )
+    .await;
     let answer = waiting.await.unwrap();
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(answer.body["state"]["balance"], 3);
@@ -344,16 +404,24 @@ async fn event_store_reads_and_time_travel_agree_with_a_fold_with_snapshots() {
     let mut last = 0;
     for e in dated(10) {
         last = append(&router, "account:1", vec![e]).await;
-        recorded.push(get(&router, &format!("/v1/events?after_position={}", last - 1)).await.body["events"][0]["recorded_at"]
-            .as_str()
-            .unwrap()
-            .to_owned());
+        recorded.push(
+            get(&router, &format!("/v1/events?after_position={}", last - 1))
+                .await
+                .body["events"][0]["recorded_at"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let maintained = state_at(&router, "balances", "account:1", last).await;
     let balance = |n: usize| (1..=n).sum::<usize>();
     assert_eq!(maintained.body["state"]["balance"], balance(10));
-    let from_store = get(&router, "/v1/projections/balances/state/account:1?source=event_store").await;
+    let from_store = get(
+        &router,
+        "/v1/projections/balances/state/account:1?source=event_store",
+    )
+    .await;
     assert_eq!(from_store.status, StatusCode::OK, "{}", from_store.text());
     assert_eq!(from_store.body["state"], maintained.body["state"]);
     for n in 1..=10 {
@@ -362,31 +430,56 @@ async fn event_store_reads_and_time_travel_agree_with_a_fold_with_snapshots() {
             &format!("/v1/projections/balances/state/account:1?until=2024-01-{n:02}"),
         )
         .await;
-        assert_eq!(until.body["state"]["balance"], balance(n), "until day {n}: {}", until.text());
+        assert_eq!(
+            until.body["state"]["balance"],
+            balance(n),
+            "until day {n}: {}",
+            until.text()
+        );
         assert_eq!(until.body["state"]["transactions"], n);
         let as_of = get(
             &router,
-            &format!("/v1/projections/balances/state/account:1?as_of={}", recorded[n - 1]),
+            &format!(
+                "/v1/projections/balances/state/account:1?as_of={}",
+                recorded[n - 1]
+            ),
         )
         .await;
-        assert_eq!(as_of.body["state"]["balance"], balance(n), "as_of event {n}: {}", as_of.text());
+        assert_eq!(
+            as_of.body["state"]["balance"],
+            balance(n),
+            "as_of event {n}: {}",
+            as_of.text()
+        );
     }
 }
 
 #[tokio::test]
 async fn other_keys_travel_in_time_by_folding_the_store() {
     let router = router();
-    let by_day = json!({"key": "day", "on": {"*": [{"op": "add", "path": "/total", "from": "/event_data/amount"}]}});
+    let by_day =
+        json!({"key": "day", "on": {"*": [{"op": "add", "path": "/total", "from": "/event_data/amount"}]}});
     assert_eq!(put(&router, "daily", &by_day).await.status, StatusCode::CREATED);
     let mut events = dated(3);
     let mut same_day = ev("MoneyDeposited", json!({"amount": 100}));
     same_day["created_at"] = json!("2024-01-02T18:00:00Z");
     events.push(same_day);
     let last = append(&router, "account:1", events).await;
-    assert_eq!(state_at(&router, "daily", "2024-01-02", last).await.body["state"], json!({"total": 102}));
-    let until = get(&router, "/v1/projections/daily/state/2024-01-02?until=2024-01-02T13:00:00Z").await;
+    assert_eq!(
+        state_at(&router, "daily", "2024-01-02", last).await.body["state"],
+        json!({"total": 102})
+    );
+    let until = get(
+        &router,
+        "/v1/projections/daily/state/2024-01-02?until=2024-01-02T13:00:00Z",
+    )
+    .await;
     assert_eq!(until.body["state"], json!({"total": 2}));
-    let from_store = get(&router, "/v1/projections/daily/state/2024-01-02?source=event_store").await;
+    let from_store = get(
+        &router,
+        "/v1/projections/daily/state/2024-01-02?source=event_store",
+    )
+    .await;
     assert_eq!(from_store.body["state"], json!({"total": 102}));
 }
 
@@ -397,9 +490,17 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
     put(&router, "balances", &bank()).await;
     let mut last = 0;
     for i in 0..20 {
-        last = append(&router, &format!("account:{}", i % 4), vec![ev("MoneyDeposited", json!({"amount": 10}))]).await;
+        last = append(
+            &router,
+            &format!("account:{}", i % 4),
+            vec![ev("MoneyDeposited", json!({"amount": 10}))],
+        )
+        .await;
     }
-    assert_eq!(state_at(&router, "balances", "account:0", last).await.body["state"]["balance"], 50);
+    assert_eq!(
+        state_at(&router, "balances", "account:0", last).await.body["state"]["balance"],
+        50
+    );
     store.hold_from_start.store(true, Ordering::SeqCst);
     // A changed definition: doubled amounts.
     let mut doubled = bank();
@@ -407,12 +508,23 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
                                              {"op": "add", "path": "/balance", "from": "/event_data/amount"},
                                              {"op": "inc", "path": "/transactions"}]);
     let replaced = put(&router, "balances", &doubled).await;
-    assert_eq!((replaced.status, &replaced.body["status"]), (StatusCode::OK, &json!("rebuilding")));
+    assert_eq!(
+        (replaced.status, &replaced.body["status"]),
+        (StatusCode::OK, &json!("rebuilding"))
+    );
     // The live generation goes on folding new events with the old definition meanwhile.
-    last = append(&router, "account:0", vec![ev("MoneyDeposited", json!({"amount": 10}))]).await;
+    last = append(
+        &router,
+        "account:0",
+        vec![ev("MoneyDeposited", json!({"amount": 10}))],
+    )
+    .await;
     let old = state_at(&router, "balances", "account:0", last).await;
     assert_eq!(old.body["state"]["balance"], 60);
-    assert_eq!(get(&router, "/v1/projections/balances").await.body["status"], "rebuilding");
+    assert_eq!(
+        get(&router, "/v1/projections/balances").await.body["status"],
+        "rebuilding"
+    );
     store.open();
     let mut swapped = false;
     for _ in 0..500 {
@@ -428,7 +540,9 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
     assert_eq!(new.body["state"]["balance"], 120);
     assert!(new.body["position"].as_u64().unwrap() >= last);
     // POST rebuild: 202, and the same state once it is done.
-    let rebuild = Call::post("/v1/projections/balances/rebuild", &json!({})).send(&router).await;
+    let rebuild = Call::post("/v1/projections/balances/rebuild", &json!({}))
+        .send(&router)
+        .await;
     assert_eq!(rebuild.status, StatusCode::ACCEPTED, "{}", rebuild.text());
     for _ in 0..500 {
         if get(&router, "/v1/projections/balances").await.body["status"] == "running" {
@@ -438,7 +552,12 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
     }
     let status = get(&router, "/v1/projections/balances").await;
     assert_eq!(status.body["status"], "running");
-    assert_eq!(get(&router, "/v1/projections/balances/state/account:0").await.body["state"]["balance"], 120);
+    assert_eq!(
+        get(&router, "/v1/projections/balances/state/account:0")
+            .await
+            .body["state"]["balance"],
+        120
+    );
     assert_eq!(status.body["keys"], 4);
 }
 
@@ -446,9 +565,24 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
 async fn a_failing_operation_stops_the_projection_at_the_event_before() {
     let router = router();
     put(&router, "balances", &bank()).await;
-    let ok = append(&router, "account:1", vec![ev("MoneyDeposited", json!({"amount": 5}))]).await;
-    let bad = append(&router, "account:1", vec![ev("MoneyDeposited", json!({"amount": "five"}))]).await;
-    append(&router, "account:1", vec![ev("MoneyDeposited", json!({"amount": 7}))]).await;
+    let ok = append(
+        &router,
+        "account:1",
+        vec![ev("MoneyDeposited", json!({"amount": 5}))],
+    )
+    .await;
+    let bad = append(
+        &router,
+        "account:1",
+        vec![ev("MoneyDeposited", json!({"amount": "five"}))],
+    )
+    .await;
+    append(
+        &router,
+        "account:1",
+        vec![ev("MoneyDeposited", json!({"amount": 7}))],
+    )
+    .await;
     let mut status = Value::Null;
     for _ in 0..500 {
         status = get(&router, "/v1/projections/balances").await.body;
@@ -463,9 +597,19 @@ async fn a_failing_operation_stops_the_projection_at_the_event_before() {
     assert!(error.contains(&format!("position {bad}")), "{error}");
     assert!(error.contains("a string, not a number"), "{error}");
     let state = get(&router, "/v1/projections/balances/state/account:1").await;
-    assert_eq!((state.body["state"]["balance"].clone(), state.body["position"].clone()), (json!(5), json!(ok)));
+    assert_eq!(
+        (
+            state.body["state"]["balance"].clone(),
+            state.body["position"].clone()
+        ),
+        (json!(5), json!(ok))
+    );
     // Waiting for a position past the failure is pointless: 503 at once.
-    let wait = get(&router, &format!("/v1/projections/balances/state/account:1?min_position={bad}&wait_ms=60000")).await;
+    let wait = get(
+        &router,
+        &format!("/v1/projections/balances/state/account:1?min_position={bad}&wait_ms=60000"),
+    )
+    .await;
     assert_error(&wait, StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized");
 }
 
@@ -481,9 +625,15 @@ async fn unkeyed_events_are_counted_and_states_page_in_key_order() {
     events.push(ev("ItemSold", json!({"other": 1})));
     events.push(ev("ItemSold", json!({"sku": null})));
     let last = append(&router, "shop:1", events).await;
-    assert_eq!(state_at(&router, "skus", "a", last).await.body["state"], json!({"count": 2}));
+    assert_eq!(
+        state_at(&router, "skus", "a", last).await.body["state"],
+        json!({"count": 2})
+    );
     let status = get(&router, "/v1/projections/skus").await;
-    assert_eq!((status.body["keys"].clone(), status.body["unkeyed"].clone()), (json!(5), json!(2)));
+    assert_eq!(
+        (status.body["keys"].clone(), status.body["unkeyed"].clone()),
+        (json!(5), json!(2))
+    );
     let first = get(&router, "/v1/projections/skus/state?limit=2").await;
     assert_eq!(
         first.body,
@@ -505,14 +655,29 @@ async fn unkeyed_events_are_counted_and_states_page_in_key_order() {
 async fn delete_removes_the_projection_and_the_name_can_be_used_again() {
     let router = router();
     put(&router, "balances", &bank()).await;
-    let position = append(&router, "account:1", vec![ev("AccountCreated", json!({"initial": 1}))]).await;
+    let position = append(
+        &router,
+        "account:1",
+        vec![ev("AccountCreated", json!({"initial": 1}))],
+    )
+    .await;
     state_at(&router, "balances", "account:1", position).await;
     let deleted = delete("/v1/projections/balances").send(&router).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     assert!(deleted.bytes.is_empty());
-    assert_error(&get(&router, "/v1/projections/balances").await, StatusCode::NOT_FOUND, "projection_not_found");
-    assert_eq!(put(&router, "balances", &bank()).await.status, StatusCode::CREATED);
-    assert_eq!(state_at(&router, "balances", "account:1", position).await.body["state"]["balance"], 1);
+    assert_error(
+        &get(&router, "/v1/projections/balances").await,
+        StatusCode::NOT_FOUND,
+        "projection_not_found",
+    );
+    assert_eq!(
+        put(&router, "balances", &bank()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        state_at(&router, "balances", "account:1", position).await.body["state"]["balance"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -522,9 +687,12 @@ async fn event_status_lists_the_projections_whose_filter_matches() {
     put(&router, "balances", &bank()).await;
     let orders = json!({"filter": {"aggregate_type": "Order"}, "key": "all", "on": {"*": [{"op": "inc", "path": "/n"}]}});
     put(&router, "orders", &orders).await;
-    let answer = Call::post("/v1/aggregates/account:1/events", &json!({"events": [ev("AccountCreated", json!({"initial": 1}))]}))
-        .send(&router)
-        .await;
+    let answer = Call::post(
+        "/v1/aggregates/account:1/events",
+        &json!({"events": [ev("AccountCreated", json!({"initial": 1}))]}),
+    )
+    .send(&router)
+    .await;
     let event_id = answer.body["events"][0]["event_id"].as_str().unwrap().to_owned();
     let position = answer.body["position"].as_u64().unwrap();
     state_at(&router, "balances", "account:1", position).await;
@@ -539,7 +707,10 @@ async fn event_status_lists_the_projections_whose_filter_matches() {
     put(&router, "all-accounts", &json!({"key": "all", "on": {}})).await;
     let status = get(&router, &format!("/v1/events/{event_id}/status")).await;
     assert_eq!(status.body["materialized"], false, "{}", status.text());
-    assert_eq!(status.body["projections"], json!({"balances": true, "all-accounts": false}));
+    assert_eq!(
+        status.body["projections"],
+        json!({"balances": true, "all-accounts": false})
+    );
     store.open();
     let unknown = get(&router, &format!("/v1/events/{}/status", Uuid::nil())).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "event_not_found");
@@ -573,16 +744,29 @@ const ACC_ADMIN: &str = "acc-admin-token-0123456789ab";
 #[tokio::test]
 async fn admins_manage_readers_read_and_prefix_limited_tokens_are_refused() {
     let auth = Auth::parse(AUTH_FILE, "test.toml").unwrap();
-    let router = router_over(Arc::new(ModelStore::new()), 3, ServerConfig::default().with_auth(auth));
+    let router = router_over(
+        Arc::new(ModelStore::new()),
+        3,
+        ServerConfig::default().with_auth(auth),
+    );
     let no_token = Call::put("/v1/projections/balances", &bank()).send(&router).await;
     assert_error(&no_token, StatusCode::UNAUTHORIZED, "unauthorized");
     for token in [WRITER, READER, ACC_ADMIN] {
-        let answer = Call::put("/v1/projections/balances", &bank()).token(token).send(&router).await;
+        let answer = Call::put("/v1/projections/balances", &bank())
+            .token(token)
+            .send(&router)
+            .await;
         assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     }
-    let created = Call::put("/v1/projections/balances", &bank()).token(ADMIN).send(&router).await;
+    let created = Call::put("/v1/projections/balances", &bank())
+        .token(ADMIN)
+        .send(&router)
+        .await;
     assert_eq!(created.status, StatusCode::CREATED);
-    let read = Call::get("/v1/projections/balances").token(READER).send(&router).await;
+    let read = Call::get("/v1/projections/balances")
+        .token(READER)
+        .send(&router)
+        .await;
     assert_eq!(read.status, StatusCode::OK);
     for call in [
         Call::get("/v1/projections/balances").token(ACC_ADMIN),
@@ -593,6 +777,9 @@ async fn admins_manage_readers_read_and_prefix_limited_tokens_are_refused() {
     ] {
         assert_error(&call.send(&router).await, StatusCode::FORBIDDEN, "forbidden");
     }
-    let deleted = delete("/v1/projections/balances").token(ADMIN).send(&router).await;
+    let deleted = delete("/v1/projections/balances")
+        .token(ADMIN)
+        .send(&router)
+        .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
 }
