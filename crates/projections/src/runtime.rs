@@ -55,6 +55,9 @@ use crate::storage::{
 /// most this much: a bound on what a restart reads again.
 pub const CHECKPOINT_GAP_MAX: u64 = 1_000_000;
 
+/// The largest image a log is compacted into (the journal's frame ceiling, less a margin).
+pub const IMAGE_BYTES_MAX: usize = factstore_engine::journal::BODY_LEN_MAX - (1 << 20);
+
 /// The default of `--snapshot-every`.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 1000;
 
@@ -489,9 +492,7 @@ impl Projections {
                 return Ok(PutOutcome::Unchanged);
             }
             // The rebuild in progress folds a definition that is no longer wanted.
-            Self::stop(rebuild).await;
-            entry.slot.write().rebuild = None;
-            self.remove_log(name, rebuild.number).await?;
+            self.abandon_rebuild(&entry, rebuild).await?;
         }
         let live = entry.live().clone();
         if live.compiled.definition == definition {
@@ -500,6 +501,23 @@ impl Projections {
         let number = live.number.max(rebuild.as_ref().map_or(0, |r| r.number)) + 1;
         self.begin_rebuild(&entry, number, compiled).await?;
         Ok(PutOutcome::Rebuilding)
+    }
+
+    /// Stops a rebuild and removes its log, unless it swapped in before it stopped (its task
+    /// may have been promoting it): then it is the live generation and stays.
+    async fn abandon_rebuild(&self, entry: &Entry, rebuild: &Arc<Generation>) -> Result<(), ProjectionError> {
+        Self::stop(rebuild).await;
+        let swapped_in = {
+            let mut slot = entry.slot.write();
+            if slot.rebuild.as_ref().is_some_and(|r| Arc::ptr_eq(r, rebuild)) {
+                slot.rebuild = None;
+            }
+            Arc::ptr_eq(&slot.live, rebuild)
+        };
+        if swapped_in {
+            return Ok(());
+        }
+        self.remove_log(&entry.name, rebuild.number).await
     }
 
     async fn begin_rebuild(
@@ -528,9 +546,7 @@ impl Projections {
         let compiled = match &rebuild {
             Some(rebuild) if rebuild.view.read().failed.is_none() => return Ok(()),
             Some(rebuild) => {
-                Self::stop(rebuild).await;
-                entry.slot.write().rebuild = None;
-                self.remove_log(name, rebuild.number).await?;
+                self.abandon_rebuild(&entry, rebuild).await?;
                 (*rebuild.compiled).clone()
             }
             None => (*live.compiled).clone(),
@@ -1090,6 +1106,17 @@ fn maybe_compact(generation: &Generation, compact_bytes_min: u64) -> Result<(), 
         return Ok(());
     }
     let (records, position) = image_records(generation)?;
+    let image_bytes: usize = records.iter().map(|r| r.len() + 4).sum();
+    if image_bytes > IMAGE_BYTES_MAX {
+        // The journal rewrites an image as one frame, which has a ceiling: go on appending,
+        // and try again once the log has doubled.
+        tracing::warn!(
+            image_bytes,
+            "a projection's image is too large to compact its log"
+        );
+        generation.image_len.store(len, Ordering::SeqCst);
+        return Ok(());
+    }
     let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     generation.log.rewrite(&refs)?;
     generation.image_len.store(generation.log.len(), Ordering::SeqCst);
