@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use factstore_core::{AggregateQuery, Event, EventQuery, EventStore, StoreError, Timestamp};
+use factstore_core::{AggregateQuery, Event, EventPage, EventQuery, EventStore, StoreError, Timestamp};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -1165,17 +1165,36 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
     let page_events = projections.page_events();
     let mut head = store.watch_head();
     let mut retry = Duration::from_millis(100);
+    let read = |after: u64| {
+        let store = store.clone();
+        let mut query = EventQuery::all(after, page_events);
+        query.filter = generation.compiled.filter().clone();
+        async move { store.read_events(query).await }
+    };
+    // While a full page folds, the next one is read: reading and folding overlap during a
+    // catch-up. It is used only if the fold ended where the page said (no failure).
+    let mut prefetched: Option<(u64, JoinHandle<Result<EventPage, StoreError>>)> = None;
     loop {
         if generation.cancel.is_cancelled() || generation.view.read().failed.is_some() {
             break;
         }
         let after = generation.view.read().position;
-        let mut query = EventQuery::all(after, page_events);
-        query.filter = generation.compiled.filter().clone();
         head.borrow_and_update();
+        let pending = match prefetched.take() {
+            Some((from, handle)) if from == after => handle,
+            Some((_, handle)) => {
+                handle.abort();
+                tokio::spawn(read(after))
+            }
+            None => tokio::spawn(read(after)),
+        };
+        let abort = pending.abort_handle();
         let page = tokio::select! {
-            page = store.read_events(query) => page,
-            () = generation.cancel.cancelled() => break,
+            page = pending => page.unwrap_or_else(|e| Err(StoreError::Internal(format!("a read task failed: {e}")))),
+            () = generation.cancel.cancelled() => {
+                abort.abort();
+                break;
+            }
         };
         let page = match page {
             Ok(page) => {
@@ -1193,6 +1212,12 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
             }
         };
         let caught_up = page.next_after_position >= page.head_position;
+        if !caught_up && page.events.len() >= page_events {
+            prefetched = Some((
+                page.next_after_position,
+                tokio::spawn(read(page.next_after_position)),
+            ));
+        }
         if !page.events.is_empty() || page.next_after_position > after {
             let work = generation.clone();
             let next = page.next_after_position;
@@ -1252,6 +1277,9 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
                 }
             }
         }
+    }
+    if let Some((_, handle)) = prefetched {
+        handle.abort();
     }
     // The checkpoint of pages that changed nothing lags in memory: write it, so a restart
     // does not read them again.

@@ -1284,7 +1284,11 @@ async fn projection_responses_match_the_documented_schemas() {
     let reply = post(&router, "/v1/projections/counts/rebuild", &json!({})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     doc.check("POST", rebuild, &reply);
-    doc.check("POST", rebuild, &post(&router, "/v1/projections/nope/rebuild", &json!({})).await);
+    doc.check(
+        "POST",
+        rebuild,
+        &post(&router, "/v1/projections/nope/rebuild", &json!({})).await,
+    );
     let reply = call(&router, "DELETE", "/v1/projections/counts", None, Body::empty()).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert!(doc.operation("DELETE", one)["responses"]["204"].is_object());
