@@ -348,8 +348,18 @@ impl ProjectionStorage for JournalStorage {
         let folder = self.folder(name);
         let path = self.path(name, generation);
         let io = |e: std::io::Error| ProjectionError::Unavailable(format!("{}: {e}", path.display()));
-        if self.fs.exists(&path).map_err(io)? {
-            self.fs.remove_file(&path).map_err(io)?;
+        // A compaction's leftover goes too, or nothing would ever remove it.
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut removed = false;
+        for file in [&path, &tmp] {
+            if self.fs.exists(file).map_err(io)? {
+                self.fs.remove_file(file).map_err(io)?;
+                removed = true;
+            }
+        }
+        if removed {
             self.fs.sync_dir(&folder).map_err(io)?;
         }
         Ok(())
