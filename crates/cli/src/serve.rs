@@ -16,7 +16,9 @@ use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 use factstore_projections::{JournalStorage, Projections, ProjectionsOptions};
+use factstore_schemas::{JournalStorage as SchemaJournal, SchemaRegistry};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
+use factstore_subscriptions::{FileStorage, Options as SubscriptionOptions, Subscriptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -248,6 +250,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::open(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
+    // After the engine, which holds the data folder's lock.
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,17 +267,38 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
+        let state = AppState::with_schemas(store, schemas, config);
+        // Projections and persistent-subscription groups keep their journals beside the event
+        // log, and read through the schema layer, so they see upcast events like every other
+        // reader.
         let projections_dir = args.data_dir.join("projections");
-        let storage = JournalStorage::open(fs, &projections_dir)
+        let storage = JournalStorage::open(fs.clone(), &projections_dir)
             .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
         let projections_options = ProjectionsOptions {
             snapshot_every: args.snapshot_every,
             ..ProjectionsOptions::default()
         };
-        let projections = Projections::open(store.clone(), Arc::new(storage), projections_options)
+        let projections = Projections::open(state.store.clone(), Arc::new(storage), projections_options)
             .await
             .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
-        let state = AppState::new(store, config).with_projections(projections.clone());
+        let subscriptions_dir = args.data_dir.join("subscriptions");
+        let storage = FileStorage::open(fs, &subscriptions_dir)
+            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+        let subscriptions = Subscriptions::open(
+            state.store.clone(),
+            Arc::new(storage),
+            SubscriptionOptions::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the subscription groups in {}",
+                subscriptions_dir.display()
+            )
+        })?;
+        let state = state
+            .with_subscriptions(subscriptions.clone())
+            .with_projections(projections.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -296,8 +325,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("server failed");
         // After the drain: no request uses them any more. Each fold task ends after its batch
-        // and writes the checkpoint that lags in memory.
+        // and writes the checkpoint that lags in memory; the groups write their last deliveries.
         projections.shutdown().await;
+        subscriptions.close().await;
         drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read

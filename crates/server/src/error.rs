@@ -10,6 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
 use factstore_projections::ProjectionError;
+use factstore_schemas::SchemaError;
+use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
 
 /// An error answered to a client.
@@ -17,6 +19,10 @@ use serde_json::{Map, Value, json};
 pub enum ApiError {
     /// Anything the store reports.
     Store(StoreError),
+    /// What the schema registry reports about a schema or upcaster change or lookup.
+    Schema(SchemaError),
+    /// Anything a persistent subscription reports.
+    Subscription(SubscriptionError),
     /// What the projections report (but the store's errors, which are `Store`).
     Projection(ProjectionError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
@@ -128,8 +134,58 @@ impl ApiError {
                 }
                 (StatusCode::NOT_FOUND, "snapshot_not_found")
             }
+            ApiError::Store(StoreError::SchemaViolation { violations }) => {
+                detail("violations", json!(violations));
+                (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation")
+            }
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id,
+                position,
+                event_type,
+                event_version,
+                ..
+            }) => {
+                detail("event_id", json!(event_id));
+                detail("position", json!(position));
+                detail("event_type", json!(event_type));
+                detail("event_version", json!(event_version));
+                (StatusCode::INTERNAL_SERVER_ERROR, "upcast_failed")
+            }
+            ApiError::Schema(SchemaError::InvalidRequest(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Schema(SchemaError::SchemaNotFound { event_type }) => {
+                detail("event_type", json!(event_type));
+                (StatusCode::NOT_FOUND, "schema_not_found")
+            }
+            ApiError::Schema(SchemaError::SchemaExists { event_type, version }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                (StatusCode::CONFLICT, "schema_exists")
+            }
+            ApiError::Schema(SchemaError::Incompatible {
+                event_type,
+                version,
+                reason,
+            }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                detail("reason", json!(reason));
+                (StatusCode::CONFLICT, "incompatible_schema")
+            }
             ApiError::Store(StoreError::Unavailable(_))
-            | ApiError::Projection(ProjectionError::Unavailable(_) | ProjectionError::ShuttingDown) => {
+            | ApiError::Schema(SchemaError::Unavailable(_))
+            | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            ApiError::Subscription(SubscriptionError::NotFound { group }) => {
+                detail("group", json!(group));
+                (StatusCode::NOT_FOUND, "subscription_not_found")
+            }
+            ApiError::Subscription(SubscriptionError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            // `Internal`, and any variant added later.
+            ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Projection(ProjectionError::Unavailable(_) | ProjectionError::ShuttingDown) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
             ApiError::Projection(ProjectionError::InvalidRequest(_)) => {
@@ -162,7 +218,7 @@ impl ApiError {
             ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Schema(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         (status, code, details)
     }
@@ -175,6 +231,11 @@ impl ApiError {
                 "the store failed internally; the server log has the details".to_owned()
             }
             ApiError::Store(error) => error.to_string(),
+            ApiError::Schema(error) => error.to_string(),
+            ApiError::Subscription(SubscriptionError::Internal(_)) => {
+                "the server failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Subscription(error) => error.to_string(),
             ApiError::Projection(ProjectionError::Internal(_)) => {
                 "the projection storage failed internally; the server log has the details".to_owned()
             }
@@ -187,6 +248,12 @@ impl ApiError {
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(error: SubscriptionError) -> ApiError {
+        ApiError::Subscription(error)
     }
 }
 
@@ -212,8 +279,17 @@ impl IntoResponse for ApiError {
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "refusing a write: the store is unavailable");
             }
+            ApiError::Schema(SchemaError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a schema change: the registry cannot write");
+            }
             ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal store error");
+            }
+            ApiError::Subscription(SubscriptionError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a subscription change: its journal is unavailable");
+            }
+            ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal subscription error");
             }
             ApiError::Projection(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal projection error");

@@ -37,14 +37,20 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use crate::append::{AppendBody, AppendResponse};
 use crate::error::ApiError;
+use crate::persistent::{AckBody, GroupList, NackBody, PollBody, ReplayBody, ReplayResponse};
+use crate::schemas::{SchemaList, SchemaPutResponse, UpcasterList};
 use crate::snapshots::{SnapshotList, SnapshotPutResponse};
+use factstore_schemas::{EventTypeSchemas, UpcasterDef, UpcasterView};
+use factstore_subscriptions::{GroupDefinition, GroupStatus};
+use params::ParkedParams;
 use params::{
     AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, StateParams,
     StatesPageParams, SubscribeParams, TimeParams,
 };
 use schemas::{
-    AggregateLoad, AggregatePage, ErrorBody, Event, EventPage, EventStatus, Health, KeyState, ProjectionBody,
-    ProjectionList, ProjectionStatus, Snapshot, StatePage, StreamError, StreamPosition, StreamShutdown,
+    AggregateLoad, AggregatePage, Deliveries, ErrorBody, Event, EventPage, EventStatus, Health, KeyState,
+    ParkedPage, ProjectionBody, ProjectionList, ProjectionStatus, Snapshot, StatePage, StreamError,
+    StreamPosition, StreamShutdown,
 };
 
 /// `GET /v1/openapi.json`: the document, built on first use.
@@ -84,6 +90,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidSnapshot,
+    SchemaViolation,
+    SchemaNotFound,
+    SchemaExists,
+    IncompatibleSchema,
+    UpcastFailed,
+    SubscriptionNotFound,
     ProjectionNotFound,
     KeyNotFound,
     InvalidProjection,
@@ -93,7 +105,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -109,6 +121,12 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::InvalidSnapshot,
+        ErrorCode::SchemaViolation,
+        ErrorCode::SchemaNotFound,
+        ErrorCode::SchemaExists,
+        ErrorCode::IncompatibleSchema,
+        ErrorCode::UpcastFailed,
+        ErrorCode::SubscriptionNotFound,
         ErrorCode::ProjectionNotFound,
         ErrorCode::KeyNotFound,
         ErrorCode::InvalidProjection,
@@ -135,6 +153,12 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidSnapshot => "invalid_snapshot",
+            ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::SchemaNotFound => "schema_not_found",
+            ErrorCode::SchemaExists => "schema_exists",
+            ErrorCode::IncompatibleSchema => "incompatible_schema",
+            ErrorCode::UpcastFailed => "upcast_failed",
+            ErrorCode::SubscriptionNotFound => "subscription_not_found",
             ErrorCode::ProjectionNotFound => "projection_not_found",
             ErrorCode::KeyNotFound => "key_not_found",
             ErrorCode::InvalidProjection => "invalid_projection",
@@ -154,18 +178,24 @@ impl ErrorCode {
             | ErrorCode::AggregateNotFound
             | ErrorCode::EventNotFound
             | ErrorCode::SnapshotNotFound
+            | ErrorCode::SchemaNotFound
+            | ErrorCode::SubscriptionNotFound
             | ErrorCode::ProjectionNotFound
             | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongExpectedVersion
             | ErrorCode::ConditionFailed
             | ErrorCode::DuplicateEventId
-            | ErrorCode::AggregateTypeMismatch => StatusCode::CONFLICT,
+            | ErrorCode::AggregateTypeMismatch
+            | ErrorCode::SchemaExists
+            | ErrorCode::IncompatibleSchema => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidSnapshot | ErrorCode::InvalidProjection => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation | ErrorCode::InvalidProjection => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ErrorCode::NotYetMaterialized => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal | ErrorCode::UpcastFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -218,6 +248,28 @@ impl ErrorCode {
                 "the aggregate has no event at the snapshot's `version` (`aggregate_id`, \
                  `version`, `current_version`: 0 when it has no events); nothing was stored"
             }
+            ErrorCode::SubscriptionNotFound => "no persistent-subscription group has this name (`group`)",
+            ErrorCode::SchemaViolation => {
+                "events do not match the JSON Schema registered for their `event_type` and \
+                 `event_version` (`violations`: every failing field of every such event, each \
+                 with `event_index`, `aggregate_id`, `event_type`, `event_version`, `path`, \
+                 `message`); nothing was written"
+            }
+            ErrorCode::SchemaNotFound => "no schema is registered for the event type (`event_type`)",
+            ErrorCode::SchemaExists => {
+                "the version is registered with a different schema; registered schemas never \
+                 change (`event_type`, `version`)"
+            }
+            ErrorCode::IncompatibleSchema => {
+                "the schema is not backward compatible with the previous version (a property \
+                 removed or retyped, or a required one added), or the previous version is not \
+                 registered (`event_type`, `version`, `reason`)"
+            }
+            ErrorCode::UpcastFailed => {
+                "a stored event cannot be upcast by the registered upcasters; the read stops \
+                 there rather than skip it (`event_id`, `position`, `event_type`, \
+                 `event_version`); `raw=true` reads it as stored"
+            }
             ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
             ErrorCode::KeyNotFound => {
                 "the projection has no state under this key: no event of the key was folded (or, \
@@ -237,7 +289,9 @@ impl ErrorCode {
             ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
             ErrorCode::StoreUnavailable => {
                 "the store cannot write safely (a failed fsync, a full disk) or is shutting down; \
-                 nothing was written, and reads go on"
+                 nothing was written, and reads go on. For a persistent subscription: its journal \
+                 failed a write or sync, and the group refuses polls and changes until the server \
+                 restarts"
             }
         }
     }
@@ -384,6 +438,9 @@ macro_rules! operations {
                 (name = "events", description = "Append and read events."),
                 (name = "stream", description = "Follow events live."),
                 (name = "snapshots", description = "Cached aggregate states, and loading an aggregate."),
+                (name = "schemas", description = "JSON Schemas per event type and version, and upcasters."),
+                (name = "subscriptions", description = "Persistent subscriptions: consumer groups \
+with leases, acks, redelivery and parking; the server keeps each group's checkpoint."),
                 (name = "projections", description = "Read models: JSON states folded from the events by the server."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
@@ -415,6 +472,21 @@ operations!(
     list_projection_states,
     event_status,
     subscribe,
+    put_schema,
+    list_schemas,
+    get_schema,
+    put_upcaster,
+    list_upcasters,
+    list_upcasters_of,
+    list_groups,
+    put_group,
+    get_group,
+    delete_group,
+    poll,
+    ack,
+    nack,
+    list_parked,
+    replay_parked,
     health,
     metrics,
     openapi,
@@ -422,9 +494,10 @@ operations!(
 
 use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound, NotYetMaterialized,
-    PayloadTooLarge, ProjectionNotFound, SnapshotNotFound, StoreUnavailable, Unauthorized,
-    UnsupportedMediaType, WrongExpectedVersion,
+    IncompatibleSchema, Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound,
+    NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation,
+    SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType,
+    UpcastFailed, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -473,6 +546,7 @@ fn append_to_aggregate() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -520,6 +594,7 @@ fn commit() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -547,6 +622,7 @@ fn read_aggregate() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
 }
@@ -563,7 +639,7 @@ empty and still not be the end: the end is `next_after_position` = `head_positio
     responses((status = 200, description = "A page of events.", body = EventPage))
 )]
 fn read_events() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+    &[InvalidRequest, Unauthorized, Forbidden, UpcastFailed, Internal]
 }
 
 #[utoipa::path(
@@ -578,7 +654,14 @@ fn read_events() -> &'static [ErrorCode] {
     responses((status = 200, description = "The event.", body = Event))
 )]
 fn get_event() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        EventNotFound,
+        UpcastFailed,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -685,6 +768,7 @@ fn load() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
 }
@@ -931,6 +1015,377 @@ after it; wins over `after_position`. A whole number of 0 or more."),
     )
 )]
 fn subscribe() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+/// The path parameter of the subscription endpoints.
+const GROUP: &str = "The group's name: 1 to 100 bytes of ASCII letters, digits, `-`, `_`, `.` and `:`.";
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    summary = "Every persistent-subscription group",
+    description = "Each group's definition and status, by name. Needs the reader role and a \
+token without aggregate prefixes. Takes no query parameters.",
+    responses((status = 200, description = "The groups.", body = GroupList))
+)]
+fn list_groups() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "Create a group, or change its definition",
+    description = "Creates the group (201), starting after `start`: `beginning` (every matching \
+event), `end` (only events appended after it exists) or a position P (the events after P). The \
+same definition again is 200 and changes nothing. A different definition is 200 and replaces it: \
+the group keeps its progress (checkpoint, acks, parked events, delivery counts; `start` is not \
+applied again), reads again from its checkpoint with the new filter, and events leased under the \
+old definition are delivered again. Durable before the answer. Needs the admin role and a token \
+without aggregate prefixes. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(
+        content = GroupDefinition,
+        example = json!({
+            "filter": {"event_types": ["OrderPlaced"], "aggregate_id_prefix": "order:"},
+            "start": "beginning",
+            "ack_timeout_ms": 30000,
+            "max_deliveries": 5,
+            "ordering": "per_aggregate"
+        })
+    ),
+    responses(
+        (status = 201, description = "Created.", body = GroupStatus),
+        (status = 200, description = "Unchanged, or its definition replaced.", body = GroupStatus),
+    )
+)]
+fn put_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "A group's definition and status",
+    description = "`checkpoint`: every position up to it is acked, parked or passed over by the \
+filter. `lag` = `head_position` − `checkpoint`. `in_flight`: events leased to consumers now. \
+Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    responses((status = 200, description = "The group.", body = GroupStatus))
+)]
+fn get_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "Delete a group",
+    description = "Deletes the group and its state, durably. Long polls on it end. Needs the \
+admin role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    responses((status = 204, description = "Deleted."))
+)]
+fn delete_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/poll",
+    tag = "subscriptions",
+    summary = "Lease events to a consumer",
+    description = "Up to `max` events, each leased to `consumer` until it is acked or nacked or \
+`ack_timeout_ms` passes; then it is delivered again (to any consumer), and after \
+`max_deliveries` deliveries it is parked instead. Lower positions come first. With \
+`per_aggregate` ordering no two events of one aggregate are in flight at once and each \
+aggregate's events come in version order, also across redeliveries and replays. When no event \
+is ready, waits up to `wait_ms` for one. Each event carries `attempt`: which delivery it is \
+(1 for the first). Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(
+        content = PollBody,
+        example = json!({"consumer": "worker-1", "max": 100, "wait_ms": 0})
+    ),
+    responses((status = 200, description = "The events leased (maybe none).", body = Deliveries))
+)]
+fn poll() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/ack",
+    tag = "subscriptions",
+    summary = "Acknowledge processed events",
+    description = "Marks the events done; the answer comes once that is durable, and after any \
+crash no acked event is delivered again. All or nothing: a position that was never delivered to \
+the group (passed over by its filter, or not handed out yet) is 400 and nothing is acked. \
+Acking again, or acking an event whose lease expired or that was parked meanwhile, succeeds \
+(a parked event so acked leaves the parked list). After a restart, events delivered before it \
+may be acked before they are delivered again. Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = AckBody, example = json!({"positions": [41, 42]})),
+    responses((status = 204, description = "Acked, durably."))
+)]
+fn ack() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/nack",
+    tag = "subscriptions",
+    summary = "Give events back",
+    description = "Ends the leases: each event is delivered again at once, or parked when `park` \
+is true or it has had `max_deliveries` deliveries. All or nothing: an acked position, or one \
+never delivered, is 400. A parked position is left as it is. Parks are durable before the \
+answer. Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = NackBody, example = json!({"positions": [43], "park": false})),
+    responses((status = 204, description = "Given back."))
+)]
+fn nack() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{group}/parked",
+    tag = "subscriptions",
+    summary = "The group's parked (dead-lettered) events",
+    description = "Parked events by position, each with `attempt`: how many deliveries it had. \
+Continue from `next_after_position`; null at the end. Needs the reader role.",
+    params(("group" = String, Path, description = GROUP), ParkedParams),
+    responses((status = 200, description = "A page of parked events.", body = ParkedPage))
+)]
+fn list_parked() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/parked/replay",
+    tag = "subscriptions",
+    summary = "Deliver parked events again",
+    description = "Puts the parked events named by `positions` (each must be parked), or without \
+them the lowest `limit` parked events, back into delivery with a fresh count of deliveries. The \
+checkpoint does not move back. Durable before the answer. An empty body replays up to 1000. Needs \
+the admin role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = ReplayBody, example = json!({"positions": [43]})),
+    responses((status = 200, description = "Replayed.", body = ReplayResponse))
+)]
+fn replay_parked() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+/// The path parameter of the schema endpoints.
+const EVENT_TYPE: &str = "The event type, percent-decoded: 1 to 100 bytes (by default), no \
+control characters.";
+
+#[utoipa::path(
+    put,
+    path = "/v1/schemas/{event_type}/versions/{version}",
+    tag = "schemas",
+    summary = "Register a JSON Schema for one version of an event type",
+    description = "The body is a JSON Schema (draft 2020-12; a `$schema` naming another draft is \
+400) for `event_data` of events of this type and `event_version`. Once a type has a schema, every \
+append of it is validated (422 `schema_violation` naming every failing field), and an \
+`event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
+n − 1: it may only add optional properties (409 `incompatible_schema` with the reason, also when \
+n − 1 is not registered). Registering the same schema again is 200; another schema for a \
+registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
+Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = Object,
+        description = "A JSON Schema object (draft 2020-12).",
+        example = json!({
+            "type": "object",
+            "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}},
+            "required": ["amount"]
+        })
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = SchemaPutResponse),
+        (status = 200, description = "This schema was registered for this version already.", body = SchemaPutResponse),
+    )
+)]
+fn put_schema() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SchemaExists,
+        IncompatibleSchema,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    tag = "schemas",
+    summary = "Every event type with a schema",
+    description = "By name, with their registered versions. Takes no query parameters.",
+    responses((status = 200, description = "The event types.", body = SchemaList))
+)]
+fn list_schemas() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{event_type}",
+    tag = "schemas",
+    summary = "The schemas of one event type",
+    description = "Every registered version with its schema. Takes no query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The schemas.", body = EventTypeSchemas))
+)]
+fn get_schema() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, SchemaNotFound, Internal]
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/upcasters/{event_type}/{from_version}",
+    tag = "schemas",
+    summary = "Register the upcaster of an event type from one version",
+    description = "Operations that turn `event_data` of `from_version` into `to_version`, applied \
+in order: `default` (put `value` at `path` when nothing is there), `set` (put `value` at `path`), \
+`rename` (move `from` to `path`; nothing at `from` is nothing to do, something at `path` already \
+is an error), `unset` (remove `path`). Paths are JSON Pointers into `event_data`. Upcasters chain \
+version to version: every read, query, subscription and projection sees events upcast to the \
+newest version the chain reaches; `raw=true` reads them as stored, and stored bytes never change. \
+An event an upcaster cannot apply to fails the read that meets it (500 `upcast_failed`). \
+A new upcaster is 201, replacing one 200. Needs the admin role. Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("from_version" = u32, Path, description = "The `event_version` it upcasts from.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = UpcasterDef,
+        example = json!({"to_version": 2, "ops": [
+            {"op": "default", "path": "/currency", "value": "USD"},
+            {"op": "rename", "from": "/amt", "path": "/amount"}
+        ]})
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = UpcasterView),
+        (status = 200, description = "Registered and durable; it replaced the upcaster from this version, or was the same.", body = UpcasterView),
+    )
+)]
+fn put_upcaster() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters",
+    tag = "schemas",
+    summary = "Every upcaster",
+    description = "By event type, then by the version they upcast from. Takes no query parameters.",
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters/{event_type}",
+    tag = "schemas",
+    summary = "The upcasters of one event type",
+    description = "By the version they upcast from; an empty list when it has none. Takes no \
+query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters_of() -> &'static [ErrorCode] {
     &[InvalidRequest, Unauthorized, Forbidden, Internal]
 }
 
@@ -1263,7 +1718,11 @@ mod schemas {
         /// not exist).
         #[schema(nullable = false)]
         current_version: Option<u64>,
-        /// `invalid_snapshot`: the version the snapshot named.
+        /// `subscription_not_found`: the group asked for.
+        #[schema(nullable = false)]
+        group: Option<String>,
+        /// `invalid_snapshot`: the version the snapshot named; `schema_exists`,
+        /// `incompatible_schema`: the schema version.
         #[schema(nullable = false)]
         version: Option<u64>,
         /// `snapshot_not_found`: the bound asked for, when one was.
@@ -1276,7 +1735,7 @@ mod schemas {
         #[schema(nullable = false)]
         conflicting_position: Option<u64>,
         /// `duplicate_event_id`: the first id of the request already stored;
-        /// `event_not_found`: the id asked for.
+        /// `event_not_found`: the id asked for; `upcast_failed`: the event.
         #[schema(nullable = false)]
         event_id: Option<Uuid>,
         /// `aggregate_type_mismatch`: the aggregate's type.
@@ -1285,18 +1744,82 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`, `upcast_failed`: the
+        /// event type.
+        #[schema(nullable = false)]
+        event_type: Option<String>,
+        /// `upcast_failed`: the stored version of the event.
+        #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
+        event_version: Option<u32>,
+        /// `upcast_failed`: the event's position; `not_yet_materialized`: where the
+        /// projection is.
+        #[schema(nullable = false)]
+        position: Option<u64>,
+        /// `incompatible_schema`: why the schema cannot follow the previous version.
+        #[schema(nullable = false)]
+        reason: Option<String>,
+        /// `schema_violation`: every failing field of every event that does not match its
+        /// schema.
+        #[schema(nullable = false)]
+        violations: Option<Vec<factstore_core::SchemaViolation>>,
         /// `projection_not_found`, `key_not_found`, `not_yet_materialized`: the projection.
         #[schema(nullable = false)]
         projection: Option<String>,
         /// `key_not_found`: the key asked for.
         #[schema(nullable = false)]
         key: Option<String>,
-        /// `not_yet_materialized`: where the projection is.
-        #[schema(nullable = false)]
-        position: Option<u64>,
         /// `not_yet_materialized`: the position asked for.
         #[schema(nullable = false)]
         min_position: Option<u64>,
+    }
+
+    // Written by `persistent::render_deliveries` (persistent.rs): `Event::write_json` with
+    // `attempt` added.
+    /// An event leased to a consumer, or a parked event.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct DeliveredEvent {
+        event_id: Uuid,
+        #[schema(minimum = 1)]
+        position: u64,
+        aggregate_id: String,
+        aggregate_type: String,
+        #[schema(minimum = 1)]
+        version: u64,
+        event_type: String,
+        #[schema(minimum = 1, maximum = 2147483647)]
+        event_version: u32,
+        #[schema(value_type = Object)]
+        event_data: Value,
+        created_at: Timestamp,
+        recorded_at: Timestamp,
+        #[schema(required = true)]
+        created_by: Option<String>,
+        #[schema(value_type = Option<Object>, required = true)]
+        metadata: Option<Value>,
+        /// Which delivery this is (1 for the first); for a parked event, how many it had.
+        #[schema(minimum = 1)]
+        attempt: u32,
+    }
+
+    // Written by `persistent::render_deliveries` (persistent.rs).
+    /// The answer to a poll.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Deliveries {
+        /// The events leased, in position order.
+        events: Vec<DeliveredEvent>,
+    }
+
+    // Written by `persistent::list_parked` (persistent.rs).
+    /// A page of parked events.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ParkedPage {
+        events: Vec<DeliveredEvent>,
+        /// Where the next page starts (its `after_position`); null at the end.
+        #[schema(required = true)]
+        next_after_position: Option<u64>,
     }
 
     // Written by `health` (lib.rs).
@@ -1447,6 +1970,18 @@ mod params {
         max_version: Option<u64>,
     }
 
+    /// A page of parked events.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct ParkedParams {
+        /// Parked events after this position.
+        #[param(default = 0, minimum = 0)]
+        after_position: Option<u64>,
+        /// Events per page: 1 to 1000.
+        #[param(default = 100, minimum = 1, maximum = 1000)]
+        limit: Option<u64>,
+    }
+
     /// How to read one key's state.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
@@ -1495,9 +2030,7 @@ mod params {
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
     pub struct RawParam {
-        /// `true`: the events exactly as stored, not upcast. No upcasters exist yet, so events are
-        /// read as stored either way; the parameter is accepted for clients written against the
-        /// full API.
+        /// `true`: the events exactly as stored, not upcast by the registered upcasters.
         #[param(default = false)]
         raw: Option<bool>,
     }
@@ -1553,10 +2086,35 @@ mod tests {
                 version: 4,
                 current_version: 3,
             }),
+            ApiError::Store(StoreError::SchemaViolation {
+                violations: Vec::new(),
+            }),
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id: Uuid::nil(),
+                position: 1,
+                event_type: "T".into(),
+                event_version: 1,
+                reason: "r".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaNotFound {
+                event_type: "T".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaExists {
+                event_type: "T".into(),
+                version: 1,
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::Incompatible {
+                event_type: "T".into(),
+                version: 2,
+                reason: "r".into(),
+            }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
+                group: "g".into(),
+            }),
             ApiError::from(ProjectionError::NotFound { name: "p".into() }),
             ApiError::from(ProjectionError::KeyNotFound {
                 name: "p".into(),

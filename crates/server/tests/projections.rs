@@ -14,8 +14,8 @@ use axum::Router;
 use axum::http::{Method, StatusCode};
 use common::{Answer, Call, assert_error};
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
 use factstore_server::{AppState, Auth, ServerConfig, app_with_state};
@@ -53,8 +53,8 @@ impl EventStore for GatedStore {
         self.inner.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.inner.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.inner.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
