@@ -85,6 +85,10 @@ enum Command {
     Projections(client_cmds::projections::ProjectionsArgs),
     /// Manage persistent subscription groups: list, create, show, parked, replay, delete.
     Subscriptions(client_cmds::subscriptions::SubscriptionsArgs),
+    /// The schema registry: put, get, list JSON Schemas per event type and version.
+    Schemas(client_cmds::schemas::SchemasArgs),
+    /// Upcasters between schema versions: put, list.
+    Upcasters(client_cmds::schemas::UpcastersArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -142,6 +146,8 @@ fn main() -> ExitCode {
         Command::Import(args) => client_cmds::import::run(args),
         Command::Projections(args) => client_cmds::projections::run(args),
         Command::Subscriptions(args) => client_cmds::subscriptions::run(args),
+        Command::Schemas(args) => client_cmds::schemas::run_schemas(args),
+        Command::Upcasters(args) => client_cmds::schemas::run_upcasters(args),
     };
     match result {
         Ok(code) => code,

@@ -65,6 +65,7 @@ mod persistent;
 mod projection;
 mod query;
 mod retry;
+mod schemas;
 pub mod sdk;
 mod snapshot;
 mod subscribe;
@@ -88,6 +89,9 @@ pub use projection::{
 };
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head, Health};
 pub use retry::{ReconnectPolicy, RetryPolicy};
+pub use schemas::{
+    EventTypeSchemas, EventTypeSummary, SchemaPut, SchemaVersion, Upcaster, UpcasterDefinition,
+};
 pub use snapshot::{LoadedAggregate, PutSnapshotRequest, Snapshot, SnapshotInfo, SnapshotPut};
 pub use subscribe::{SubscribeOptions, Subscription, SubscriptionMessage};
 pub use time::TimeBound;

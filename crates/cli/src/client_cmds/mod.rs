@@ -21,6 +21,7 @@ pub mod output;
 pub mod projections;
 pub mod query;
 pub mod read;
+pub mod schemas;
 pub mod subscriptions;
 pub mod tail;
 
