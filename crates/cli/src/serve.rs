@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// The embedded engine's data folder, created if missing.
     #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
     pub data_dir: PathBuf,
+    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database
+    /// (the schema is created or migrated at start).
+    #[arg(long, env = "FACTSTORE_STORAGE", value_name = "URL")]
+    pub storage: Option<String>,
     /// The address to listen on.
     #[arg(long, env = "FACTSTORE_LISTEN", default_value = "127.0.0.1:6180")]
     pub listen: SocketAddr,
@@ -231,18 +235,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let auth_tokens = auth.as_ref().map(Auth::len);
     let options = EngineOptions {
-        limits,
+        limits: limits.clone(),
         ..EngineOptions::default()
     };
-    let engine = Engine::open(&args.data_dir, options)
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-    let engine = Arc::new(engine);
+    // The embedded engine opens before the runtime starts; PostgreSQL inside it.
+    let (engine, storage) = match &args.storage {
+        Some(url) => (None, crate::postgres::redact(crate::postgres::storage_url(url)?)),
+        None => {
+            let engine = Engine::open(&args.data_dir, options)
+                .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+            (Some(Arc::new(engine)), args.data_dir.display().to_string())
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let drain = runtime.block_on(async {
-        let store = Arc::new(EmbeddedStore::new(engine.clone()));
+        let store: Arc<dyn factstore_core::EventStore> = match (&engine, &args.storage) {
+            (Some(engine), _) => Arc::new(EmbeddedStore::new(engine.clone())),
+            (None, Some(url)) => crate::postgres::open(url, limits).await?,
+            (None, None) => bail!("no store to serve"),
+        };
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
@@ -262,7 +276,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         tracing::info!(
             address = %local,
-            data_dir = %args.data_dir.display(),
+            %storage,
             auth_tokens,
             "factstore listening on {scheme}://{local}"
         );
@@ -278,7 +292,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.
     runtime.shutdown_timeout(Duration::from_secs(5));
-    engine.close();
+    if let Some(engine) = engine {
+        engine.close();
+    }
     match drain {
         Drain::Complete => tracing::info!("factstore stopped: every request in flight was answered"),
         Drain::TimedOut { dropped } => tracing::warn!(
