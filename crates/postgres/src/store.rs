@@ -42,6 +42,9 @@ pub struct PgOptions {
     pub head_poll: Duration,
     /// The most events one group commit takes.
     pub group_events_max: usize,
+    /// Writer tasks, each with its own connection (see the `writer` module): 2 keeps the head
+    /// lock busy; more only queue on it.
+    pub writers: usize,
     pub limits: Limits,
 }
 
@@ -54,6 +57,7 @@ impl PgOptions {
             pool_size: 16,
             head_poll: Duration::from_millis(500),
             group_events_max: 20_000,
+            writers: 2,
             limits: Limits::default(),
         }
     }
@@ -161,20 +165,22 @@ impl PgStore {
         let (head, _) = watch::channel(head_position as u64);
         let head = Arc::new(head);
         let (requests, receiver) = mpsc::channel(4096);
-        let writer = Writer::new(
-            config.clone(),
-            channel.clone(),
-            head.clone(),
-            GroupLimits {
-                events_max: options.group_events_max.max(1),
-                bytes_max: 64 << 20,
-            },
-        );
-        let tasks = vec![
-            tokio::spawn(writer.run(receiver)).abort_handle(),
-            tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle(),
-            tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle(),
-        ];
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let mut tasks = Vec::new();
+        for _ in 0..options.writers.max(1) {
+            let writer = Writer::new(
+                config.clone(),
+                channel.clone(),
+                head.clone(),
+                GroupLimits {
+                    events_max: options.group_events_max.max(1),
+                    bytes_max: 64 << 20,
+                },
+            );
+            tasks.push(tokio::spawn(writer.run(receiver.clone())).abort_handle());
+        }
+        tasks.push(tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle());
+        tasks.push(tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle());
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,

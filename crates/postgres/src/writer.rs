@@ -1,7 +1,7 @@
 //! Group commit in front of PostgreSQL.
 //!
 //! # The write path (see `docs/postgres.md`)
-//! One task per store owns one connection. It takes the first waiting commit and every other
+//! A writer task owns one connection. It takes the first waiting commit and every other
 //! waiting commit (up to the group limits), then, in one pipelined exchange:
 //! 1. `BEGIN`; lock the head row (`SELECT … FOR UPDATE`): from here until `COMMIT` no other
 //!    writer, on this server or another, can take a position;
@@ -15,6 +15,11 @@
 //! multi-row `INSERT … SELECT FROM unnest(…)`), moves the head, sends `NOTIFY` and commits.
 //! Only when `COMMIT` returns (the WAL is flushed, with `synchronous_commit` on) are the
 //! commits answered and the local head published.
+//!
+//! A store runs two writers by default: while one waits for its `COMMIT`, the other has
+//! already queued its group behind the head lock. Their groups still commit one at a time, in
+//! position order, because each takes its positions under the lock; and each sees what the
+//! other committed, because its lookups run (read committed) after it got the lock.
 //!
 //! A failed exchange answers the whole group `store_unavailable` and drops the connection (the
 //! next group reconnects). When `COMMIT` itself fails the outcome is unknown; a client that
@@ -108,30 +113,45 @@ impl Writer {
         }
     }
 
-    /// Serves commits until every sender is gone.
-    pub async fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
-        while let Some(first) = requests.recv().await {
-            let mut events = first.commit.event_count;
-            let mut bytes = commit_bytes(&first.commit);
-            let mut group = vec![first];
-            while events < self.limits.events_max && bytes < self.limits.bytes_max {
-                match requests.try_recv() {
-                    Ok(request) => {
-                        events += request.commit.event_count;
-                        bytes += commit_bytes(&request.commit);
-                        group.push(request);
+    /// Serves commits until every sender is gone. Several writers may share one receiver:
+    /// each takes a group in turn, and while one waits for its `COMMIT` the next already has
+    /// its group's statements queued behind the head lock, so the lock never idles for a
+    /// round trip.
+    pub async fn run(mut self, requests: Arc<tokio::sync::Mutex<mpsc::Receiver<WriteRequest>>>) {
+        loop {
+            let group = {
+                let mut requests = requests.lock().await;
+                let Some(first) = requests.recv().await else { return };
+                let mut events = first.commit.event_count;
+                let mut bytes = commit_bytes(&first.commit);
+                let mut group = vec![first];
+                while events < self.limits.events_max && bytes < self.limits.bytes_max {
+                    match requests.try_recv() {
+                        Ok(request) => {
+                            events += request.commit.event_count;
+                            bytes += commit_bytes(&request.commit);
+                            group.push(request);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
-            }
+                group
+            };
             self.process(group).await;
         }
     }
 
     async fn process(&mut self, group: Vec<WriteRequest>) {
         let commits: Vec<&PreparedCommit> = group.iter().map(|r| &r.commit).collect();
+        let started = std::time::Instant::now();
         match self.write_group(&commits).await {
             Ok(answers) => {
+                tracing::debug!(
+                    commits = commits.len(),
+                    events = commits.iter().map(|c| c.event_count).sum::<usize>(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "group committed"
+                );
                 for (request, answer) in group.into_iter().zip(answers) {
                     let _ = request.reply.send(answer);
                 }
