@@ -62,12 +62,17 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let applied = runtime
         .block_on(factstore_postgres::store::migrate(&PgOptions::new(url)))
         .with_context(|| format!("cannot migrate {}", redact(url)))?;
-    let newest = factstore_postgres::migrate::MIGRATIONS.last().map_or(0, |m| m.version);
+    let newest = factstore_postgres::migrate::MIGRATIONS
+        .last()
+        .map_or(0, |m| m.version);
     if applied.is_empty() {
         println!("schema is up to date (migration {newest})");
     } else {
         let list: Vec<String> = applied.iter().map(i32::to_string).collect();
-        println!("applied migration(s) {}; schema is at migration {newest}", list.join(", "));
+        println!(
+            "applied migration(s) {}; schema is at migration {newest}",
+            list.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -78,7 +83,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://h/db?x=a:b@c"), "postgres://h/db?x=a:b@c");
     }

@@ -29,7 +29,9 @@ impl Schema {
             Ok(pair) => pair,
             Err(error) => {
                 if std::env::var("FACTSTORE_REQUIRE_PG").is_ok_and(|v| v == "1") {
-                    panic!("PostgreSQL is required (FACTSTORE_REQUIRE_PG=1) but not reachable at {url}: {error}");
+                    panic!(
+                        "PostgreSQL is required (FACTSTORE_REQUIRE_PG=1) but not reachable at {url}: {error}"
+                    );
                 }
                 let _ = writeln!(
                     std::io::stderr(),
@@ -84,14 +86,20 @@ async fn next_event(subscription: &mut factstore_client::Subscription) -> factst
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
-    let Some(schema) = Schema::create().await else { return };
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
     let storage = schema.storage();
 
     let migrate = Command::new(BIN)
         .args(["migrate", "--storage", &storage])
         .output()
         .expect("run factstore migrate");
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
     assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied migration(s) 1"));
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,7 +108,10 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
     let client_a = Client::new(a.url.clone()).expect("client a");
     let client_b = Client::new(b.url.clone()).expect("client b");
 
-    let mut on_b = client_b.subscribe(SubscribeOptions::new()).await.expect("subscribe on b");
+    let mut on_b = client_b
+        .subscribe(SubscribeOptions::new())
+        .await
+        .expect("subscribe on b");
     for i in 1..=3 {
         let outcome = client_a
             .append("account:1", AppendRequest::new([event(i)]))
@@ -114,9 +125,16 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
     }
 
     // Both append at once: positions stay dense and each server's subscriber sees all of them.
-    let mut on_a = client_a.subscribe(SubscribeOptions::new()).await.expect("subscribe on a");
+    let mut on_a = client_a
+        .subscribe(SubscribeOptions::new())
+        .await
+        .expect("subscribe on a");
     let writes = (0..20).map(|i| {
-        let client = if i % 2 == 0 { client_a.clone() } else { client_b.clone() };
+        let client = if i % 2 == 0 {
+            client_a.clone()
+        } else {
+            client_b.clone()
+        };
         async move {
             client
                 .append(&format!("account:{}", i % 4), AppendRequest::new([event(i)]))

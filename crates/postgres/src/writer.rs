@@ -121,7 +121,9 @@ impl Writer {
         loop {
             let group = {
                 let mut requests = requests.lock().await;
-                let Some(first) = requests.recv().await else { return };
+                let Some(first) = requests.recv().await else {
+                    return;
+                };
                 let mut events = first.commit.event_count;
                 let mut bytes = commit_bytes(&first.commit);
                 let mut group = vec![first];

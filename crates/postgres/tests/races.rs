@@ -33,7 +33,11 @@ async fn subscribe(store: PgStore, n: usize) -> Vec<Event> {
             }
             for event in page.events {
                 let expected = seen.last().map_or(0, Event::position) + 1;
-                assert_eq!(event.position(), expected, "a subscriber skipped or repeated a position");
+                assert_eq!(
+                    event.position(),
+                    expected,
+                    "a subscriber skipped or repeated a position"
+                );
                 seen.push(event);
             }
         }
@@ -85,7 +89,9 @@ async fn take_next_position(client: &tokio_postgres::Client, aggregate: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_order() {
-    let Some(schema) = TestSchema::create().await else { return };
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
     let server_a = schema.open().await;
     let server_b = schema.open().await;
     let on_a = tokio::spawn(subscribe(server_a.clone(), 2));
@@ -100,10 +106,16 @@ async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_or
         async move { store.commit(one("fast:1", "Fast")).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!fast.is_finished(), "the fast commit must wait for the slow one's position to commit");
+    assert!(
+        !fast.is_finished(),
+        "the fast commit must wait for the slow one's position to commit"
+    );
     slow.batch_execute("COMMIT").await.expect("commit the slow one");
     let fast = fast.await.expect("join").expect("the fast commit succeeds");
-    assert_eq!(fast.position, 2, "the fast commit takes the position after the slow one");
+    assert_eq!(
+        fast.position, 2,
+        "the fast commit takes the position after the slow one"
+    );
 
     for subscriber in [on_a, on_b] {
         let events = subscriber.await.expect("the subscriber finishes");
@@ -115,7 +127,9 @@ async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_or
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_append_leaves_no_gap_and_stalls_no_subscriber() {
-    let Some(schema) = TestSchema::create().await else { return };
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
     let store = schema.open().await;
     let subscriber = tokio::spawn(subscribe(store.clone(), 2));
 
@@ -128,7 +142,10 @@ async fn a_rolled_back_append_leaves_no_gap_and_stalls_no_subscriber() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     doomed.batch_execute("ROLLBACK").await.expect("roll back");
     let kept = waiting.await.expect("join").expect("the waiting commit succeeds");
-    assert_eq!(kept.position, 1, "the rolled-back position is taken again, leaving no gap");
+    assert_eq!(
+        kept.position, 1,
+        "the rolled-back position is taken again, leaving no gap"
+    );
     let next = store.commit(one("kept:2", "Kept")).await.expect("commit");
     assert_eq!(next.position, 2);
 
@@ -146,7 +163,9 @@ async fn a_rolled_back_append_leaves_no_gap_and_stalls_no_subscriber() {
 async fn two_servers_on_one_schema_commit_dense_positions_seen_by_both() {
     const TASKS: usize = 8;
     const COMMITS: usize = 40;
-    let Some(schema) = TestSchema::create().await else { return };
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
     let a = schema.open().await;
     // B hears of A's commits only by NOTIFY: its poll is too slow to matter here.
     let mut options = schema.options();
@@ -207,7 +226,9 @@ async fn two_servers_on_one_schema_commit_dense_positions_seen_by_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_commit_of_a_group_is_decided_on_its_own() {
-    let Some(schema) = TestSchema::create().await else { return };
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
     let store: Arc<dyn EventStore> = Arc::new(schema.open().await);
     let mut tasks = JoinSet::new();
     for i in 0..32 {
@@ -226,11 +247,17 @@ async fn each_commit_of_a_group_is_decided_on_its_own() {
     while let Some(result) = tasks.join_next().await {
         match result.expect("join") {
             Ok(_) => won += 1,
-            Err(StoreError::WrongExpectedVersion { current_version: 1, .. }) => lost += 1,
+            Err(StoreError::WrongExpectedVersion {
+                current_version: 1, ..
+            }) => lost += 1,
             Err(other) => panic!("unexpected error {other}"),
         }
     }
-    assert_eq!((won, lost), (17, 15), "one contested claim and every free one win");
+    assert_eq!(
+        (won, lost),
+        (17, 15),
+        "one contested claim and every free one win"
+    );
     let page = store.read_events(EventQuery::all(0, 100)).await.expect("read");
     let positions: Vec<u64> = page.events.iter().map(Event::position).collect();
     assert_eq!(positions, (1..=17).collect::<Vec<u64>>());

@@ -51,7 +51,9 @@ impl TestSchema {
             Ok(pair) => pair,
             Err(error) => {
                 if std::env::var("FACTSTORE_REQUIRE_PG").is_ok_and(|v| v == "1") {
-                    panic!("PostgreSQL is required (FACTSTORE_REQUIRE_PG=1) but not reachable at {url}: {error}");
+                    panic!(
+                        "PostgreSQL is required (FACTSTORE_REQUIRE_PG=1) but not reachable at {url}: {error}"
+                    );
                 }
                 if !SAID_SKIPPED.swap(true, Ordering::Relaxed) {
                     // Straight to stderr: the test harness captures eprintln! of passing tests.
