@@ -15,7 +15,10 @@ use anyhow::{Context, bail};
 use factstore_core::Limits;
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
+use factstore_projections::{JournalStorage, Projections, ProjectionsOptions};
+use factstore_schemas::{JournalStorage as SchemaJournal, SchemaRegistry};
 use factstore_server::{AppState, Auth, Drain, ServeOptions, ServerConfig};
+use factstore_subscriptions::{FileStorage, Options as SubscriptionOptions, Subscriptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -52,6 +55,15 @@ pub struct ServeArgs {
     #[arg(long, env = "FACTSTORE_LIVE_FEED_BYTES", value_name = "BYTES", default_value = "64MiB",
           value_parser = parse_size)]
     pub live_feed_bytes: usize,
+    /// Projections keyed by aggregate_id snapshot a key's state every N of its events, so that
+    /// time travel and source=event_store reads do not fold from the first event; 0 never.
+    #[arg(
+        long,
+        env = "FACTSTORE_SNAPSHOT_EVERY",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub snapshot_every: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -238,15 +250,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits: limits.clone(),
         ..EngineOptions::default()
     };
-    // The embedded engine opens before the runtime starts; PostgreSQL inside it.
-    let (engine, storage) = match &args.storage {
-        Some(url) => (None, crate::postgres::redact(crate::postgres::storage_url(url)?)),
+    let fs = options.fs.clone();
+    // The embedded engine opens before the runtime starts; PostgreSQL inside it. Either way the
+    // data folder keeps the schema registry, the projections and the subscription groups of
+    // this server, under the folder's lock (the engine's, or taken here).
+    let (engine, store_location, _data_dir_lock) = match &args.storage {
+        Some(url) => {
+            let url = crate::postgres::storage_url(url)?;
+            let lock = fs
+                .create_dir_all(&args.data_dir)
+                .and_then(|()| fs.lock_dir(&args.data_dir))
+                .with_context(|| {
+                    format!(
+                        "cannot lock {} (another server using it?)",
+                        args.data_dir.display()
+                    )
+                })?;
+            (None, crate::postgres::redact(url), Some(lock))
+        }
         None => {
             let engine = Engine::open(&args.data_dir, options)
                 .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-            (Some(Arc::new(engine)), args.data_dir.display().to_string())
+            (Some(Arc::new(engine)), args.data_dir.display().to_string(), None)
         }
     };
+    // After the engine, which holds the data folder's lock.
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -262,7 +295,38 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::new(store, config);
+        let state = AppState::with_schemas(store, schemas, config);
+        // Projections and persistent-subscription groups keep their journals beside the event
+        // log, and read through the schema layer, so they see upcast events like every other
+        // reader.
+        let projections_dir = args.data_dir.join("projections");
+        let storage = JournalStorage::open(fs.clone(), &projections_dir)
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let projections_options = ProjectionsOptions {
+            snapshot_every: args.snapshot_every,
+            ..ProjectionsOptions::default()
+        };
+        let projections = Projections::open(state.store.clone(), Arc::new(storage), projections_options)
+            .await
+            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+        let subscriptions_dir = args.data_dir.join("subscriptions");
+        let storage = FileStorage::open(fs, &subscriptions_dir)
+            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+        let subscriptions = Subscriptions::open(
+            state.store.clone(),
+            Arc::new(storage),
+            SubscriptionOptions::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the subscription groups in {}",
+                subscriptions_dir.display()
+            )
+        })?;
+        let state = state
+            .with_subscriptions(subscriptions.clone())
+            .with_projections(projections.clone());
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -276,7 +340,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         tracing::info!(
             address = %local,
-            %storage,
+            storage = %store_location,
             auth_tokens,
             "factstore listening on {scheme}://{local}"
         );
@@ -285,9 +349,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // Subscriptions end when this token is cancelled; the drain waits for them.
             shutdown.cancel();
         };
-        factstore_server::serve_with(listener, app, serve_options, signal)
+        let drain = factstore_server::serve_with(listener, app, serve_options, signal)
             .await
-            .context("server failed")
+            .context("server failed");
+        // After the drain: no request uses them any more. Each fold task ends after its batch
+        // and writes the checkpoint that lags in memory; the groups write their last deliveries.
+        projections.shutdown().await;
+        subscriptions.close().await;
+        drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.

@@ -102,9 +102,13 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
     );
     assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied migration(s) 1"));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let a = ServeProcess::start(dir.path(), &["--storage", &storage]);
-    let b = ServeProcess::start(dir.path(), &["--storage", &storage]);
+    // Each server keeps its own folder (schema registry, projections, subscription groups).
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = ServeProcess::start(dir_a.path(), &["--storage", &storage]);
+    let b = ServeProcess::start(dir_b.path(), &["--storage", &storage]);
     let client_a = Client::new(a.url.clone()).expect("client a");
     let client_b = Client::new(b.url.clone()).expect("client b");
 

@@ -62,12 +62,58 @@ pub enum StoreError {
         aggregate_id: String,
         max_version: Option<u64>,
     },
+    /// Events of a commit do not match the JSON Schemas registered for their type and
+    /// version. Lists every failing field of every such event; nothing was written.
+    #[error("{}", describe_violations(violations))]
+    SchemaViolation { violations: Vec<SchemaViolation> },
+    /// A stored event cannot be brought to the newest version of its type by the registered
+    /// upcasters. Names the event: a read never skips it silently.
+    #[error(
+        "event {event_id} at position {position} ({event_type}, event_version {event_version}) cannot be upcast: {reason}"
+    )]
+    UpcastFailed {
+        event_id: Uuid,
+        position: u64,
+        event_type: String,
+        event_version: u32,
+        reason: String,
+    },
     /// The store cannot write safely (a failed fsync or write, a full disk). Reads go on.
     #[error("the store cannot accept writes: {0}")]
     Unavailable(String),
     /// A fault in the store itself (corrupt data, a bug). Not the client's doing.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One field of one event that does not match its schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SchemaViolation {
+    /// The event's index in the request, counting every event of the commit in order from 0.
+    pub event_index: usize,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub event_version: u32,
+    /// A JSON Pointer into `event_data` ("" for the whole of it).
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+fn describe_violations(violations: &[SchemaViolation]) -> String {
+    let mut text = String::from("events do not match their schemas: ");
+    for (i, v) in violations.iter().enumerate() {
+        if i > 0 {
+            text.push_str("; ");
+        }
+        let path = if v.path.is_empty() { "/" } else { &v.path };
+        text.push_str(&format!(
+            "event {} ({} v{}) at {path}: {}",
+            v.event_index, v.event_type, v.event_version, v.message
+        ));
+    }
+    text
 }
 
 impl StoreError {

@@ -30,7 +30,7 @@ pub use append::{
     AggregateAppend, AppendedAggregate, AppendedEvent, Commit, CommitOutcome, Condition, ExpectedVersion,
     NewEvent, PreparedAppend, PreparedCommit, PreparedEvent,
 };
-pub use error::StoreError;
+pub use error::{SchemaViolation, StoreError};
 pub use event::{Event, EventFields};
 pub use limits::Limits;
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head};

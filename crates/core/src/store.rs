@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::append::{Commit, CommitOutcome};
+use crate::append::{Commit, CommitOutcome, PreparedCommit};
 use crate::error::StoreError;
 use crate::event::Event;
 use crate::limits::Limits;
@@ -74,8 +74,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// The limits this store validates against.
     fn limits(&self) -> &Limits;
 
-    /// Appends a commit atomically.
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// Appends a commit atomically: validates it against [`EventStore::limits`], then
+    /// [`EventStore::commit_prepared`].
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let prepared = commit.prepare(self.limits())?;
+        self.commit_prepared(prepared).await
+    }
+
+    /// Appends a commit already validated against [`EventStore::limits`] (a layer in front of
+    /// the store, such as the schema registry, validates once and passes the result on).
+    async fn commit_prepared(&self, prepared: PreparedCommit) -> Result<CommitOutcome, StoreError>;
 
     /// Reads one aggregate's events by version.
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError>;

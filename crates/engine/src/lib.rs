@@ -7,6 +7,7 @@
 //! - [`index`]: the memtable of the log's tail, immutable run files, the manifest checkpoint.
 //! - [`indexer`]: the thread that flushes memtables to runs and merges runs.
 //! - [`snapshots`]: the snapshot log, beside the event log and outside the writer thread.
+//! - [`journal`]: checksummed append-only files for state beside the event log.
 //! - [`engine`]: [`Engine`], opening, reading; [`store`]: the `EventStore` implementation.
 //! - [`verify`]: the offline checker behind `factstore verify`.
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod index;
 pub mod indexer;
 pub mod io;
+pub mod journal;
 pub mod log;
 pub mod snapshots;
 pub mod store;

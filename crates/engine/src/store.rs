@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -49,8 +49,7 @@ impl EventStore for EmbeddedStore {
         self.engine.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        let prepared = commit.prepare(self.engine.limits())?;
+    async fn commit_prepared(&self, prepared: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         Ok(self.engine.commit_prepared(prepared).await?)
     }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
@@ -70,8 +70,8 @@ impl EventStore for TempDirStore {
         self.store.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.store.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.store.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {

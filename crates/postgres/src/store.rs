@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Direction, Event, EventPage, EventQuery,
-    EventStore, Head, Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, EventStore, Head,
+    Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
 };
 use futures::StreamExt;
 use postgres_types::Type;
@@ -331,8 +331,7 @@ impl EventStore for PgStore {
         &self.inner.limits
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        let commit = commit.prepare(&self.inner.limits)?;
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .requests

@@ -9,6 +9,9 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use factstore_core::StoreError;
+use factstore_projections::ProjectionError;
+use factstore_schemas::SchemaError;
+use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
 
 /// An error answered to a client.
@@ -16,6 +19,12 @@ use serde_json::{Map, Value, json};
 pub enum ApiError {
     /// Anything the store reports.
     Store(StoreError),
+    /// What the schema registry reports about a schema or upcaster change or lookup.
+    Schema(SchemaError),
+    /// Anything a persistent subscription reports.
+    Subscription(SubscriptionError),
+    /// What the projections report (but the store's errors, which are `Store`).
+    Projection(ProjectionError),
     /// A request the server could not read: malformed JSON, a bad field, a bad parameter,
     /// a bad path segment. The message names the problem.
     InvalidRequest(String),
@@ -125,12 +134,91 @@ impl ApiError {
                 }
                 (StatusCode::NOT_FOUND, "snapshot_not_found")
             }
-            ApiError::Store(StoreError::Unavailable(_)) => {
+            ApiError::Store(StoreError::SchemaViolation { violations }) => {
+                detail("violations", json!(violations));
+                (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation")
+            }
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id,
+                position,
+                event_type,
+                event_version,
+                ..
+            }) => {
+                detail("event_id", json!(event_id));
+                detail("position", json!(position));
+                detail("event_type", json!(event_type));
+                detail("event_version", json!(event_version));
+                (StatusCode::INTERNAL_SERVER_ERROR, "upcast_failed")
+            }
+            ApiError::Schema(SchemaError::InvalidRequest(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Schema(SchemaError::SchemaNotFound { event_type }) => {
+                detail("event_type", json!(event_type));
+                (StatusCode::NOT_FOUND, "schema_not_found")
+            }
+            ApiError::Schema(SchemaError::SchemaExists { event_type, version }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                (StatusCode::CONFLICT, "schema_exists")
+            }
+            ApiError::Schema(SchemaError::Incompatible {
+                event_type,
+                version,
+                reason,
+            }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                detail("reason", json!(reason));
+                (StatusCode::CONFLICT, "incompatible_schema")
+            }
+            ApiError::Store(StoreError::Unavailable(_))
+            | ApiError::Schema(SchemaError::Unavailable(_))
+            | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            ApiError::Subscription(SubscriptionError::NotFound { group }) => {
+                detail("group", json!(group));
+                (StatusCode::NOT_FOUND, "subscription_not_found")
+            }
+            ApiError::Subscription(SubscriptionError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            // `Internal`, and any variant added later.
+            ApiError::Subscription(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Projection(ProjectionError::Unavailable(_) | ProjectionError::ShuttingDown) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            ApiError::Projection(ProjectionError::InvalidRequest(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            ApiError::Projection(ProjectionError::Invalid(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_projection")
+            }
+            ApiError::Projection(ProjectionError::NotFound { name }) => {
+                detail("projection", json!(name));
+                (StatusCode::NOT_FOUND, "projection_not_found")
+            }
+            ApiError::Projection(ProjectionError::KeyNotFound { name, key }) => {
+                detail("projection", json!(name));
+                detail("key", json!(key));
+                (StatusCode::NOT_FOUND, "key_not_found")
+            }
+            ApiError::Projection(ProjectionError::NotYetMaterialized {
+                name,
+                position,
+                min_position,
+                ..
+            }) => {
+                detail("projection", json!(name));
+                detail("position", json!(position));
+                detail("min_position", json!(min_position));
+                (StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized")
+            }
+            // `Internal`, and any variant added later: a fault on our side.
+            ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             // `Internal`, and any variant added to the (non-exhaustive) store error later: a
             // fault on our side until someone maps it deliberately.
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Schema(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         (status, code, details)
     }
@@ -143,6 +231,15 @@ impl ApiError {
                 "the store failed internally; the server log has the details".to_owned()
             }
             ApiError::Store(error) => error.to_string(),
+            ApiError::Schema(error) => error.to_string(),
+            ApiError::Subscription(SubscriptionError::Internal(_)) => {
+                "the server failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Subscription(error) => error.to_string(),
+            ApiError::Projection(ProjectionError::Internal(_)) => {
+                "the projection storage failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Projection(error) => error.to_string(),
             ApiError::InvalidRequest(message)
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
@@ -150,6 +247,21 @@ impl ApiError {
             | ApiError::Forbidden(message) => message.clone(),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
+        }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(error: SubscriptionError) -> ApiError {
+        ApiError::Subscription(error)
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> ApiError {
+        match error {
+            ProjectionError::Store(error) => ApiError::Store(error),
+            other => ApiError::Projection(other),
         }
     }
 }
@@ -167,8 +279,20 @@ impl IntoResponse for ApiError {
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "refusing a write: the store is unavailable");
             }
+            ApiError::Schema(SchemaError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a schema change: the registry cannot write");
+            }
             ApiError::Store(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal store error");
+            }
+            ApiError::Subscription(SubscriptionError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a subscription change: its journal is unavailable");
+            }
+            ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal subscription error");
+            }
+            ApiError::Projection(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(%error, "internal projection error");
             }
             _ => {}
         }
@@ -179,6 +303,12 @@ impl IntoResponse for ApiError {
         // Serialising a Value into a Vec cannot fail.
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        if code == "not_yet_materialized" {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(crate::projections::RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.
             response.headers_mut().insert(

@@ -142,7 +142,7 @@ pub fn percent_decode(input: &str, plus_as_space: bool) -> Result<Cow<'_, str>, 
 ///
 /// Read from the raw path rather than through axum's `Path`, which decodes leniently (it keeps
 /// a malformed `%zz` as it is) where we answer 400.
-fn path_segment(parts: &Parts, index: usize, name: &str) -> Result<String, ApiError> {
+pub(crate) fn path_segment(parts: &Parts, index: usize, name: &str) -> Result<String, ApiError> {
     let raw = parts.uri.path().split('/').nth(index).unwrap_or("");
     percent_decode(raw, false)
         .map(Cow::into_owned)

@@ -10,7 +10,8 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`append`], [`read`], [`snapshots`] and [`subscribe`]: the handlers. [`render`]: response bodies.
+//! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`projections`], [`schemas`] and
+//!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
@@ -29,8 +30,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use factstore_core::EventStore;
+use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
+use factstore_schemas::{SchemaRegistry, SchemaStore};
+use factstore_subscriptions::Subscriptions;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -44,8 +48,11 @@ pub mod extract;
 pub mod feed;
 pub mod metrics;
 pub mod openapi;
+pub mod persistent;
+pub mod projections;
 pub mod read;
 pub mod render;
+pub mod schemas;
 pub mod serve;
 pub mod snapshots;
 pub mod subscribe;
@@ -89,11 +96,17 @@ impl ServerConfig {
     }
 }
 
-/// What every handler shares. Cheap to clone (two reference counts).
+/// What every handler shares. Cheap to clone (a few reference counts).
 #[derive(Clone)]
 pub struct AppState {
-    /// The store every request reads from and writes to. Its limits are the API's limits.
+    /// The store every request reads from and writes to: commits validated against the
+    /// registered schemas, events read upcast to their newest version. Its limits are the
+    /// API's limits.
     pub store: Arc<dyn EventStore>,
+    /// The same store without the schema layer: events exactly as stored (`raw=true`).
+    pub raw_store: Arc<dyn EventStore>,
+    /// The schema registry in front of `store`.
+    pub schemas: Arc<SchemaRegistry>,
     /// The server's own options.
     pub config: Arc<ServerConfig>,
     /// Cancelled when the server begins to shut down. Long-lived responses (subscriptions)
@@ -101,6 +114,13 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// The persistent-subscription groups (`/v1/subscriptions`). [`AppState::new`] keeps them
+    /// in memory; `factstore serve` opens them on the data folder
+    /// ([`AppState::with_subscriptions`]) and closes them after the drain.
+    pub subscriptions: Arc<Subscriptions>,
+    /// The projections (read models) over `store`. [`AppState::new`] keeps them in memory;
+    /// `factstore serve` opens them from the data folder ([`AppState::with_projections`]).
+    pub projections: Projections,
 }
 
 impl std::fmt::Debug for AppState {
@@ -113,21 +133,59 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// A state over `store` with an empty schema registry kept in memory.
     pub fn new(store: Arc<dyn EventStore>, config: ServerConfig) -> AppState {
+        AppState::with_schemas(store, Arc::new(SchemaRegistry::in_memory()), config)
+    }
+
+    /// A state over `store` (as stored) behind the schema registry `schemas`.
+    pub fn with_schemas(
+        store: Arc<dyn EventStore>,
+        schemas: Arc<SchemaRegistry>,
+        config: ServerConfig,
+    ) -> AppState {
+        let upcast: Arc<dyn EventStore> = Arc::new(SchemaStore::new(store.clone(), schemas.clone()));
+        let projections = Projections::new(
+            upcast.clone(),
+            Arc::new(MemoryStorage::new()),
+            ProjectionsOptions::default(),
+        );
         AppState {
-            store,
+            store: upcast.clone(),
+            raw_store: store,
+            schemas,
+            subscriptions: Subscriptions::in_memory(upcast),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
+            projections,
         }
     }
 
-    /// The live feed of the newest events. Must be called within the async runtime.
+    /// The store for a read: as stored when `raw`, else upcast.
+    pub fn store_for(&self, raw: bool) -> &Arc<dyn EventStore> {
+        if raw { &self.raw_store } else { &self.store }
+    }
+
+    /// The same state with these persistent-subscription groups (opened on the same store).
+    pub fn with_subscriptions(mut self, subscriptions: Arc<Subscriptions>) -> AppState {
+        self.subscriptions = subscriptions;
+        self
+    }
+
+    /// Serves `projections` (opened over the same store) instead of in-memory ones.
+    pub fn with_projections(mut self, projections: Projections) -> AppState {
+        self.projections = projections;
+        self
+    }
+
+    /// The live feed of the newest events, in their stored form. Must be called within the
+    /// async runtime.
     pub fn feed(&self) -> Arc<Feed> {
         self.feed
             .get_or_init(|| {
                 Feed::start(
-                    self.store.clone(),
+                    self.raw_store.clone(),
                     self.config.feed_bytes_max,
                     self.shutdown.clone(),
                 )
@@ -195,6 +253,7 @@ fn routes() -> Routes {
         .post("/v1/events", append::commit)
         .get("/v1/events", read::read_events)
         .get("/v1/events/{event_id}", read::get_event)
+        .get("/v1/events/{event_id}/status", projections::event_status)
         .put("/v1/aggregates/{aggregate_id}/snapshots", snapshots::put_snapshot)
         .get(
             "/v1/aggregates/{aggregate_id}/snapshots",
@@ -206,7 +265,38 @@ fn routes() -> Routes {
         )
         .get("/v1/aggregates/{aggregate_id}/load", snapshots::load)
         .get("/v1/head", read::head)
+        .put("/v1/projections/{name}", projections::put_projection)
+        .get("/v1/projections/{name}", projections::get_projection)
+        .delete("/v1/projections/{name}", projections::delete_projection)
+        .get("/v1/projections", projections::list_projections)
+        .post("/v1/projections/{name}/rebuild", projections::rebuild_projection)
+        .get(
+            "/v1/projections/{name}/state",
+            projections::list_projection_states,
+        )
+        .get(
+            "/v1/projections/{name}/state/{key}",
+            projections::get_projection_state,
+        )
         .get("/v1/subscribe", subscribe::subscribe)
+        .put("/v1/schemas/{event_type}/versions/{version}", schemas::put_schema)
+        .get("/v1/schemas", schemas::list_schemas)
+        .get("/v1/schemas/{event_type}", schemas::get_schema)
+        .put("/v1/upcasters/{event_type}/{from_version}", schemas::put_upcaster)
+        .get("/v1/upcasters", schemas::list_upcasters)
+        .get("/v1/upcasters/{event_type}", schemas::list_upcasters_of)
+        .get("/v1/subscriptions", persistent::list_groups)
+        .put("/v1/subscriptions/{group}", persistent::put_group)
+        .get("/v1/subscriptions/{group}", persistent::get_group)
+        .delete("/v1/subscriptions/{group}", persistent::delete_group)
+        .post("/v1/subscriptions/{group}/poll", persistent::poll)
+        .post("/v1/subscriptions/{group}/ack", persistent::ack)
+        .post("/v1/subscriptions/{group}/nack", persistent::nack)
+        .get("/v1/subscriptions/{group}/parked", persistent::list_parked)
+        .post(
+            "/v1/subscriptions/{group}/parked/replay",
+            persistent::replay_parked,
+        )
         .get("/v1/openapi.json", openapi::serve_document)
 }
 
@@ -233,6 +323,10 @@ impl Routes {
 
     fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
         self.add(Method::PUT, path, put(handler))
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Routes {
+        self.add(Method::DELETE, path, delete(handler))
     }
 
     /// axum merges the methods of one path given in several calls.

@@ -37,14 +37,20 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use crate::append::{AppendBody, AppendResponse};
 use crate::error::ApiError;
+use crate::persistent::{AckBody, GroupList, NackBody, PollBody, ReplayBody, ReplayResponse};
+use crate::schemas::{SchemaList, SchemaPutResponse, UpcasterList};
 use crate::snapshots::{SnapshotList, SnapshotPutResponse};
+use factstore_schemas::{EventTypeSchemas, UpcasterDef, UpcasterView};
+use factstore_subscriptions::{GroupDefinition, GroupStatus};
+use params::ParkedParams;
 use params::{
-    AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, SubscribeParams,
-    TimeParams,
+    AggregateReadParams, EventPageParams, FilterParams, LatestSnapshotParams, RawParam, StateParams,
+    StatesPageParams, SubscribeParams, TimeParams,
 };
 use schemas::{
-    AggregateLoad, AggregatePage, ErrorBody, Event, EventPage, Health, Snapshot, StreamError, StreamPosition,
-    StreamShutdown,
+    AggregateLoad, AggregatePage, Deliveries, ErrorBody, Event, EventPage, EventStatus, Health, KeyState,
+    ParkedPage, ProjectionBody, ProjectionList, ProjectionStatus, Snapshot, StatePage, StreamError,
+    StreamPosition, StreamShutdown,
 };
 
 /// `GET /v1/openapi.json`: the document, built on first use.
@@ -84,12 +90,22 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidSnapshot,
+    SchemaViolation,
+    SchemaNotFound,
+    SchemaExists,
+    IncompatibleSchema,
+    UpcastFailed,
+    SubscriptionNotFound,
+    ProjectionNotFound,
+    KeyNotFound,
+    InvalidProjection,
+    NotYetMaterialized,
     Internal,
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -105,6 +121,16 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::InvalidSnapshot,
+        ErrorCode::SchemaViolation,
+        ErrorCode::SchemaNotFound,
+        ErrorCode::SchemaExists,
+        ErrorCode::IncompatibleSchema,
+        ErrorCode::UpcastFailed,
+        ErrorCode::SubscriptionNotFound,
+        ErrorCode::ProjectionNotFound,
+        ErrorCode::KeyNotFound,
+        ErrorCode::InvalidProjection,
+        ErrorCode::NotYetMaterialized,
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
     ];
@@ -127,6 +153,16 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidSnapshot => "invalid_snapshot",
+            ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::SchemaNotFound => "schema_not_found",
+            ErrorCode::SchemaExists => "schema_exists",
+            ErrorCode::IncompatibleSchema => "incompatible_schema",
+            ErrorCode::UpcastFailed => "upcast_failed",
+            ErrorCode::SubscriptionNotFound => "subscription_not_found",
+            ErrorCode::ProjectionNotFound => "projection_not_found",
+            ErrorCode::KeyNotFound => "key_not_found",
+            ErrorCode::InvalidProjection => "invalid_projection",
+            ErrorCode::NotYetMaterialized => "not_yet_materialized",
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
@@ -141,16 +177,25 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::AggregateNotFound
             | ErrorCode::EventNotFound
-            | ErrorCode::SnapshotNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::SnapshotNotFound
+            | ErrorCode::SchemaNotFound
+            | ErrorCode::SubscriptionNotFound
+            | ErrorCode::ProjectionNotFound
+            | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::WrongExpectedVersion
             | ErrorCode::ConditionFailed
             | ErrorCode::DuplicateEventId
-            | ErrorCode::AggregateTypeMismatch => StatusCode::CONFLICT,
+            | ErrorCode::AggregateTypeMismatch
+            | ErrorCode::SchemaExists
+            | ErrorCode::IncompatibleSchema => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidSnapshot => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation | ErrorCode::InvalidProjection => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorCode::NotYetMaterialized => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal | ErrorCode::UpcastFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -203,10 +248,50 @@ impl ErrorCode {
                 "the aggregate has no event at the snapshot's `version` (`aggregate_id`, \
                  `version`, `current_version`: 0 when it has no events); nothing was stored"
             }
+            ErrorCode::SubscriptionNotFound => "no persistent-subscription group has this name (`group`)",
+            ErrorCode::SchemaViolation => {
+                "events do not match the JSON Schema registered for their `event_type` and \
+                 `event_version` (`violations`: every failing field of every such event, each \
+                 with `event_index`, `aggregate_id`, `event_type`, `event_version`, `path`, \
+                 `message`); nothing was written"
+            }
+            ErrorCode::SchemaNotFound => "no schema is registered for the event type (`event_type`)",
+            ErrorCode::SchemaExists => {
+                "the version is registered with a different schema; registered schemas never \
+                 change (`event_type`, `version`)"
+            }
+            ErrorCode::IncompatibleSchema => {
+                "the schema is not backward compatible with the previous version (a property \
+                 removed or retyped, or a required one added), or the previous version is not \
+                 registered (`event_type`, `version`, `reason`)"
+            }
+            ErrorCode::UpcastFailed => {
+                "a stored event cannot be upcast by the registered upcasters; the read stops \
+                 there rather than skip it (`event_id`, `position`, `event_type`, \
+                 `event_version`); `raw=true` reads it as stored"
+            }
+            ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
+            ErrorCode::KeyNotFound => {
+                "the projection has no state under this key: no event of the key was folded (or, \
+                 with time travel, none up to that time) (`projection`, `key`)"
+            }
+            ErrorCode::InvalidProjection => {
+                "the definition cannot work (an unknown key or operation, a JSON Pointer that does \
+                 not parse or does not point into the event, an operand of the wrong type); the \
+                 message names the field. With `source=event_store` or time travel: an event \
+                 cannot be folded by the definition"
+            }
+            ErrorCode::NotYetMaterialized => {
+                "the projection had not passed `min_position` within `wait_ms` (`projection`, \
+                 `position`: where it is, `min_position`); the `Retry-After` header says when \
+                 to ask again"
+            }
             ErrorCode::Internal => "a fault in the server or the store; the server log has the details",
             ErrorCode::StoreUnavailable => {
                 "the store cannot write safely (a failed fsync, a full disk) or is shutting down; \
-                 nothing was written, and reads go on"
+                 nothing was written, and reads go on. For a persistent subscription: its journal \
+                 failed a write or sync, and the group refuses polls and changes until the server \
+                 restarts"
             }
         }
     }
@@ -353,6 +438,10 @@ macro_rules! operations {
                 (name = "events", description = "Append and read events."),
                 (name = "stream", description = "Follow events live."),
                 (name = "snapshots", description = "Cached aggregate states, and loading an aggregate."),
+                (name = "schemas", description = "JSON Schemas per event type and version, and upcasters."),
+                (name = "subscriptions", description = "Persistent subscriptions: consumer groups \
+with leases, acks, redelivery and parking; the server keeps each group's checkpoint."),
+                (name = "projections", description = "Read models: JSON states folded from the events by the server."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -374,7 +463,30 @@ operations!(
     latest_snapshot,
     list_snapshots,
     load,
+    put_projection,
+    list_projections,
+    get_projection,
+    delete_projection,
+    rebuild_projection,
+    get_projection_state,
+    list_projection_states,
+    event_status,
     subscribe,
+    put_schema,
+    list_schemas,
+    get_schema,
+    put_upcaster,
+    list_upcasters,
+    list_upcasters_of,
+    list_groups,
+    put_group,
+    get_group,
+    delete_group,
+    poll,
+    ack,
+    nack,
+    list_parked,
+    replay_parked,
     health,
     metrics,
     openapi,
@@ -382,8 +494,10 @@ operations!(
 
 use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    Internal, InvalidRequest, InvalidSnapshot, PayloadTooLarge, SnapshotNotFound, StoreUnavailable,
-    Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
+    IncompatibleSchema, Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound,
+    NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation,
+    SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType,
+    UpcastFailed, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -432,6 +546,7 @@ fn append_to_aggregate() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -479,6 +594,7 @@ fn commit() -> &'static [ErrorCode] {
         DuplicateEventId,
         AggregateTypeMismatch,
         PayloadTooLarge,
+        SchemaViolation,
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
@@ -506,6 +622,7 @@ fn read_aggregate() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
 }
@@ -522,7 +639,7 @@ empty and still not be the end: the end is `next_after_position` = `head_positio
     responses((status = 200, description = "A page of events.", body = EventPage))
 )]
 fn read_events() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+    &[InvalidRequest, Unauthorized, Forbidden, UpcastFailed, Internal]
 }
 
 #[utoipa::path(
@@ -537,7 +654,14 @@ fn read_events() -> &'static [ErrorCode] {
     responses((status = 200, description = "The event.", body = Event))
 )]
 fn get_event() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        EventNotFound,
+        UpcastFailed,
+        Internal,
+    ]
 }
 
 #[utoipa::path(
@@ -644,8 +768,215 @@ fn load() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
+        UpcastFailed,
         Internal,
     ]
+}
+
+const PROJECTION_NAME: &str = "The projection's name, percent-decoded: 1 to 100 bytes, no control \
+characters.";
+
+#[utoipa::path(
+    put,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "Create or replace a projection",
+    description = "A projection folds the events its `filter` passes into one JSON state per key, \
+kept up to date by the server, persisted with its checkpoint and restored after a restart.\n\n\
+- `key`: `aggregate_id`, `day` (the UTC date of `created_at`), `all` (one state, under `all`), or \
+a JSON Pointer into the event (`/event_data/sku`; an event without a value there is passed over \
+and counted as `unkeyed`).\n\
+- `on`: per event type, and `*` for every event, operations applied in order (the type's first, \
+then `*`): `set`, `add`, `sub`, `inc` (adds `value`, default 1), `min`, `max`, `append`, `unset`. \
+`path` is a JSON Pointer into the state; the operand comes from `from` (a JSON Pointer into the \
+event; missing fails the operation unless `optional: true`) or `value` (a literal). A missing \
+number counts as 0; `min`/`max` take the operand when nothing is there yet and compare numbers \
+or strings.\n\
+- An event on which an operation fails stops the projection (`failed`, the event's position in \
+`error`); it is never skipped.\n\n\
+201 for a new projection. 200 for an existing one: the same definition changes nothing; a \
+changed one is rebuilt from the first event while the old state keeps serving, then they swap \
+at once (`status: rebuilding` meanwhile). Needs the admin role. A token limited to aggregate id \
+prefixes may not use any projection route (403): states fold events of every aggregate. Takes no \
+query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    request_body(
+        content = ProjectionBody,
+        example = json!({
+            "filter": {"event_types": ["AccountCreated", "MoneyDeposited", "MoneyWithdrawn"],
+                       "aggregate_type": "Account"},
+            "key": "aggregate_id",
+            "initial": {"balance": 0, "transactions": 0},
+            "on": {
+                "AccountCreated": [{"op": "set", "path": "/balance", "from": "/event_data/initial"}],
+                "MoneyDeposited": [{"op": "add", "path": "/balance", "from": "/event_data/amount"},
+                                   {"op": "inc", "path": "/transactions"}],
+                "MoneyWithdrawn": [{"op": "sub", "path": "/balance", "from": "/event_data/amount"},
+                                   {"op": "inc", "path": "/transactions"}],
+                "*": [{"op": "set", "path": "/last_event", "from": "/event_type"}]
+            }
+        })
+    ),
+    responses(
+        (status = 201, description = "Created; it folds from the first event.", body = ProjectionStatus),
+        (status = 200, description = "Replaced: unchanged, or rebuilding with the new definition.",
+         body = ProjectionStatus),
+    )
+)]
+fn put_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidProjection,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections",
+    tag = "projections",
+    summary = "Every projection's status",
+    description = "By name. Takes no query parameters.",
+    responses((status = 200, description = "The statuses.", body = ProjectionList))
+)]
+fn list_projections() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "A projection's status",
+    description = "Takes no query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 200, description = "The status.", body = ProjectionStatus))
+)]
+fn get_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/projections/{name}",
+    tag = "projections",
+    summary = "Delete a projection",
+    description = "Stops it and removes its states, checkpoint and snapshots. Needs the admin role. \
+Takes no query parameters.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 204, description = "Deleted."))
+)]
+fn delete_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/projections/{name}/rebuild",
+    tag = "projections",
+    summary = "Rebuild a projection from the first event",
+    description = "Folds every event again into a new generation while the current state keeps \
+serving; when the new one has caught up with the head they swap at once. A rebuild already under \
+way goes on. Needs the admin role. Takes no query parameters and no body.",
+    params(("name" = String, Path, description = PROJECTION_NAME)),
+    responses((status = 202, description = "The rebuild is under way.", body = ProjectionStatus))
+)]
+fn rebuild_projection() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}/state/{key}",
+    tag = "projections",
+    summary = "One key's state",
+    description = "The maintained state by default, as of `position`. With `min_position`, waits \
+(at most `wait_ms`) until the projection has passed it: read-your-writes. With \
+`source=event_store`, the state is folded from the events up to the head (for `aggregate_id` \
+keys from the projection's newest snapshot of the aggregate; for other keys from every event the \
+filter passes, which costs a scan). `until` / `as_of` fold only the events with `created_at` / \
+`recorded_at` at or before that time.",
+    params(
+        ("name" = String, Path, description = PROJECTION_NAME),
+        ("key" = String, Path, description = "The key, percent-decoded."),
+        StateParams,
+    ),
+    responses((status = 200, description = "The state.", body = KeyState))
+)]
+fn get_projection_state() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        KeyNotFound,
+        InvalidProjection,
+        Internal,
+        NotYetMaterialized,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projections/{name}/state",
+    tag = "projections",
+    summary = "The states, a page at a time",
+    description = "In key order (bytes of UTF-8), after `after_key`. Continue from \
+`next_after_key`; null at the end.",
+    params(
+        ("name" = String, Path, description = PROJECTION_NAME),
+        StatesPageParams,
+    ),
+    responses((status = 200, description = "A page of states.", body = StatePage))
+)]
+fn list_projection_states() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ProjectionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}/status",
+    tag = "projections",
+    summary = "Whether the projections have processed an event",
+    description = "Lists the projections whose filter passes the event, each with whether it has \
+processed it; `materialized` is true when all of them have (also when none is listed). Takes no \
+query parameters.",
+    params(("event_id" = uuid::Uuid, Path, description = "The event's id, a UUID.")),
+    responses((status = 200, description = "The event's status.", body = EventStatus))
+)]
+fn event_status() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
 }
 
 #[utoipa::path(
@@ -684,6 +1015,377 @@ after it; wins over `after_position`. A whole number of 0 or more."),
     )
 )]
 fn subscribe() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+/// The path parameter of the subscription endpoints.
+const GROUP: &str = "The group's name: 1 to 100 bytes of ASCII letters, digits, `-`, `_`, `.` and `:`.";
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    summary = "Every persistent-subscription group",
+    description = "Each group's definition and status, by name. Needs the reader role and a \
+token without aggregate prefixes. Takes no query parameters.",
+    responses((status = 200, description = "The groups.", body = GroupList))
+)]
+fn list_groups() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "Create a group, or change its definition",
+    description = "Creates the group (201), starting after `start`: `beginning` (every matching \
+event), `end` (only events appended after it exists) or a position P (the events after P). The \
+same definition again is 200 and changes nothing. A different definition is 200 and replaces it: \
+the group keeps its progress (checkpoint, acks, parked events, delivery counts; `start` is not \
+applied again), reads again from its checkpoint with the new filter, and events leased under the \
+old definition are delivered again. Durable before the answer. Needs the admin role and a token \
+without aggregate prefixes. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(
+        content = GroupDefinition,
+        example = json!({
+            "filter": {"event_types": ["OrderPlaced"], "aggregate_id_prefix": "order:"},
+            "start": "beginning",
+            "ack_timeout_ms": 30000,
+            "max_deliveries": 5,
+            "ordering": "per_aggregate"
+        })
+    ),
+    responses(
+        (status = 201, description = "Created.", body = GroupStatus),
+        (status = 200, description = "Unchanged, or its definition replaced.", body = GroupStatus),
+    )
+)]
+fn put_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "A group's definition and status",
+    description = "`checkpoint`: every position up to it is acked, parked or passed over by the \
+filter. `lag` = `head_position` − `checkpoint`. `in_flight`: events leased to consumers now. \
+Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    responses((status = 200, description = "The group.", body = GroupStatus))
+)]
+fn get_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{group}",
+    tag = "subscriptions",
+    summary = "Delete a group",
+    description = "Deletes the group and its state, durably. Long polls on it end. Needs the \
+admin role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    responses((status = 204, description = "Deleted."))
+)]
+fn delete_group() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/poll",
+    tag = "subscriptions",
+    summary = "Lease events to a consumer",
+    description = "Up to `max` events, each leased to `consumer` until it is acked or nacked or \
+`ack_timeout_ms` passes; then it is delivered again (to any consumer), and after \
+`max_deliveries` deliveries it is parked instead. Lower positions come first. With \
+`per_aggregate` ordering no two events of one aggregate are in flight at once and each \
+aggregate's events come in version order, also across redeliveries and replays. When no event \
+is ready, waits up to `wait_ms` for one. Each event carries `attempt`: which delivery it is \
+(1 for the first). Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(
+        content = PollBody,
+        example = json!({"consumer": "worker-1", "max": 100, "wait_ms": 0})
+    ),
+    responses((status = 200, description = "The events leased (maybe none).", body = Deliveries))
+)]
+fn poll() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/ack",
+    tag = "subscriptions",
+    summary = "Acknowledge processed events",
+    description = "Marks the events done; the answer comes once that is durable, and after any \
+crash no acked event is delivered again. All or nothing: a position that was never delivered to \
+the group (passed over by its filter, or not handed out yet) is 400 and nothing is acked. \
+Acking again, or acking an event whose lease expired or that was parked meanwhile, succeeds \
+(a parked event so acked leaves the parked list). After a restart, events delivered before it \
+may be acked before they are delivered again. Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = AckBody, example = json!({"positions": [41, 42]})),
+    responses((status = 204, description = "Acked, durably."))
+)]
+fn ack() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/nack",
+    tag = "subscriptions",
+    summary = "Give events back",
+    description = "Ends the leases: each event is delivered again at once, or parked when `park` \
+is true or it has had `max_deliveries` deliveries. All or nothing: an acked position, or one \
+never delivered, is 400. A parked position is left as it is. Parks are durable before the \
+answer. Needs the reader role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = NackBody, example = json!({"positions": [43], "park": false})),
+    responses((status = 204, description = "Given back."))
+)]
+fn nack() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{group}/parked",
+    tag = "subscriptions",
+    summary = "The group's parked (dead-lettered) events",
+    description = "Parked events by position, each with `attempt`: how many deliveries it had. \
+Continue from `next_after_position`; null at the end. Needs the reader role.",
+    params(("group" = String, Path, description = GROUP), ParkedParams),
+    responses((status = 200, description = "A page of parked events.", body = ParkedPage))
+)]
+fn list_parked() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        Internal,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{group}/parked/replay",
+    tag = "subscriptions",
+    summary = "Deliver parked events again",
+    description = "Puts the parked events named by `positions` (each must be parked), or without \
+them the lowest `limit` parked events, back into delivery with a fresh count of deliveries. The \
+checkpoint does not move back. Durable before the answer. An empty body replays up to 1000. Needs \
+the admin role. Takes no query parameters.",
+    params(("group" = String, Path, description = GROUP)),
+    request_body(content = ReplayBody, example = json!({"positions": [43]})),
+    responses((status = 200, description = "Replayed.", body = ReplayResponse))
+)]
+fn replay_parked() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SubscriptionNotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+/// The path parameter of the schema endpoints.
+const EVENT_TYPE: &str = "The event type, percent-decoded: 1 to 100 bytes (by default), no \
+control characters.";
+
+#[utoipa::path(
+    put,
+    path = "/v1/schemas/{event_type}/versions/{version}",
+    tag = "schemas",
+    summary = "Register a JSON Schema for one version of an event type",
+    description = "The body is a JSON Schema (draft 2020-12; a `$schema` naming another draft is \
+400) for `event_data` of events of this type and `event_version`. Once a type has a schema, every \
+append of it is validated (422 `schema_violation` naming every failing field), and an \
+`event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
+n − 1: it may only add optional properties (409 `incompatible_schema` with the reason, also when \
+n − 1 is not registered). Registering the same schema again is 200; another schema for a \
+registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
+Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = Object,
+        description = "A JSON Schema object (draft 2020-12).",
+        example = json!({
+            "type": "object",
+            "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}},
+            "required": ["amount"]
+        })
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = SchemaPutResponse),
+        (status = 200, description = "This schema was registered for this version already.", body = SchemaPutResponse),
+    )
+)]
+fn put_schema() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        SchemaExists,
+        IncompatibleSchema,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    tag = "schemas",
+    summary = "Every event type with a schema",
+    description = "By name, with their registered versions. Takes no query parameters.",
+    responses((status = 200, description = "The event types.", body = SchemaList))
+)]
+fn list_schemas() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{event_type}",
+    tag = "schemas",
+    summary = "The schemas of one event type",
+    description = "Every registered version with its schema. Takes no query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The schemas.", body = EventTypeSchemas))
+)]
+fn get_schema() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, SchemaNotFound, Internal]
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/upcasters/{event_type}/{from_version}",
+    tag = "schemas",
+    summary = "Register the upcaster of an event type from one version",
+    description = "Operations that turn `event_data` of `from_version` into `to_version`, applied \
+in order: `default` (put `value` at `path` when nothing is there), `set` (put `value` at `path`), \
+`rename` (move `from` to `path`; nothing at `from` is nothing to do, something at `path` already \
+is an error), `unset` (remove `path`). Paths are JSON Pointers into `event_data`. Upcasters chain \
+version to version: every read, query, subscription and projection sees events upcast to the \
+newest version the chain reaches; `raw=true` reads them as stored, and stored bytes never change. \
+An event an upcaster cannot apply to fails the read that meets it (500 `upcast_failed`). \
+A new upcaster is 201, replacing one 200. Needs the admin role. Takes no query parameters.",
+    params(
+        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("from_version" = u32, Path, description = "The `event_version` it upcasts from.", minimum = 1, maximum = 2147483647),
+    ),
+    request_body(
+        content = UpcasterDef,
+        example = json!({"to_version": 2, "ops": [
+            {"op": "default", "path": "/currency", "value": "USD"},
+            {"op": "rename", "from": "/amt", "path": "/amount"}
+        ]})
+    ),
+    responses(
+        (status = 201, description = "Registered and durable.", body = UpcasterView),
+        (status = 200, description = "Registered and durable; it replaced the upcaster from this version, or was the same.", body = UpcasterView),
+    )
+)]
+fn put_upcaster() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters",
+    tag = "schemas",
+    summary = "Every upcaster",
+    description = "By event type, then by the version they upcast from. Takes no query parameters.",
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/upcasters/{event_type}",
+    tag = "schemas",
+    summary = "The upcasters of one event type",
+    description = "By the version they upcast from; an empty list when it has none. Takes no \
+query parameters.",
+    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    responses((status = 200, description = "The upcasters.", body = UpcasterList))
+)]
+fn list_upcasters_of() -> &'static [ErrorCode] {
     &[InvalidRequest, Unauthorized, Forbidden, Internal]
 }
 
@@ -843,6 +1545,135 @@ mod schemas {
         events: Vec<Event>,
     }
 
+    // Serialised from `ProjectionDefinition` (factstore-projections).
+    /// The definition of a projection (the body of `PUT /v1/projections/{name}`).
+    #[derive(ToSchema)]
+    #[schema(as = ProjectionDefinition)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionBody {
+        /// Which events it folds: the filters of `GET /v1/events` (every one given must hold);
+        /// all events when absent.
+        #[schema(nullable = false)]
+        filter: Option<factstore_core::EventFilter>,
+        /// `aggregate_id`, `day`, `all`, or a JSON Pointer into the event.
+        #[schema(example = "aggregate_id")]
+        key: String,
+        /// The state of a key before its first event; `{}` when absent.
+        #[schema(required = false)]
+        initial: Option<Value>,
+        /// Per event type (and `*` for every event), the operations, in order.
+        on: std::collections::BTreeMap<String, Vec<ProjectionOp>>,
+    }
+
+    /// One operation of a projection.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionOp {
+        /// `set`, `add`, `sub`, `inc`, `min`, `max`, `append` or `unset`.
+        #[schema(example = "add")]
+        op: String,
+        /// A JSON Pointer into the state.
+        #[schema(example = "/balance")]
+        path: String,
+        /// A JSON Pointer into the event: where the operand comes from.
+        #[schema(nullable = false, example = "/event_data/amount")]
+        from: Option<String>,
+        /// A literal operand (any JSON).
+        #[schema(required = false)]
+        value: Option<Value>,
+        /// With `from`: when the event has nothing there, do nothing instead of failing.
+        #[schema(nullable = false)]
+        optional: Option<bool>,
+    }
+
+    // Serialised from `ProjectionStatus` (factstore-projections).
+    /// A projection's status.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionStatus {
+        name: String,
+        /// `rebuilding` while a rebuild folds beside the served state.
+        status: ProjectionState,
+        /// The last global position the served state has considered (events the filter passes
+        /// over count as considered).
+        position: u64,
+        head_position: u64,
+        /// `head_position - position`.
+        lag: u64,
+        /// Keys with a state.
+        keys: u64,
+        /// Events passed over because they had no key.
+        unkeyed: u64,
+        /// Why it (or its rebuild) stopped, naming the event's position; null when running.
+        #[schema(required = true)]
+        error: Option<String>,
+    }
+
+    /// What a projection is doing.
+    #[derive(ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ProjectionState {
+        Running,
+        Rebuilding,
+        Failed,
+    }
+
+    // Written by `projections::list_projections`.
+    /// `{"projections": [...]}`
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProjectionList {
+        projections: Vec<ProjectionStatus>,
+    }
+
+    // Written by `projections::get_projection_state`.
+    /// One key's state.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyState {
+        key: String,
+        /// The state (any JSON; an object unless the definition's `initial` says otherwise).
+        state: Value,
+        /// The position the state is as of (for `source=event_store` and time travel: the head
+        /// when the fold began).
+        position: u64,
+    }
+
+    /// A key and its state.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyAndState {
+        key: String,
+        state: Value,
+    }
+
+    // Written by `projections::list_projection_states`.
+    /// A page of states.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StatePage {
+        /// In key order.
+        states: Vec<KeyAndState>,
+        /// Where the next page starts (its `after_key`); null at the end.
+        #[schema(required = true)]
+        next_after_key: Option<String>,
+        /// The position every state of the page is as of.
+        position: u64,
+    }
+
+    // Written by `projections::event_status`.
+    /// Whether the projections have processed an event.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct EventStatus {
+        event_id: Uuid,
+        position: u64,
+        /// Every listed projection has processed the event.
+        materialized: bool,
+        /// The projections whose filter passes the event, each with whether it has processed it.
+        projections: std::collections::BTreeMap<String, bool>,
+    }
+
     // Written by `ApiError::into_response` (error.rs), the details by `ApiError::parts`.
     /// The body of every error.
     #[derive(ToSchema)]
@@ -870,7 +1701,11 @@ mod schemas {
         /// not exist).
         #[schema(nullable = false)]
         current_version: Option<u64>,
-        /// `invalid_snapshot`: the version the snapshot named.
+        /// `subscription_not_found`: the group asked for.
+        #[schema(nullable = false)]
+        group: Option<String>,
+        /// `invalid_snapshot`: the version the snapshot named; `schema_exists`,
+        /// `incompatible_schema`: the schema version.
         #[schema(nullable = false)]
         version: Option<u64>,
         /// `snapshot_not_found`: the bound asked for, when one was.
@@ -883,7 +1718,7 @@ mod schemas {
         #[schema(nullable = false)]
         conflicting_position: Option<u64>,
         /// `duplicate_event_id`: the first id of the request already stored;
-        /// `event_not_found`: the id asked for.
+        /// `event_not_found`: the id asked for; `upcast_failed`: the event.
         #[schema(nullable = false)]
         event_id: Option<Uuid>,
         /// `aggregate_type_mismatch`: the aggregate's type.
@@ -892,6 +1727,82 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`, `upcast_failed`: the
+        /// event type.
+        #[schema(nullable = false)]
+        event_type: Option<String>,
+        /// `upcast_failed`: the stored version of the event.
+        #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
+        event_version: Option<u32>,
+        /// `upcast_failed`: the event's position; `not_yet_materialized`: where the
+        /// projection is.
+        #[schema(nullable = false)]
+        position: Option<u64>,
+        /// `incompatible_schema`: why the schema cannot follow the previous version.
+        #[schema(nullable = false)]
+        reason: Option<String>,
+        /// `schema_violation`: every failing field of every event that does not match its
+        /// schema.
+        #[schema(nullable = false)]
+        violations: Option<Vec<factstore_core::SchemaViolation>>,
+        /// `projection_not_found`, `key_not_found`, `not_yet_materialized`: the projection.
+        #[schema(nullable = false)]
+        projection: Option<String>,
+        /// `key_not_found`: the key asked for.
+        #[schema(nullable = false)]
+        key: Option<String>,
+        /// `not_yet_materialized`: the position asked for.
+        #[schema(nullable = false)]
+        min_position: Option<u64>,
+    }
+
+    // Written by `persistent::render_deliveries` (persistent.rs): `Event::write_json` with
+    // `attempt` added.
+    /// An event leased to a consumer, or a parked event.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct DeliveredEvent {
+        event_id: Uuid,
+        #[schema(minimum = 1)]
+        position: u64,
+        aggregate_id: String,
+        aggregate_type: String,
+        #[schema(minimum = 1)]
+        version: u64,
+        event_type: String,
+        #[schema(minimum = 1, maximum = 2147483647)]
+        event_version: u32,
+        #[schema(value_type = Object)]
+        event_data: Value,
+        created_at: Timestamp,
+        recorded_at: Timestamp,
+        #[schema(required = true)]
+        created_by: Option<String>,
+        #[schema(value_type = Option<Object>, required = true)]
+        metadata: Option<Value>,
+        /// Which delivery this is (1 for the first); for a parked event, how many it had.
+        #[schema(minimum = 1)]
+        attempt: u32,
+    }
+
+    // Written by `persistent::render_deliveries` (persistent.rs).
+    /// The answer to a poll.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Deliveries {
+        /// The events leased, in position order.
+        events: Vec<DeliveredEvent>,
+    }
+
+    // Written by `persistent::list_parked` (persistent.rs).
+    /// A page of parked events.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ParkedPage {
+        events: Vec<DeliveredEvent>,
+        /// Where the next page starts (its `after_position`); null at the end.
+        #[schema(required = true)]
+        next_after_position: Option<u64>,
     }
 
     // Written by `health` (lib.rs).
@@ -1042,13 +1953,67 @@ mod params {
         max_version: Option<u64>,
     }
 
+    /// A page of parked events.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct ParkedParams {
+        /// Parked events after this position.
+        #[param(default = 0, minimum = 0)]
+        after_position: Option<u64>,
+        /// Events per page: 1 to 1000.
+        #[param(default = 100, minimum = 1, maximum = 1000)]
+        limit: Option<u64>,
+    }
+
+    /// How to read one key's state.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct StateParams {
+        /// `read_model` (the maintained state) or `event_store` (folded from the events up to
+        /// the head: always current, slower).
+        #[param(inline)]
+        source: Option<StateSource>,
+        /// Read-your-writes: wait until the projection has passed this position.
+        #[param(minimum = 0)]
+        min_position: Option<u64>,
+        /// How long to wait for `min_position`, in milliseconds: at most 60000; 503
+        /// `not_yet_materialized` after it.
+        #[param(default = 5000, minimum = 0, maximum = 60000)]
+        wait_ms: Option<u64>,
+        /// Time travel: only the events whose `created_at` is at or before this (an RFC 3339
+        /// time, or a date `YYYY-MM-DD`: the end of that day).
+        #[param(example = "2024-01-15T14:00:00Z")]
+        until: Option<String>,
+        /// Time travel: only the events whose `recorded_at` is at or before this (the store as
+        /// it knew them then).
+        #[param(example = "2024-01-15T14:00:00Z")]
+        as_of: Option<String>,
+    }
+
+    /// Where a state comes from.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum StateSource {
+        ReadModel,
+        EventStore,
+    }
+
+    /// The paging of states.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct StatesPageParams {
+        /// States after this key (exclusive): the `next_after_key` of the previous page.
+        after_key: Option<String>,
+        /// States per page: 1 to 1000.
+        #[param(default = 100, minimum = 1, maximum = 1000)]
+        limit: Option<u64>,
+    }
+
     /// `raw`.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
     pub struct RawParam {
-        /// `true`: the events exactly as stored, not upcast. No upcasters exist yet, so events are
-        /// read as stored either way; the parameter is accepted for clients written against the
-        /// full API.
+        /// `true`: the events exactly as stored, not upcast by the registered upcasters.
         #[param(default = false)]
         raw: Option<bool>,
     }
@@ -1057,6 +2022,7 @@ mod params {
 #[cfg(test)]
 mod tests {
     use factstore_core::ExpectedVersion;
+    use factstore_projections::ProjectionError;
     use uuid::Uuid;
 
     use super::*;
@@ -1103,10 +2069,47 @@ mod tests {
                 version: 4,
                 current_version: 3,
             }),
+            ApiError::Store(StoreError::SchemaViolation {
+                violations: Vec::new(),
+            }),
+            ApiError::Store(StoreError::UpcastFailed {
+                event_id: Uuid::nil(),
+                position: 1,
+                event_type: "T".into(),
+                event_version: 1,
+                reason: "r".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaNotFound {
+                event_type: "T".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::SchemaExists {
+                event_type: "T".into(),
+                version: 1,
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::Incompatible {
+                event_type: "T".into(),
+                version: 2,
+                reason: "r".into(),
+            }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
+                group: "g".into(),
+            }),
+            ApiError::from(ProjectionError::NotFound { name: "p".into() }),
+            ApiError::from(ProjectionError::KeyNotFound {
+                name: "p".into(),
+                key: "k".into(),
+            }),
+            ApiError::from(ProjectionError::invalid("x")),
+            ApiError::from(ProjectionError::NotYetMaterialized {
+                name: "p".into(),
+                position: 1,
+                min_position: 2,
+                reason: None,
+            }),
         ]
     }
 
@@ -1134,7 +2137,12 @@ mod tests {
             .paths
             .paths
             .values()
-            .map(|item| [&item.get, &item.post, &item.put].into_iter().flatten().count())
+            .map(|item| {
+                [&item.get, &item.post, &item.put, &item.delete]
+                    .into_iter()
+                    .flatten()
+                    .count()
+            })
             .sum();
         assert_eq!(operations, OPERATIONS.len());
     }

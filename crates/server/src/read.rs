@@ -6,8 +6,10 @@
 //! With `--auth`, a token limited to aggregate prefixes gets 403 for one aggregate outside
 //! them, `GET /v1/events` filtered to them, and 404 for an event by id outside them.
 //!
-//! `raw` is accepted (`true` or `false`) and has no effect yet: no upcasters exist, so every
-//! event is read as stored either way.
+//! Events are read upcast to the newest version their upcasters reach (the store in
+//! `AppState::store`); `raw=true` reads them exactly as stored. Unfiltered tail reads come
+//! from the live feed, which holds the stored form, so they use it only while no upcaster is
+//! registered (or with `raw=true`).
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -103,8 +105,8 @@ pub async fn read_aggregate(
         as_of: params.time("as_of", Bound::Upper)?,
         limit: params.limit(DEFAULT_LIMIT, state.store.limits().page_events_max)?,
     };
-    params.bool("raw")?;
-    let page = state.store.read_aggregate(query).await?;
+    let raw = params.bool("raw")?.unwrap_or(false);
+    let page = state.store_for(raw).read_aggregate(query).await?;
     Ok(render::json_bytes(StatusCode::OK, render::aggregate_page(&page)))
 }
 
@@ -161,16 +163,16 @@ pub async fn read_events(
         as_of: params.time("as_of", Bound::Upper)?,
         limit: params.limit(DEFAULT_LIMIT, limits.page_events_max)?,
     };
-    params.bool("raw")?;
+    let raw = params.bool("raw")?.unwrap_or(false);
     let scope = principal.restrict(&mut query);
-    if query.filter.is_empty() && scope.is_everything() {
+    if query.filter.is_empty() && scope.is_everything() && (raw || !state.schemas.upcasts()) {
         // The tail of the log is usually in the live feed, JSON and all.
         let head = *state.store.watch_head().borrow();
         if let Some(page) = page_from_feed(&state.feed(), &query, head) {
             return Ok(render::json_bytes(StatusCode::OK, render::feed_page(&page)));
         }
     }
-    let mut page = state.store.read_events(query).await?;
+    let mut page = state.store_for(raw).read_events(query).await?;
     scope.retain(&mut page.events);
     Ok(render::json_bytes(StatusCode::OK, render::event_page(&page)))
 }
@@ -227,8 +229,8 @@ pub async fn get_event(
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), &["raw"])?;
-    params.bool("raw")?;
-    let event = state.store.get_event(event_id).await?;
+    let raw = params.bool("raw")?.unwrap_or(false);
+    let event = state.store_for(raw).get_event(event_id).await?;
     if event.event_id() != event_id {
         return Err(StoreError::Internal(format!(
             "asked for event {event_id}, the store answered {}",

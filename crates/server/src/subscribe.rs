@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use factstore_core::time::Bound;
 use factstore_core::{EventQuery, EventStore, StoreError};
+use factstore_schemas::SchemaRegistry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +87,7 @@ pub async fn subscribe(
         as_of: params.time("as_of", Bound::Upper)?,
         limit: CHUNK_EVENTS,
     };
-    params.bool("raw")?;
+    let raw = params.bool("raw")?.unwrap_or(false);
     if let Some(value) = headers.get("last-event-id") {
         query.after_position = last_event_id(value)?;
     }
@@ -96,7 +97,8 @@ pub async fn subscribe(
     let head = state.store.head().await?.position;
     let feed = state.feed();
     let subscription = Subscription {
-        store: state.store.clone(),
+        store: state.store_for(raw).clone(),
+        upcast: (!raw).then(|| state.schemas.clone()),
         feed_rx: feed.subscribe(),
         feed,
         cursor: query.after_position,
@@ -150,7 +152,11 @@ fn last_event_id(value: &HeaderValue) -> Result<u64, ApiError> {
 }
 
 struct Subscription {
+    /// Reads what the feed no longer holds: upcast, or as stored with `raw=true`.
     store: Arc<dyn EventStore>,
+    /// The registry that upcasts events taken from the feed (which holds the stored form);
+    /// `None` with `raw=true`.
+    upcast: Option<Arc<SchemaRegistry>>,
     feed: Arc<Feed>,
     feed_rx: watch::Receiver<u64>,
     query: EventQuery,
@@ -242,9 +248,17 @@ impl Subscription {
     async fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         match self.feed.after(self.cursor, CHUNK_EVENTS) {
             Slice::Events(events) => {
+                let mut upcast_json = Vec::new();
                 for event in &events {
                     if self.query.matches(&event.event) && self.scope.allows(&event.event) {
-                        write_event(out, event.event.position(), event.json());
+                        match &self.upcast {
+                            Some(registry) if registry.needs_upcast(&event.event) => {
+                                upcast_json.clear();
+                                registry.upcast(event.event.clone())?.write_json(&mut upcast_json);
+                                write_event(out, event.event.position(), &upcast_json);
+                            }
+                            _ => write_event(out, event.event.position(), event.json()),
+                        }
                         self.last_id = event.event.position();
                         self.last_id_at = Instant::now();
                     }

@@ -10,8 +10,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::app;
 use factstore_testkit::model::ModelStore;
@@ -1003,7 +1003,7 @@ impl EventStore for BrokenStore {
         &self.limits
     }
 
-    async fn commit(&self, _commit: Commit) -> Result<CommitOutcome, StoreError> {
+    async fn commit_prepared(&self, _commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         Err(StoreError::Unavailable("fsync failed".into()))
     }
 

@@ -20,7 +20,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use factstore_core::{
     AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore,
-    ExpectedVersion, Head, Limits, NewEvent, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    ExpectedVersion, Head, Limits, NewEvent, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo,
+    SnapshotStored, StoreError,
 };
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app, app_with_state, route_list};
 use factstore_testkit::model::ModelStore;
@@ -174,6 +175,10 @@ impl Doc {
             reply.status,
             String::from_utf8_lossy(&reply.bytes)
         );
+        if reply.status == StatusCode::NO_CONTENT {
+            assert!(reply.bytes.is_empty() && response.get("content").is_none());
+            return;
+        }
         let content = response["content"].as_object().unwrap();
         assert_eq!(content.len(), 1, "one media type per response");
         let (media_type, media) = content.iter().next().unwrap();
@@ -243,6 +248,10 @@ fn walk(value: &Value, visit: &mut impl FnMut(&Value)) {
 fn concrete(path: &str) -> String {
     path.replace("{aggregate_id}", "account:probe")
         .replace("{event_id}", &Uuid::nil().to_string())
+        .replace("{event_type}", "MoneyDeposited")
+        .replace("{from_version}", "1")
+        .replace("{version}", "1")
+        .replace("{group}", "probe")
 }
 
 #[tokio::test]
@@ -370,6 +379,10 @@ async fn the_document_is_openapi_3_1_with_the_crate_version() {
                 !response["description"].as_str().unwrap().is_empty(),
                 "{what} {status}"
             );
+            if status == "204" {
+                assert!(response.get("content").is_none(), "{what}: 204 has no body");
+                continue;
+            }
             for media in response["content"].as_object().unwrap().values() {
                 doc.validator(&media["schema"]);
             }
@@ -839,6 +852,8 @@ async fn real_responses_match_the_documented_schemas() {
         assert_eq!(reply.code(), "invalid_request", "{body}");
         doc.check("POST", path, &reply);
     }
+    subscription_responses_match_the_documented_schemas(&router, &doc).await;
+
     let reply = call(
         &router,
         "POST",
@@ -861,6 +876,93 @@ async fn real_responses_match_the_documented_schemas() {
     doc.check("POST", append, &reply);
 }
 
+/// Every subscription endpoint's answers, over a store that holds events already.
+async fn subscription_responses_match_the_documented_schemas(router: &Router, doc: &Doc) {
+    let group = "/v1/subscriptions/{group}";
+    let definition = json!({"filter": {"aggregate_id_prefix": "account:"}, "max_deliveries": 1,
+                            "ordering": "per_aggregate"});
+    doc.check_request("PUT", group, &definition, true);
+    doc.check_request("PUT", group, &json!({"start": "middle"}), false);
+    for status in [StatusCode::CREATED, StatusCode::OK] {
+        let reply = put(router, "/v1/subscriptions/billing", &definition).await;
+        assert_eq!(reply.status, status, "{}", reply.json());
+        doc.check("PUT", group, &reply);
+    }
+    let reply = get(router, "/v1/subscriptions").await;
+    doc.check("GET", "/v1/subscriptions", &reply);
+    let reply = get(router, "/v1/subscriptions/billing").await;
+    doc.check("GET", group, &reply);
+    let poll = "/v1/subscriptions/{group}/poll";
+    let body = json!({"consumer": "w1", "max": 10, "wait_ms": 2000});
+    doc.check_request("POST", poll, &body, true);
+    let reply = post(router, "/v1/subscriptions/billing/poll", &body).await;
+    doc.check("POST", poll, &reply);
+    let positions: Vec<u64> = reply.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert!(!positions.is_empty());
+    let nack = json!({"positions": [positions[0]], "park": true});
+    doc.check_request("POST", "/v1/subscriptions/{group}/nack", &nack, true);
+    let reply = post(router, "/v1/subscriptions/billing/nack", &nack).await;
+    doc.check("POST", "/v1/subscriptions/{group}/nack", &reply);
+    let ack = json!({"positions": positions[1..]});
+    if positions.len() > 1 {
+        doc.check_request("POST", "/v1/subscriptions/{group}/ack", &ack, true);
+        let reply = post(router, "/v1/subscriptions/billing/ack", &ack).await;
+        doc.check("POST", "/v1/subscriptions/{group}/ack", &reply);
+    }
+    let reply = get(router, "/v1/subscriptions/billing/parked?limit=10").await;
+    assert_eq!(reply.json()["events"][0]["attempt"], 1);
+    doc.check("GET", "/v1/subscriptions/{group}/parked", &reply);
+    let replay = json!({"positions": [positions[0]]});
+    doc.check_request("POST", "/v1/subscriptions/{group}/parked/replay", &replay, true);
+    let reply = post(router, "/v1/subscriptions/billing/parked/replay", &replay).await;
+    doc.check("POST", "/v1/subscriptions/{group}/parked/replay", &reply);
+    for (method, path, uri, body) in [
+        ("GET", group, "/v1/subscriptions/nope", Value::Null),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/nope/poll",
+            json!({"consumer": "w"}),
+        ),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/billing/poll",
+            json!({"consumer": ""}),
+        ),
+        (
+            "POST",
+            poll,
+            "/v1/subscriptions/billing/poll",
+            json!({"consumer": "w", "max": 0}),
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/ack",
+            "/v1/subscriptions/billing/ack",
+            json!({"positions": [999]}),
+        ),
+    ] {
+        let reply = if body.is_null() {
+            get(router, uri).await
+        } else {
+            post(router, uri, &body).await
+        };
+        assert!(reply.status.is_client_error(), "{uri} {body}");
+        doc.check(method, path, &reply);
+    }
+    let reply = call(router, "DELETE", "/v1/subscriptions/billing", None, Body::empty()).await;
+    doc.check("DELETE", group, &reply);
+    let reply = call(router, "DELETE", "/v1/subscriptions/billing", None, Body::empty()).await;
+    assert_eq!(reply.code(), "subscription_not_found");
+    doc.check("DELETE", group, &reply);
+}
+
 /// A store whose writes fail as unavailable and whose reads fail inside.
 #[derive(Default)]
 struct BrokenStore {
@@ -873,7 +975,7 @@ impl EventStore for BrokenStore {
         &self.limits
     }
 
-    async fn commit(&self, _commit: Commit) -> Result<CommitOutcome, StoreError> {
+    async fn commit_prepared(&self, _commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         Err(StoreError::Unavailable("fsync failed".into()))
     }
 
@@ -1144,8 +1246,8 @@ impl EventStore for FailingFilteredReads {
         self.0.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.0.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.0.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
@@ -1208,4 +1310,84 @@ async fn a_failure_inside_a_subscription_matches_the_documented_schema() {
         next_message(&mut body, &mut buffer).await.is_none(),
         "the stream ends"
     );
+}
+
+#[tokio::test]
+async fn schema_registry_responses_match_the_documented_schemas() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let schema =
+        json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
+    let put_path = "/v1/schemas/{event_type}/versions/{version}";
+    doc.check_request("PUT", put_path, &schema, true);
+    for (uri, body, status) in [
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 201),
+        ("/v1/schemas/MoneyDeposited/versions/1", schema.clone(), 200),
+        (
+            "/v1/schemas/MoneyDeposited/versions/1",
+            json!({"type": "object"}),
+            409,
+        ),
+        ("/v1/schemas/MoneyDeposited/versions/3", schema.clone(), 409),
+        ("/v1/schemas/MoneyDeposited/versions/0", schema.clone(), 400),
+    ] {
+        let reply = put(&router, uri, &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{uri}: {}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", put_path, &reply);
+    }
+    for (uri, path, status) in [
+        ("/v1/schemas", "/v1/schemas", 200),
+        ("/v1/schemas/MoneyDeposited", "/v1/schemas/{event_type}", 200),
+        ("/v1/schemas/Nope", "/v1/schemas/{event_type}", 404),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status.as_u16(), status, "{uri}");
+        doc.check("GET", path, &reply);
+    }
+    let upcaster = json!({"to_version": 2, "ops": [
+        {"op": "default", "path": "/currency", "value": "USD"},
+        {"op": "set", "path": "/n", "value": 3},
+        {"op": "rename", "from": "/amt", "path": "/amount"},
+        {"op": "unset", "path": "/legacy"}
+    ]});
+    let up_path = "/v1/upcasters/{event_type}/{from_version}";
+    doc.check_request("PUT", up_path, &upcaster, true);
+    doc.check_request(
+        "PUT",
+        up_path,
+        &json!({"to_version": 2, "ops": [{"op": "copy"}]}),
+        false,
+    );
+    for (body, status) in [
+        (upcaster.clone(), 201),
+        (upcaster.clone(), 200),
+        (json!({"to_version": 1, "ops": []}), 400),
+    ] {
+        let reply = put(&router, "/v1/upcasters/MoneyDeposited/1", &body).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        doc.check("PUT", up_path, &reply);
+    }
+    for (uri, path) in [
+        ("/v1/upcasters", "/v1/upcasters"),
+        ("/v1/upcasters/MoneyDeposited", "/v1/upcasters/{event_type}"),
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        doc.check("GET", path, &reply);
+    }
+    // A schema violation, documented for both appends.
+    let bad = json!({"events": [{"aggregate_type": "Account", "event_type": "MoneyDeposited", "event_data": {"amount": "x"}}]});
+    let reply = post(&router, "/v1/aggregates/account:1/events", &bad).await;
+    assert_eq!(reply.code(), "schema_violation");
+    doc.check("POST", "/v1/aggregates/{aggregate_id}/events", &reply);
 }

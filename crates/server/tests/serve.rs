@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_server::{Drain, ServeOptions, app};
 use factstore_testkit::model::ModelStore;
@@ -42,11 +42,11 @@ impl EventStore for Gated {
         self.inner.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         self.entered.notify_one();
         let permit = self.release.acquire().await.unwrap();
         permit.forget();
-        self.inner.commit(commit).await
+        self.inner.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {

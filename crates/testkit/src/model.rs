@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use factstore_core::append::validate_aggregate_id;
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, AppendedAggregate, AppendedEvent, Commit, CommitOutcome, Direction, Event,
+    AggregatePage, AggregateQuery, AppendedAggregate, AppendedEvent, CommitOutcome, Direction, Event,
     EventPage, EventQuery, EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo,
     SnapshotStored, StoreError, Timestamp,
 };
@@ -285,8 +285,7 @@ impl EventStore for ModelStore {
         &self.limits
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        let prepared = commit.prepare(&self.limits)?;
+    async fn commit_prepared(&self, prepared: PreparedCommit) -> Result<CommitOutcome, StoreError> {
         let mut state = self.state.lock();
         if let Some(retry) = check_idempotency(&state, &prepared)? {
             return Ok(retry);
@@ -478,7 +477,7 @@ impl EventStore for ModelStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use factstore_core::{AggregateAppend, Condition, EventFilter, ExpectedVersion, NewEvent};
+    use factstore_core::{AggregateAppend, Commit, Condition, EventFilter, ExpectedVersion, NewEvent};
     use serde_json::json;
 
     fn event(event_type: &str) -> NewEvent {

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - One module per workload: [`append`], [`read_aggregate`], [`read_all`], [`subscribe`],
-//!   [`mixed`], [`reserve`], [`seed`].
+//!   [`mixed`], [`reserve`], [`seed`], [`consume`] (persistent subscriptions with ACK),
+//!   [`projection`] (a projection's catch-up, rebuild and read-your-writes).
 //! - Shared parts: [`http`] (one hyper connection per client), [`control`] (warm-up, duration
 //!   or request count), [`stats`] (per-client measurements, merged at the end), [`scan`]
 //!   (counting events in bodies without parsing them), [`verify`] (`--verify`), [`report`]
@@ -25,9 +26,11 @@ use clap::Subcommand;
 use serde_json::Value;
 
 pub mod append;
+pub mod consume;
 pub mod control;
 pub mod http;
 pub mod mixed;
+pub mod projection;
 pub mod read_aggregate;
 pub mod read_all;
 pub mod report;
@@ -52,7 +55,9 @@ Examples (each prints its parameters with its results; add --json for one JSON o
   factstore bench subscribe --concurrency 4                          catch-up rate
   factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once
   factstore bench reserve --concurrency 32 --seats 20                seats under a condition
-  factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard";
+  factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard
+  factstore bench consume --seed 1000000 --consumers 4 --max 500      delivery with ACK
+  factstore bench projection --rebuild --ryw-clients 4               catch-up, rebuild, read-your-writes";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -105,6 +110,12 @@ pub enum Workload {
     Reserve(reserve::ReserveArgs),
     /// Fill the store quickly with 1000-event appends, for the read workloads.
     Seed(seed::SeedArgs),
+    /// Consumers of a persistent-subscription group polling and acking every event
+    /// (events delivered and acked per second, poll and ack latency).
+    Consume(consume::ConsumeArgs),
+    /// A server-side projection: its catch-up over the store, a rebuild, and read-your-writes
+    /// latency (append, then read the state with `min_position`).
+    Projection(projection::ProjectionArgs),
 }
 
 impl Workload {
@@ -117,6 +128,8 @@ impl Workload {
             Workload::Mixed(_) => "mixed",
             Workload::Reserve(_) => "reserve",
             Workload::Seed(_) => "seed",
+            Workload::Consume(_) => "consume",
+            Workload::Projection(_) => "projection",
         }
     }
 }
@@ -174,6 +187,8 @@ async fn run_async(args: &BenchArgs) -> anyhow::Result<Report> {
         Workload::Mixed(a) => mixed::run(&bench, a).await?,
         Workload::Reserve(a) => reserve::run(&bench, a).await?,
         Workload::Seed(a) => seed::run(&bench, a).await?,
+        Workload::Consume(a) => consume::run(&bench, a).await?,
+        Workload::Projection(a) => projection::run(&bench, a).await?,
     };
     let head_after = head(&bench.target).await?;
     Ok(Report {

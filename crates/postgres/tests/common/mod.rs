@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use factstore_core::{
-    AggregatePage, AggregateQuery, Commit, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
+    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
 };
 use factstore_postgres::{PgOptions, PgStore};
 use tokio::sync::watch;
@@ -152,8 +152,8 @@ impl EventStore for SchemaStore {
         self.store.limits()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.store.commit(commit).await
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        self.store.commit_prepared(commit).await
     }
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
