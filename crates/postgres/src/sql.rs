@@ -112,20 +112,25 @@ fn unsigned(value: i64, what: &str) -> Result<u64, PgError> {
 /// Decodes a row of [`EVENT_COLUMNS`]. Lengths are checked against the ceilings of the binary
 /// event form, so that a row written by hand cannot make the encoder panic.
 pub fn event_from_row(row: &Row) -> Result<Event, PgError> {
-    let position: i64 = row.try_get(0)?;
-    let version: i64 = row.try_get(1)?;
-    let event_id: Uuid = row.try_get(2)?;
-    let created_at: Ts = row.try_get(3)?;
-    let recorded_at: Ts = row.try_get(4)?;
-    let event_version: i32 = row.try_get(5)?;
-    let aggregate_id: &str = row.try_get(6)?;
-    let aggregate_type: &str = row.try_get(7)?;
-    let event_type: &str = row.try_get(8)?;
-    let created_by: Option<&str> = row.try_get(9)?;
-    let correlation_id: Option<&str> = row.try_get(10)?;
-    let causation_id: Option<&str> = row.try_get(11)?;
-    let event_data: JsonText<'_> = row.try_get(12)?;
-    let metadata: Option<JsonText<'_>> = row.try_get(13)?;
+    event_from_row_at(row, 0)
+}
+
+/// Decodes the [`EVENT_COLUMNS`] that start at column `at` of a row.
+pub fn event_from_row_at(row: &Row, at: usize) -> Result<Event, PgError> {
+    let position: i64 = row.try_get(at)?;
+    let version: i64 = row.try_get(at + 1)?;
+    let event_id: Uuid = row.try_get(at + 2)?;
+    let created_at: Ts = row.try_get(at + 3)?;
+    let recorded_at: Ts = row.try_get(at + 4)?;
+    let event_version: i32 = row.try_get(at + 5)?;
+    let aggregate_id: &str = row.try_get(at + 6)?;
+    let aggregate_type: &str = row.try_get(at + 7)?;
+    let event_type: &str = row.try_get(at + 8)?;
+    let created_by: Option<&str> = row.try_get(at + 9)?;
+    let correlation_id: Option<&str> = row.try_get(at + 10)?;
+    let causation_id: Option<&str> = row.try_get(at + 11)?;
+    let event_data: JsonText<'_> = row.try_get(at + 12)?;
+    let metadata: Option<JsonText<'_>> = row.try_get(at + 13)?;
     let ceiling = &Limits::CEILING;
     let too_long = aggregate_id.len() > ceiling.aggregate_id_bytes_max
         || aggregate_type.len() > ceiling.aggregate_type_bytes_max

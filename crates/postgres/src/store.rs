@@ -18,7 +18,7 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use crate::PgError;
-use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row};
+use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
 use crate::writer::{GroupLimits, WriteRequest, Writer};
 
@@ -209,17 +209,6 @@ impl PgStore {
             .await
             .map_err(PgError::from)?;
         Ok(rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?)
-    }
-
-    async fn head_position(&self) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT position FROM factstore_head WHERE id = 1")
-            .await
-            .map_err(PgError::from)?;
-        let row = client.query_one(&statement, &[]).await.map_err(PgError::from)?;
-        let position: i64 = row.get(0);
-        Ok(position as u64)
     }
 }
 
@@ -416,23 +405,43 @@ impl EventStore for PgStore {
     }
 
     async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
-        // The head first, then only events at or below it: every event at or below the head
-        // committed with (or before) the head row that says so.
-        let head = self.head_position().await?;
-        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
+        // The head and the page in one statement: the head row first (a CTE), then only events
+        // at or below it, since every event at or below a committed head committed with it or
+        // before. One round trip per page.
         let after = query.after_position;
         let limit = query.limit.max(1);
-        let mut events = Vec::new();
-        if after < range_end {
-            let mut read = Query::new(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
-            read.and("position", ">", big(after), Type::INT8);
-            read.and("position", "<=", big(range_end), Type::INT8);
-            read.filter(&query.filter);
-            read.time_bounds(query.from, query.to, query.as_of);
-            let p = read.param(big(limit as u64), Type::INT8);
-            read.text.push_str(&format!(" ORDER BY position LIMIT {p}"));
-            events = self.events(&read).await?;
+        let mut read = Query::new("");
+        let after_p = read.param(big(after), Type::INT8);
+        let to_p = read.param(big(query.to_position.unwrap_or(u64::MAX)), Type::INT8);
+        read.text = format!(
+            "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
+             SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+             WHERE position > {after_p} AND position <= LEAST(h.head, {to_p})"
+        );
+        read.filter(&query.filter);
+        read.time_bounds(query.from, query.to, query.as_of);
+        let limit_p = read.param(big(limit as u64), Type::INT8);
+        read.text
+            .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON true"));
+        let rows = {
+            let client = self.client().await?;
+            client
+                .query_typed(&read.text, &read.params())
+                .await
+                .map_err(PgError::from)?
+        };
+        let head = match rows.first() {
+            Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
+            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A page with no event is one row of the head and NULLs.
+            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
+                events.push(event_from_row_at(row, 1)?);
+            }
         }
+        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
         let next_after_position = if events.len() >= limit {
             events.last().map_or(range_end, Event::position)
         } else {

@@ -46,7 +46,7 @@ impl TestSchema {
         )
         .await
         .map_err(|_| "timed out".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .and_then(|r| r.map_err(|e| error_chain(&e)));
         let (client, connection) = match connected {
             Ok(pair) => pair,
             Err(error) => {
@@ -100,6 +100,18 @@ impl TestSchema {
         tokio::spawn(connection);
         client
     }
+}
+
+/// An error with its causes ("error connecting to server: Connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Drop for TestSchema {
