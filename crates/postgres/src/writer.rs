@@ -350,7 +350,14 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
         // `local` is durable on this server but not on its standbys; `off` is not durable.
         client.batch_execute("SET synchronous_commit = on").await?;
     }
-    let find_ids_sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1)");
+    // A join with the unnested ids, not `event_id = ANY($1)`: the prepared statement's generic
+    // plan may turn ANY into a sequential scan testing every row against every id, which grows
+    // with the table; one primary-key probe per id does not.
+    let columns: Vec<String> = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect();
+    let find_ids_sql = format!(
+        "SELECT {} FROM unnest($1::uuid[]) AS i(id) JOIN events e ON e.event_id = i.id",
+        columns.join(", ")
+    );
     let (lock_head, find_ids, aggregates, insert, update_head, notify) = futures::try_join!(
         client.prepare("SELECT position, recorded_at FROM factstore_head WHERE id = 1 FOR UPDATE"),
         client.prepare_typed(&find_ids_sql, &[Type::UUID_ARRAY]),
