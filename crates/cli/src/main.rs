@@ -1,5 +1,6 @@
 //! The `factstore` binary: `serve` runs the server; `verify` checks a data folder; the client
-//! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`) talk to a
+//! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`,
+//! `projections`, `subscriptions`) talk to a
 //! running server through `factstore-client`.
 //!
 //! This crate is not a library; it wires the crates together and turns errors into one line
@@ -83,6 +84,10 @@ enum Command {
     /// Append the events of an export, keeping ids, order, positions and versions.
     #[command(long_about = IMPORT_HELP)]
     Import(client_cmds::import::ImportArgs),
+    /// Manage projections (read models): list, put, show, state, rebuild, delete.
+    Projections(client_cmds::projections::ProjectionsArgs),
+    /// Manage persistent subscription groups: list, create, show, parked, replay, delete.
+    Subscriptions(client_cmds::subscriptions::SubscriptionsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -139,6 +144,8 @@ fn main() -> ExitCode {
         Command::Tail(args) => client_cmds::tail::run(args),
         Command::Export(args) => client_cmds::export::run(args),
         Command::Import(args) => client_cmds::import::run(args),
+        Command::Projections(args) => client_cmds::projections::run(args),
+        Command::Subscriptions(args) => client_cmds::subscriptions::run(args),
     };
     match result {
         Ok(code) => code,
