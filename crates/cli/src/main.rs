@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod client_cmds;
+mod postgres;
 mod serve;
 mod verify;
 
@@ -58,6 +59,8 @@ enum Command {
     /// shared machine the generator takes CPU from the server it measures, which is why it is
     /// built to need little; see docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Create or upgrade the PostgreSQL schema (`serve --storage` also does it at start).
+    Migrate(postgres::MigrateArgs),
     /// Check every record, index entry and snapshot of a data folder (offline: stop the server first).
     Verify {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Migrate(args) => postgres::migrate(args),
         Command::Verify { data_dir } => verify::run(&data_dir),
         Command::Append(args) => client_cmds::append::run(args),
         Command::Read(args) => client_cmds::read::run(args),

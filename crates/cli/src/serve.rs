@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// The embedded engine's data folder, created if missing.
     #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
     pub data_dir: PathBuf,
+    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database
+    /// (the schema is created or migrated at start).
+    #[arg(long, env = "FACTSTORE_STORAGE", value_name = "URL")]
+    pub storage: Option<String>,
     /// The address to listen on.
     #[arg(long, env = "FACTSTORE_LISTEN", default_value = "127.0.0.1:6180")]
     pub listen: SocketAddr,
@@ -243,13 +247,33 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let auth_tokens = auth.as_ref().map(Auth::len);
     let options = EngineOptions {
-        limits,
+        limits: limits.clone(),
         ..EngineOptions::default()
     };
     let fs = options.fs.clone();
-    let engine = Engine::open(&args.data_dir, options)
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-    let engine = Arc::new(engine);
+    // The embedded engine opens before the runtime starts; PostgreSQL inside it. Either way the
+    // data folder keeps the schema registry, the projections and the subscription groups of
+    // this server, under the folder's lock (the engine's, or taken here).
+    let (engine, store_location, _data_dir_lock) = match &args.storage {
+        Some(url) => {
+            let url = crate::postgres::storage_url(url)?;
+            let lock = fs
+                .create_dir_all(&args.data_dir)
+                .and_then(|()| fs.lock_dir(&args.data_dir))
+                .with_context(|| {
+                    format!(
+                        "cannot lock {} (another server using it?)",
+                        args.data_dir.display()
+                    )
+                })?;
+            (None, crate::postgres::redact(url), Some(lock))
+        }
+        None => {
+            let engine = Engine::open(&args.data_dir, options)
+                .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+            (Some(Arc::new(engine)), args.data_dir.display().to_string(), None)
+        }
+    };
     // After the engine, which holds the data folder's lock.
     let schemas_dir = args.data_dir.join("schemas");
     let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
@@ -261,7 +285,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let drain = runtime.block_on(async {
-        let store = Arc::new(EmbeddedStore::new(engine.clone()));
+        let store: Arc<dyn factstore_core::EventStore> = match (&engine, &args.storage) {
+            (Some(engine), _) => Arc::new(EmbeddedStore::new(engine.clone())),
+            (None, Some(url)) => crate::postgres::open(url, limits).await?,
+            (None, None) => bail!("no store to serve"),
+        };
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
@@ -312,7 +340,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         tracing::info!(
             address = %local,
-            data_dir = %args.data_dir.display(),
+            storage = %store_location,
             auth_tokens,
             "factstore listening on {scheme}://{local}"
         );
@@ -333,7 +361,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
     // still running gets a moment), so nothing uses the store when it closes.
     runtime.shutdown_timeout(Duration::from_secs(5));
-    engine.close();
+    if let Some(engine) = engine {
+        engine.close();
+    }
     match drain {
         Drain::Complete => tracing::info!("factstore stopped: every request in flight was answered"),
         Drain::TimedOut { dropped } => tracing::warn!(

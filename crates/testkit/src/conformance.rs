@@ -39,8 +39,15 @@ use uuid::Uuid;
 /// `$open` is an expression (typically an `async` block) that yields an
 /// `Arc<dyn EventStore>` for an empty store; it is evaluated once per case, inside the test's
 /// runtime. The calling crate needs `tokio` with the "macros" and "rt-multi-thread" features.
+///
+/// `conformance_tests!(optional $open)` is for a backend that needs a service which may be
+/// missing: `$open` yields an `Option<Arc<dyn EventStore>>`, and a case given `None` returns
+/// at once (the backend's test support says plainly that it skipped them).
 #[macro_export]
 macro_rules! conformance_tests {
+    (optional $open:expr) => {
+        $crate::__conformance_cases!(@with [optional_tests $open]);
+    };
     ($open:expr) => {
         $crate::__conformance_cases!(@with [tests $open]);
     };
@@ -118,6 +125,22 @@ macro_rules! __conformance_cases {
                 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let store = $open.await;
+                    $crate::conformance::$case(store).await;
+                }
+            )*
+        }
+    };
+    (@expand [optional_tests $open:expr] $($case:ident),* $(,)?) => {
+        mod conformance {
+            #[allow(unused_imports, reason = "lets `$open` name items of the calling module")]
+            use super::*;
+
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(store) = $open.await else {
+                        return;
+                    };
                     $crate::conformance::$case(store).await;
                 }
             )*

@@ -1,0 +1,70 @@
+//! factstore on PostgreSQL: an [`EventStore`](factstore_core::EventStore) whose events live in
+//! a PostgreSQL (15 or newer) database, shared by any number of servers.
+//!
+//! # Layout
+//! - [`store`]: [`PgStore`] and [`PgOptions`]: opening (migrations, the pool, the writer, the
+//!   head listener), reads, snapshots.
+//! - `writer`: group commit. One task per store takes every waiting commit, checks them all
+//!   in one transaction that holds the head row's lock, inserts the events that pass at
+//!   consecutive positions, moves the head and commits: one pipelined exchange per group.
+//! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
+//! - [`migrate`]: the versioned schema migrations embedded in the binary.
+//! - `types`: `timestamptz` and `json` in PostgreSQL's binary formats.
+//!
+//! # Invariants (see `docs/postgres.md`)
+//! - A position is taken only by a transaction that holds the lock on the row of
+//!   `factstore_head`, and that same transaction inserts the event and moves the head. So
+//!   positions are assigned in commit order, and a transaction that rolls back leaves no gap:
+//!   it never committed the head it moved.
+//! - Readers read `factstore_head` first and then only events at or below it, so a reader that
+//!   sees position P sees every position below P.
+//! - `recorded_at` of a commit is `max(now, recorded_at of the head)`, taken under the lock:
+//!   it never decreases along positions, even across servers whose clocks disagree.
+//!
+//! [`Event`]: factstore_core::Event
+
+pub mod migrate;
+mod sql;
+pub mod store;
+mod types;
+mod writer;
+
+pub use store::{PgOptions, PgStore};
+
+/// What can go wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL: {}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Config(String),
+    /// A row that does not make an event (edited by hand, or a bug).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<PgError> for factstore_core::StoreError {
+    fn from(error: PgError) -> factstore_core::StoreError {
+        match error {
+            PgError::Corrupt(_) => factstore_core::StoreError::Internal(error.to_string()),
+            other => factstore_core::StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A database error with its code and message, or the driver's error with its causes.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

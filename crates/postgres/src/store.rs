@@ -1,0 +1,607 @@
+//! [`PgStore`]: the [`EventStore`] on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use factstore_core::snapshot::validate_latest_query;
+use factstore_core::{
+    AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, EventStore, Head,
+    Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
+};
+use futures::StreamExt;
+use postgres_types::Type;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+use crate::PgError;
+use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
+use crate::types::{JsonText, Ts};
+use crate::writer::{GroupLimits, WriteRequest, Writer};
+
+/// How to open a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user[:password]@host[:port]/database[?options]` (or a key=value string).
+    /// TLS is not supported: connect over a trusted network or a local socket.
+    pub url: String,
+    /// The schema to use (set as `search_path`); by default the database's `search_path`
+    /// (usually `public`). The schema must exist.
+    pub schema: Option<String>,
+    /// Run the missing migrations at open (the default). When false, a schema that is not at
+    /// the newest migration is refused.
+    pub migrate: bool,
+    /// Connections for reads and snapshots (the writer has one of its own, the head listener
+    /// another).
+    pub pool_size: usize,
+    /// How often the head is read in case a notification was lost (LISTEN/NOTIFY carries the
+    /// news of other servers' commits; this bounds how late a lost one can make them).
+    pub head_poll: Duration,
+    /// The most events one group commit takes.
+    pub group_events_max: usize,
+    /// Writer tasks, each with its own connection (see the `writer` module): 2 keeps the head
+    /// lock busy; more only queue on it.
+    pub writers: usize,
+    pub limits: Limits,
+}
+
+impl PgOptions {
+    pub fn new(url: &str) -> PgOptions {
+        PgOptions {
+            url: url.to_owned(),
+            schema: None,
+            migrate: true,
+            pool_size: 16,
+            head_poll: Duration::from_millis(500),
+            group_events_max: 20_000,
+            writers: 2,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The connection settings of `options`: the URL, plus the schema as `search_path`.
+pub fn pg_config(options: &PgOptions) -> Result<tokio_postgres::Config, PgError> {
+    let mut config: tokio_postgres::Config = options
+        .url
+        .parse()
+        .map_err(|e| PgError::Config(format!("bad PostgreSQL URL: {e}")))?;
+    if let Some(schema) = &options.schema {
+        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(PgError::Config(format!(
+                "schema '{schema}': use letters, digits and '_' only"
+            )));
+        }
+        let mut extra = config.get_options().unwrap_or_default().to_owned();
+        if !extra.is_empty() {
+            extra.push(' ');
+        }
+        extra.push_str(&format!("-c search_path={schema}"));
+        config.options(extra);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("factstore");
+    }
+    config.connect_timeout(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// Runs the missing migrations and returns the versions applied (`factstore migrate`).
+pub async fn migrate(options: &PgOptions) -> Result<Vec<i32>, PgError> {
+    let config = pg_config(options)?;
+    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(connection);
+    let applied = crate::migrate::migrate(&mut client).await;
+    drop(client);
+    let _ = task.await;
+    applied
+}
+
+/// The event store on PostgreSQL. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    limits: Limits,
+    requests: mpsc::Sender<WriteRequest>,
+    head: Arc<watch::Sender<u64>>,
+    channel: String,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteRequest").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, migrates (unless told not to), and starts the writer, the head listener and
+    /// the head poll. Must run inside a Tokio runtime, which runs those tasks.
+    pub async fn open(options: PgOptions) -> Result<PgStore, PgError> {
+        options.limits.check().map_err(PgError::Config)?;
+        let config = pg_config(&options)?;
+        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        if options.migrate {
+            crate::migrate::migrate(&mut client).await?;
+        }
+        let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await?.get(0);
+        let schema =
+            schema.ok_or_else(|| PgError::Config("the first schema of search_path does not exist".into()))?;
+        check_schema_version(&client, &schema).await?;
+        let head_row = client
+            .query_one("SELECT position FROM factstore_head WHERE id = 1", &[])
+            .await?;
+        let head_position: i64 = head_row.get(0);
+        drop(client);
+
+        let channel = channel_name(&schema);
+        let pool = Pool::builder(Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(options.pool_size.max(1))
+        .build()
+        .map_err(|e| PgError::Config(format!("connection pool: {e}")))?;
+        let (head, _) = watch::channel(head_position as u64);
+        let head = Arc::new(head);
+        let (requests, receiver) = mpsc::channel(4096);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let mut tasks = Vec::new();
+        for _ in 0..options.writers.max(1) {
+            let writer = Writer::new(
+                config.clone(),
+                channel.clone(),
+                head.clone(),
+                GroupLimits {
+                    events_max: options.group_events_max.max(1),
+                    bytes_max: 64 << 20,
+                },
+            );
+            tasks.push(tokio::spawn(writer.run(receiver.clone())).abort_handle());
+        }
+        tasks.push(tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle());
+        tasks.push(tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle());
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                limits: options.limits,
+                requests,
+                head,
+                channel,
+                tasks,
+            }),
+        })
+    }
+
+    /// The NOTIFY channel commits to this schema are announced on.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.inner.pool.get().await.map_err(PgError::from)?)
+    }
+
+    async fn events(&self, query: &Query) -> Result<Vec<Event>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query_typed(&query.text, &query.params())
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+async fn check_schema_version(client: &tokio_postgres::Client, schema: &str) -> Result<(), PgError> {
+    let newest = crate::migrate::MIGRATIONS.last().map_or(0, |m| m.version);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let at: Option<i32> = if exists {
+        client
+            .query_one("SELECT max(version) FROM schema_migrations", &[])
+            .await?
+            .get(0)
+    } else {
+        None
+    };
+    if at != Some(newest) {
+        return Err(PgError::Config(format!(
+            "schema '{schema}' is at migration {} but this factstore needs {newest}: run `factstore migrate`",
+            at.unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
+/// One channel per schema, so that stores in different schemas of one database do not hear
+/// each other. Channel names are identifiers: at most 63 bytes.
+fn channel_name(schema: &str) -> String {
+    let mut name = format!("factstore_head.{schema}");
+    name.truncate(63);
+    name
+}
+
+fn advance(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|h| {
+        let moved = *h < position;
+        if moved {
+            *h = position;
+        }
+        moved
+    });
+}
+
+/// Listens for other writers' commits (and this one's) on the channel; reconnects when the
+/// connection drops. Each notification carries the head position its commit reached.
+async fn listen(config: tokio_postgres::Config, channel: String, head: Arc<watch::Sender<u64>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let pump = tokio::spawn(messages.for_each(move |message| {
+                    let _ = tx.send(message);
+                    futures::future::ready(())
+                }));
+                let listen = format!("LISTEN \"{}\"", channel.replace('"', "\"\""));
+                match client.batch_execute(&listen).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        while let Some(message) = rx.recv().await {
+                            match message {
+                                Ok(AsyncMessage::Notification(n)) => {
+                                    if let Ok(position) = n.payload().parse::<u64>() {
+                                        advance(&head, position);
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(error) => {
+                                    tracing::warn!(error = %crate::describe(&error), "head listener lost its connection");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = %crate::describe(&error), "LISTEN failed"),
+                }
+                pump.abort();
+            }
+            Err(error) => tracing::warn!(error = %crate::describe(&error), "head listener cannot connect"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Reads the head now and then, so that a lost notification (or one sent while the listener
+/// was reconnecting) delays a subscriber by at most `every`.
+async fn poll_head(pool: Pool, head: Arc<watch::Sender<u64>>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Ok(client) = pool.get().await else { continue };
+        if let Ok(row) = client
+            .query_one("SELECT position FROM factstore_head WHERE id = 1", &[])
+            .await
+        {
+            let position: i64 = row.get(0);
+            advance(&head, position as u64);
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(WriteRequest { commit, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
+        let not_found = || StoreError::AggregateNotFound {
+            aggregate_id: query.aggregate_id.clone(),
+        };
+        let mut last = Query::new("SELECT aggregate_version, aggregate_type FROM events WHERE true");
+        last.and("aggregate_id", "=", query.aggregate_id.clone(), Type::TEXT);
+        if let Some(as_of) = query.as_of {
+            // recorded_at never decreases along versions: the events recorded by then are a prefix.
+            last.and("recorded_at", "<=", Ts(as_of), Type::TIMESTAMPTZ);
+        }
+        last.text.push_str(" ORDER BY aggregate_version DESC LIMIT 1");
+        let row = {
+            let client = self.client().await?;
+            client
+                .query_typed(&last.text, &last.params())
+                .await
+                .map_err(PgError::from)?
+                .into_iter()
+                .next()
+        };
+        let Some(row) = row else {
+            return Err(not_found());
+        };
+        let current: i64 = row.get(0);
+        let aggregate_type: String = row.get(1);
+        let current = current as u64;
+        let limit = query.limit.max(1);
+        let mut read = Query::new(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
+        read.and("aggregate_id", "=", query.aggregate_id.clone(), Type::TEXT);
+        let (low, high, stop) = match query.direction {
+            Direction::Forward => {
+                let stop = query.to_version.unwrap_or(current).min(current);
+                (query.from_version.unwrap_or(1).max(1), stop, stop)
+            }
+            Direction::Backward => {
+                let stop = query.to_version.unwrap_or(1).max(1);
+                (stop, query.from_version.unwrap_or(current).min(current), stop)
+            }
+        };
+        let mut events = Vec::new();
+        if low <= high {
+            read.and("aggregate_version", ">=", big(low), Type::INT8);
+            read.and("aggregate_version", "<=", big(high), Type::INT8);
+            read.time_bounds(query.from, query.to, query.as_of);
+            let order = match query.direction {
+                Direction::Forward => "ASC",
+                Direction::Backward => "DESC",
+            };
+            let p = read.param(big(limit as u64), Type::INT8);
+            read.text
+                .push_str(&format!(" ORDER BY aggregate_version {order} LIMIT {p}"));
+            events = self.events(&read).await?;
+        }
+        let next_from_version = match (events.len() >= limit, events.last()) {
+            (true, Some(last)) => {
+                let v = last.version();
+                match query.direction {
+                    Direction::Forward => (v < stop).then_some(v + 1),
+                    Direction::Backward => (v > stop).then_some(v - 1),
+                }
+            }
+            _ => None,
+        };
+        Ok(AggregatePage {
+            aggregate_id: query.aggregate_id,
+            aggregate_type,
+            version: current,
+            events,
+            next_from_version,
+        })
+    }
+
+    async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        // The head and the page in one statement: the head row first (a CTE), then only events
+        // at or below it, since every event at or below a committed head committed with it or
+        // before. One round trip per page.
+        let after = query.after_position;
+        let limit = query.limit.max(1);
+        let mut read = Query::new("");
+        let after_p = read.param(big(after), Type::INT8);
+        let to_p = read.param(big(query.to_position.unwrap_or(u64::MAX)), Type::INT8);
+        read.text = format!(
+            "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
+             SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+             WHERE position > {after_p} AND position <= LEAST(h.head, {to_p})"
+        );
+        read.filter(&query.filter);
+        read.time_bounds(query.from, query.to, query.as_of);
+        let limit_p = read.param(big(limit as u64), Type::INT8);
+        read.text
+            .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON true"));
+        let rows = {
+            let client = self.client().await?;
+            client
+                .query_typed(&read.text, &read.params())
+                .await
+                .map_err(PgError::from)?
+        };
+        let head = match rows.first() {
+            Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
+            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A page with no event is one row of the head and NULLs.
+            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
+                events.push(event_from_row_at(row, 1)?);
+            }
+        }
+        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
+        let next_after_position = if events.len() >= limit {
+            events.last().map_or(range_end, Event::position)
+        } else {
+            range_end.max(after)
+        };
+        Ok(EventPage {
+            events,
+            next_after_position,
+            head_position: head,
+        })
+    }
+
+    async fn get_event(&self, event_id: Uuid) -> Result<Event, StoreError> {
+        let mut read = Query::new(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
+        read.and("event_id", "=", event_id, Type::UUID);
+        self.events(&read)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::EventNotFound { event_id })
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT position, recorded_at FROM factstore_head WHERE id = 1")
+            .await
+            .map_err(PgError::from)?;
+        let row = client.query_one(&statement, &[]).await.map_err(PgError::from)?;
+        let position: i64 = row.get(0);
+        let recorded_at: Option<Ts> = row.get(1);
+        Ok(Head {
+            position: position as u64,
+            recorded_at: recorded_at.filter(|_| position > 0).map(|t| t.0),
+        })
+    }
+
+    async fn put_snapshot(&self, put: PutSnapshot) -> Result<SnapshotStored, StoreError> {
+        let snapshot = put.prepare(&self.inner.limits, Timestamp::now())?;
+        let client = self.client().await?;
+        let current = client
+            .query_typed(
+                "SELECT aggregate_version FROM events WHERE aggregate_id = $1 \
+                 ORDER BY aggregate_version DESC LIMIT 1",
+                &[(&snapshot.aggregate_id, Type::TEXT)],
+            )
+            .await
+            .map_err(PgError::from)?
+            .first()
+            .map_or(0, |row| row.get::<_, i64>(0) as u64);
+        if snapshot.version > current {
+            return Err(StoreError::InvalidSnapshot {
+                aggregate_id: snapshot.aggregate_id,
+                version: snapshot.version,
+                current_version: current,
+            });
+        }
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO snapshots (aggregate_id, version, snapshot_type, snapshot_version, state, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (aggregate_id, version) DO UPDATE SET snapshot_type = EXCLUDED.snapshot_type, \
+                 snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
+                 created_at = EXCLUDED.created_at \
+                 RETURNING xmax::text <> '0'",
+            )
+            .await
+            .map_err(PgError::from)?;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &snapshot.aggregate_id,
+                    &big(snapshot.version),
+                    &snapshot.snapshot_type,
+                    &(snapshot.snapshot_version as i32),
+                    &JsonText(&snapshot.state),
+                    &Ts(snapshot.created_at),
+                ],
+            )
+            .await
+            .map_err(PgError::from)?;
+        // xmax is set on the row version an upsert's UPDATE wrote, zero on a fresh insert.
+        let replaced: bool = row.get(0);
+        Ok(SnapshotStored {
+            info: snapshot.info(),
+            replaced,
+        })
+    }
+
+    async fn latest_snapshot(
+        &self,
+        aggregate_id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
+        validate_latest_query(aggregate_id, max_version, &self.inner.limits)?;
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT version, snapshot_type, snapshot_version, state, created_at FROM snapshots \
+                 WHERE aggregate_id = $1 AND version <= $2 ORDER BY version DESC LIMIT 1",
+            )
+            .await
+            .map_err(PgError::from)?;
+        let max = big(max_version.unwrap_or(u64::MAX));
+        let rows = client
+            .query(&statement, &[&aggregate_id, &max])
+            .await
+            .map_err(PgError::from)?;
+        let Some(row) = rows.first() else {
+            return Err(StoreError::SnapshotNotFound {
+                aggregate_id: aggregate_id.to_owned(),
+                max_version,
+            });
+        };
+        let version: i64 = row.get(0);
+        let snapshot_version: i32 = row.get(2);
+        let state: JsonText<'_> = row.get(3);
+        let created_at: Ts = row.get(4);
+        Ok(Snapshot {
+            aggregate_id: aggregate_id.to_owned(),
+            version: version as u64,
+            snapshot_type: row.get(1),
+            snapshot_version: snapshot_version as u32,
+            state: state.0.to_owned(),
+            created_at: created_at.0,
+        })
+    }
+
+    async fn list_snapshots(&self, aggregate_id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        factstore_core::append::validate_aggregate_id(aggregate_id, &self.inner.limits)?;
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT version, snapshot_type, snapshot_version, created_at FROM snapshots \
+                 WHERE aggregate_id = $1 ORDER BY version",
+            )
+            .await
+            .map_err(PgError::from)?;
+        let rows = client
+            .query(&statement, &[&aggregate_id])
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let version: i64 = row.get(0);
+                let snapshot_version: i32 = row.get(2);
+                let created_at: Ts = row.get(3);
+                SnapshotInfo {
+                    version: version as u64,
+                    snapshot_type: row.get(1),
+                    snapshot_version: snapshot_version as u32,
+                    created_at: created_at.0,
+                }
+            })
+            .collect())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+}

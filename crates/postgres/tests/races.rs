@@ -1,0 +1,264 @@
+//! Positions on PostgreSQL under the races that break naive designs: a slow transaction that
+//! takes a position and commits after a fast one, a transaction that rolls back, two servers
+//! (two stores) committing into one schema at once. Every subscriber must receive every event,
+//! once, in position order, with no gap.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestSchema;
+use factstore_core::{Commit, Event, EventQuery, EventStore, ExpectedVersion, NewEvent, StoreError};
+use factstore_postgres::PgStore;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+/// A subscriber as the server's are: wait for the head to move, read pages after the last
+/// position seen. Returns once it holds `n` events, and fails on a gap or a repeat.
+async fn subscribe(store: PgStore, n: usize) -> Vec<Event> {
+    let mut head = store.watch_head();
+    let mut seen: Vec<Event> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        loop {
+            let after = seen.last().map_or(0, Event::position);
+            let page = store
+                .read_events(EventQuery::all(after, 100))
+                .await
+                .expect("read events");
+            if page.events.is_empty() {
+                break;
+            }
+            for event in page.events {
+                let expected = seen.last().map_or(0, Event::position) + 1;
+                assert_eq!(
+                    event.position(),
+                    expected,
+                    "a subscriber skipped or repeated a position"
+                );
+                seen.push(event);
+            }
+        }
+        if seen.len() >= n {
+            return seen;
+        }
+        tokio::time::timeout_at(deadline, head.changed())
+            .await
+            .unwrap_or_else(|_| panic!("a subscriber stalled at {} of {n} events", seen.len()))
+            .expect("the head channel stays open");
+    }
+}
+
+fn one(aggregate: &str, event_type: &str) -> Commit {
+    Commit::single(
+        aggregate,
+        ExpectedVersion::Any,
+        vec![NewEvent::new("Thing", event_type, json!({"at": aggregate}))],
+    )
+}
+
+/// What a writer does, by hand, in a transaction left open: lock the head, insert the event at
+/// the next position, move the head.
+async fn take_next_position(client: &tokio_postgres::Client, aggregate: &str) -> i64 {
+    client.batch_execute("BEGIN").await.expect("begin");
+    let row = client
+        .query_one("SELECT position FROM factstore_head WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .expect("lock the head");
+    let position: i64 = row.get::<_, i64>(0) + 1;
+    client
+        .execute(
+            "INSERT INTO events (position, event_id, aggregate_id, aggregate_version, aggregate_type, \
+             event_type, event_version, event_data, created_at, recorded_at) \
+             VALUES ($1, gen_random_uuid(), $2, 1, 'Thing', 'Slow', 1, '{}', now(), now())",
+            &[&position, &aggregate],
+        )
+        .await
+        .expect("insert the slow event");
+    client
+        .execute(
+            "UPDATE factstore_head SET position = $1, recorded_at = now() WHERE id = 1",
+            &[&position],
+        )
+        .await
+        .expect("move the head");
+    position
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_order() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let server_a = schema.open().await;
+    let server_b = schema.open().await;
+    let on_a = tokio::spawn(subscribe(server_a.clone(), 2));
+    let on_b = tokio::spawn(subscribe(server_b.clone(), 2));
+
+    let slow = schema.connect().await;
+    let slow_position = take_next_position(&slow, "slow:1").await;
+    assert_eq!(slow_position, 1);
+    // The fast commit arrives while the slow transaction holds position 1.
+    let fast = tokio::spawn({
+        let store = server_b.clone();
+        async move { store.commit(one("fast:1", "Fast")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !fast.is_finished(),
+        "the fast commit must wait for the slow one's position to commit"
+    );
+    slow.batch_execute("COMMIT").await.expect("commit the slow one");
+    let fast = fast.await.expect("join").expect("the fast commit succeeds");
+    assert_eq!(
+        fast.position, 2,
+        "the fast commit takes the position after the slow one"
+    );
+
+    for subscriber in [on_a, on_b] {
+        let events = subscriber.await.expect("the subscriber finishes");
+        let types: Vec<&str> = events.iter().map(Event::event_type).collect();
+        assert_eq!(types, ["Slow", "Fast"]);
+        assert!(events[0].recorded_at() <= events[1].recorded_at());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_append_leaves_no_gap_and_stalls_no_subscriber() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let subscriber = tokio::spawn(subscribe(store.clone(), 2));
+
+    let doomed = schema.connect().await;
+    assert_eq!(take_next_position(&doomed, "doomed:1").await, 1);
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(one("kept:1", "Kept")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.batch_execute("ROLLBACK").await.expect("roll back");
+    let kept = waiting.await.expect("join").expect("the waiting commit succeeds");
+    assert_eq!(
+        kept.position, 1,
+        "the rolled-back position is taken again, leaving no gap"
+    );
+    let next = store.commit(one("kept:2", "Kept")).await.expect("commit");
+    assert_eq!(next.position, 2);
+
+    let events = subscriber.await.expect("the subscriber finishes");
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.event_type() == "Kept"));
+    assert_eq!(store.head().await.expect("head").position, 2);
+    let gone = store
+        .read_aggregate(factstore_core::AggregateQuery::forward("doomed:1", 10))
+        .await;
+    assert!(matches!(gone, Err(StoreError::AggregateNotFound { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_schema_commit_dense_positions_seen_by_both() {
+    const TASKS: usize = 8;
+    const COMMITS: usize = 40;
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let a = schema.open().await;
+    // B hears of A's commits only by NOTIFY: its poll is too slow to matter here.
+    let mut options = schema.options();
+    options.head_poll = Duration::from_secs(3600);
+    let b = PgStore::open(options).await.expect("open b");
+
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let store = if task % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..COMMITS {
+                let aggregate = format!("agg:{}", (task * 7 + i) % 5);
+                let events = (0..1 + i % 3)
+                    .map(|k| NewEvent::new("Thing", "Happened", json!({"task": task, "i": i, "k": k})))
+                    .collect();
+                let commit = Commit::single(&aggregate, ExpectedVersion::Any, events);
+                outcomes.push(store.commit(commit).await.expect("commit"));
+            }
+            outcomes
+        });
+    }
+    let total: usize = (0..COMMITS).map(|i| 1 + i % 3).sum::<usize>() * TASKS;
+    let on_a = tokio::spawn(subscribe(a.clone(), total));
+    let on_b = tokio::spawn(subscribe(b.clone(), total));
+    let mut by_position: HashMap<u64, uuid::Uuid> = HashMap::new();
+    while let Some(outcomes) = tasks.join_next().await {
+        for outcome in outcomes.expect("task") {
+            for event in outcome.appends.iter().flat_map(|a| &a.events) {
+                assert!(
+                    by_position.insert(event.position, event.event_id).is_none(),
+                    "position {} given twice",
+                    event.position
+                );
+            }
+        }
+    }
+    assert_eq!(by_position.len(), total);
+    for subscriber in [on_a, on_b] {
+        let events = subscriber.await.expect("subscriber");
+        assert_eq!(events.len(), total);
+        let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+        for event in &events {
+            assert_eq!(by_position.get(&event.position()), Some(&event.event_id()));
+            let version = versions.entry(event.aggregate_id().to_owned()).or_default();
+            *version += 1;
+            assert_eq!(event.version(), *version, "versions are dense in position order");
+        }
+    }
+    // B heard the last of A's commits by NOTIFY.
+    let last = a.commit(one("agg:last", "Last")).await.expect("commit").position;
+    let mut head_b = b.watch_head();
+    tokio::time::timeout(Duration::from_secs(5), head_b.wait_for(|h| *h >= last))
+        .await
+        .expect("B hears of A's commit within seconds")
+        .expect("open channel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_commit_of_a_group_is_decided_on_its_own() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = Arc::new(schema.open().await);
+    let mut tasks = JoinSet::new();
+    for i in 0..32 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let (aggregate, expected) = if i % 2 == 0 {
+                ("contested".to_owned(), ExpectedVersion::Exact(0))
+            } else {
+                (format!("free:{i}"), ExpectedVersion::Any)
+            };
+            let events = vec![NewEvent::new("Thing", "Claimed", json!({"i": i}))];
+            store.commit(Commit::single(&aggregate, expected, events)).await
+        });
+    }
+    let (mut won, mut lost) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("join") {
+            Ok(_) => won += 1,
+            Err(StoreError::WrongExpectedVersion {
+                current_version: 1, ..
+            }) => lost += 1,
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(
+        (won, lost),
+        (17, 15),
+        "one contested claim and every free one win"
+    );
+    let page = store.read_events(EventQuery::all(0, 100)).await.expect("read");
+    let positions: Vec<u64> = page.events.iter().map(Event::position).collect();
+    assert_eq!(positions, (1..=17).collect::<Vec<u64>>());
+}
