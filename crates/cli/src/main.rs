@@ -1,5 +1,6 @@
 //! The `factstore` binary: `serve` runs the server; `verify` checks a data folder; the client
-//! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`) talk to a
+//! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`,
+//! `projections`, `subscriptions`) talk to a
 //! running server through `factstore-client`.
 //!
 //! This crate is not a library; it wires the crates together and turns errors into one line
@@ -89,6 +90,14 @@ enum Command {
     Archive(client_cmds::archive::ArchiveArgs),
     /// Show where the store's bytes are: hot (local disk) and cold (archived).
     Storage(client_cmds::archive::StorageArgs),
+    /// Manage projections (read models): list, put, show, state, rebuild, delete.
+    Projections(client_cmds::projections::ProjectionsArgs),
+    /// Manage persistent subscription groups: list, create, show, parked, replay, delete.
+    Subscriptions(client_cmds::subscriptions::SubscriptionsArgs),
+    /// The schema registry: put, get, list JSON Schemas per event type and version.
+    Schemas(client_cmds::schemas::SchemasArgs),
+    /// Upcasters between schema versions: put, list.
+    Upcasters(client_cmds::schemas::UpcastersArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -149,6 +158,10 @@ fn main() -> ExitCode {
         Command::Import(args) => client_cmds::import::run(args),
         Command::Archive(args) => client_cmds::archive::run_archive(args),
         Command::Storage(args) => client_cmds::archive::run_storage(args),
+        Command::Projections(args) => client_cmds::projections::run(args),
+        Command::Subscriptions(args) => client_cmds::subscriptions::run(args),
+        Command::Schemas(args) => client_cmds::schemas::run_schemas(args),
+        Command::Upcasters(args) => client_cmds::schemas::run_upcasters(args),
     };
     match result {
         Ok(code) => code,

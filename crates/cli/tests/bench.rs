@@ -278,6 +278,26 @@ fn subscribe_counts_exactly_the_head() {
 }
 
 #[test]
+fn consume_acks_exactly_the_head_and_deletes_its_group() {
+    let server = Server::start();
+    let report = server.bench_ok(&["consume", "--seed", "2500", "--consumers", "3", "--max", "200"]);
+    assert_eq!(report["ack"]["acked"], 2500);
+    assert_eq!(report["ack"]["events"], 2500);
+    assert_eq!(report["poll"]["events"], 2500, "nothing delivered twice");
+    let report = server.bench_ok(&["consume", "--ordering", "per_aggregate", "--max", "50"]);
+    assert_eq!(report["ack"]["acked"], 2500);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("{}/v1/subscriptions", server.url);
+    let groups: Value = runtime
+        .block_on(async { reqwest::get(url).await?.json().await })
+        .expect("list");
+    assert_eq!(groups["subscriptions"], serde_json::json!([]));
+}
+
+#[test]
 fn read_aggregate_reads_whole_seeded_aggregates() {
     let server = Server::start();
     let report = server.bench_ok(&[

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, Stream, TryStreamExt};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::append::{AppendOutcome, AppendRequest, CommitOutcome, CommitRequest};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result, parse_retry_after};
 use crate::event::Event;
 use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head, Health, Params};
 use crate::retry::{ReconnectPolicy, RetryPolicy};
@@ -616,7 +616,7 @@ impl Client {
         request
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T> {
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T> {
         let (_, body) = self.send(Method::GET, url, None).await?;
         decode(&body, "the response")
     }
@@ -624,12 +624,24 @@ impl Client {
     /// Sends a request, retrying what [`Error::is_retryable`] allows under the retry policy.
     /// Returns the status and body of a success.
     async fn send(&self, method: Method, url: Url, body: Option<Bytes>) -> Result<(StatusCode, Bytes)> {
+        self.send_about(method, url, body, &Context::default()).await
+    }
+
+    /// [`Client::send`] for a request about `context` (a projection, a key, a group), which
+    /// the not-found errors name.
+    pub(crate) async fn send_about(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+        context: &Context,
+    ) -> Result<(StatusCode, Bytes)> {
         let policy = &self.inner.retry;
         let mut attempt = 1;
         loop {
             let error = match self.send_once(method.clone(), url.clone(), body.clone()).await {
-                Ok((status, bytes)) if status.is_success() => return Ok((status, bytes)),
-                Ok((status, bytes)) => Error::from_response(status, &bytes),
+                Ok((status, _, bytes)) if status.is_success() => return Ok((status, bytes)),
+                Ok((status, retry_after, bytes)) => Error::from_answer(status, retry_after, &bytes, context),
                 Err(error) => error,
             };
             if !error.is_retryable() || attempt >= policy.max_attempts {
@@ -642,7 +654,27 @@ impl Client {
         }
     }
 
-    async fn send_once(&self, method: Method, url: Url, body: Option<Bytes>) -> Result<(StatusCode, Bytes)> {
+    /// One attempt only, for requests whose repeat would not help (a poll: what a lost answer
+    /// leased comes back after the ack timeout anyway).
+    pub(crate) async fn send_no_retry(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+        context: &Context,
+    ) -> Result<(StatusCode, Bytes)> {
+        match self.send_once(method, url, body).await? {
+            (status, _, bytes) if status.is_success() => Ok((status, bytes)),
+            (status, retry_after, bytes) => Err(Error::from_answer(status, retry_after, &bytes, context)),
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Option<Duration>, Bytes)> {
         let mut request = self
             .request(method, url)
             .timeout(self.inner.timeout)
@@ -652,12 +684,17 @@ impl Client {
         }
         let response = request.send().await.map_err(Error::Transport)?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let bytes = response.bytes().await.map_err(Error::Transport)?;
-        Ok((status, bytes))
+        Ok((status, retry_after, bytes))
     }
 }
 
-fn to_body<T: Serialize>(value: &T) -> Result<Bytes> {
+pub(crate) fn to_body<T: Serialize>(value: &T) -> Result<Bytes> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| Error::Config(format!("the request cannot be serialised: {e}")))

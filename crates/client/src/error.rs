@@ -7,6 +7,7 @@
 //! [`Error::Transport`], never confused with an answer.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -71,6 +72,39 @@ pub enum Error {
         current_version: u64,
     },
 
+    /// 404 `projection_not_found`: no projection of that name.
+    #[error("projection {name} not found")]
+    ProjectionNotFound { name: String },
+
+    /// 404 `key_not_found`: the projection has no state under that key (no event with that key
+    /// has been folded, or none up to the time asked for).
+    #[error("no state under key {key} in projection {projection}")]
+    KeyNotFound { projection: String, key: String },
+
+    /// 422 `invalid_projection`: the definition is refused; `message` names the problem
+    /// (an unknown operation, a bad JSON Pointer, a bad key). Nothing was stored.
+    #[error("invalid projection: {message}")]
+    InvalidProjection {
+        message: String,
+        /// The other fields of the error object.
+        details: Map<String, Value>,
+    },
+
+    /// 503 `not_yet_materialized`: the projection had not passed `min_position` when the wait
+    /// ended. Ask again after `retry_after` (the `Retry-After` header), or read with
+    /// `source=event_store`.
+    #[error("not yet materialized: {message}")]
+    NotYetMaterialized {
+        message: String,
+        retry_after: Option<Duration>,
+        /// The projection's position when the server gave up waiting, when it said.
+        position: Option<u64>,
+    },
+
+    /// 404 `subscription_not_found`: no persistent subscription group of that name.
+    #[error("subscription group {group} not found")]
+    SubscriptionNotFound { group: String },
+
     /// 401 `unauthorized`: no token, or not a valid one.
     #[error("unauthorized: {message}")]
     Unauthorized { message: String },
@@ -123,7 +157,13 @@ impl Error {
             Error::AggregateNotFound { .. }
             | Error::EventNotFound { .. }
             | Error::SnapshotNotFound { .. } => Some(StatusCode::NOT_FOUND),
-            Error::InvalidSnapshot { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
+            Error::ProjectionNotFound { .. }
+            | Error::KeyNotFound { .. }
+            | Error::SubscriptionNotFound { .. } => Some(StatusCode::NOT_FOUND),
+            Error::InvalidSnapshot { .. } | Error::InvalidProjection { .. } => {
+                Some(StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Error::NotYetMaterialized { .. } => Some(StatusCode::SERVICE_UNAVAILABLE),
             Error::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             Error::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
             Error::Api { status, .. } => Some(*status),
@@ -141,6 +181,11 @@ impl Error {
             Error::EventNotFound { .. } => "event_not_found",
             Error::SnapshotNotFound { .. } => "snapshot_not_found",
             Error::InvalidSnapshot { .. } => "invalid_snapshot",
+            Error::ProjectionNotFound { .. } => "projection_not_found",
+            Error::KeyNotFound { .. } => "key_not_found",
+            Error::InvalidProjection { .. } => "invalid_projection",
+            Error::NotYetMaterialized { .. } => "not_yet_materialized",
+            Error::SubscriptionNotFound { .. } => "subscription_not_found",
             Error::Unauthorized { .. } => "unauthorized",
             Error::Forbidden { .. } => "forbidden",
             Error::Api { code, .. } => code,
@@ -160,7 +205,9 @@ impl Error {
 
     /// Whether a request that failed this way may succeed if sent again unchanged: no answer
     /// at all, or a 502/503/504 (a proxy without a backend, a store refusing writes for a
-    /// while). Never a 4xx: those say the request itself is wrong or conflicts.
+    /// while). Never a 4xx: those say the request itself is wrong or conflicts. Not
+    /// [`Error::NotYetMaterialized`] either: the request already waited as long as it asked
+    /// to, and the caller decides whether to wait more.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport(e) => !e.is_builder() && !e.is_redirect(),
@@ -173,6 +220,83 @@ impl Error {
         Error::Decode {
             message: message.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// The error of a non-success answer with `body`, for the request of `context` (which
+    /// names the projection, key or group the request was about, for the variants that name
+    /// them when the server's details do not).
+    pub(crate) fn from_answer(
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: &[u8],
+        context: &Context,
+    ) -> Error {
+        match Error::from_response(status, body) {
+            Error::Api {
+                status: StatusCode::NOT_FOUND,
+                code,
+                message,
+                details,
+            } if code == "projection_not_found"
+                || code == "key_not_found"
+                || code == "subscription_not_found" =>
+            {
+                let detail = |keys: &[&str], fallback: &Option<String>| {
+                    keys.iter()
+                        .find_map(|k| details.get(*k).and_then(Value::as_str).map(str::to_owned))
+                        .or_else(|| fallback.clone())
+                };
+                match code.as_str() {
+                    "projection_not_found" => match detail(&["name", "projection"], &context.projection) {
+                        Some(name) => Error::ProjectionNotFound { name },
+                        None => Error::Api {
+                            status: StatusCode::NOT_FOUND,
+                            code,
+                            message,
+                            details,
+                        },
+                    },
+                    "key_not_found" => match (
+                        detail(&["projection", "name"], &context.projection),
+                        detail(&["key"], &context.key),
+                    ) {
+                        (Some(projection), Some(key)) => Error::KeyNotFound { projection, key },
+                        _ => Error::Api {
+                            status: StatusCode::NOT_FOUND,
+                            code,
+                            message,
+                            details,
+                        },
+                    },
+                    _ => match detail(&["group", "subscription", "name"], &context.group) {
+                        Some(group) => Error::SubscriptionNotFound { group },
+                        None => Error::Api {
+                            status: StatusCode::NOT_FOUND,
+                            code,
+                            message,
+                            details,
+                        },
+                    },
+                }
+            }
+            Error::Api {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                message,
+                details,
+            } if code == "invalid_projection" => Error::InvalidProjection { message, details },
+            Error::Api {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                message,
+                details,
+            } if code == "not_yet_materialized" => Error::NotYetMaterialized {
+                message,
+                retry_after,
+                position: details.get("position").and_then(Value::as_u64),
+            },
+            other => other,
         }
     }
 
@@ -276,6 +400,43 @@ impl Error {
     }
 }
 
+/// What a request was about, for errors whose details the server may leave out.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Context {
+    pub(crate) projection: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) group: Option<String>,
+}
+
+impl Context {
+    pub(crate) fn projection(name: &str) -> Context {
+        Context {
+            projection: Some(name.to_owned()),
+            ..Context::default()
+        }
+    }
+
+    pub(crate) fn key(projection: &str, key: &str) -> Context {
+        Context {
+            projection: Some(projection.to_owned()),
+            key: Some(key.to_owned()),
+            group: None,
+        }
+    }
+
+    pub(crate) fn group(group: &str) -> Context {
+        Context {
+            group: Some(group.to_owned()),
+            ..Context::default()
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by factstore).
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 pub(crate) fn retryable_status(status: StatusCode) -> bool {
     matches!(
         status,
@@ -343,5 +504,65 @@ mod tests {
         let error = Error::from_response(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
         assert_eq!(error.code(), Some("http_502"));
         assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn projection_and_subscription_errors_name_what_was_asked() {
+        let body = br#"{"error":{"code":"projection_not_found","message":"no projection balances"}}"#;
+        let error = Error::from_answer(
+            StatusCode::NOT_FOUND,
+            None,
+            body,
+            &Context::projection("balances"),
+        );
+        assert!(matches!(&error, Error::ProjectionNotFound { name } if name == "balances"));
+        assert_eq!(error.code(), Some("projection_not_found"));
+        assert!(error.is_not_found());
+
+        let body = br#"{"error":{"code":"key_not_found","message":"m","key":"account:9"}}"#;
+        let error = Error::from_answer(StatusCode::NOT_FOUND, None, body, &Context::key("balances", "x"));
+        assert_eq!(
+            error.to_string(),
+            "no state under key account:9 in projection balances"
+        );
+
+        let body = br#"{"error":{"code":"subscription_not_found","message":"m","group":"billing"}}"#;
+        let error = Error::from_answer(StatusCode::NOT_FOUND, None, body, &Context::default());
+        assert!(matches!(error, Error::SubscriptionNotFound { group } if group == "billing"));
+
+        let body = br#"{"error":{"code":"invalid_projection","message":"unknown op 'mul' at /on/X/0"}}"#;
+        let error = Error::from_answer(StatusCode::UNPROCESSABLE_ENTITY, None, body, &Context::default());
+        assert_eq!(
+            error.to_string(),
+            "invalid projection: unknown op 'mul' at /on/X/0"
+        );
+        assert_eq!(error.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+
+        let body = br#"{"error":{"code":"not_yet_materialized","message":"behind","position":41}}"#;
+        let retry_after = parse_retry_after(" 2 ");
+        let error = Error::from_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            body,
+            &Context::default(),
+        );
+        match &error {
+            Error::NotYetMaterialized {
+                retry_after,
+                position,
+                ..
+            } => assert_eq!(
+                (*retry_after, *position),
+                (Some(Duration::from_secs(2)), Some(41))
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!error.is_retryable(), "the wait already happened on the server");
+        // A 503 of another kind is still retried.
+        let body = br#"{"error":{"code":"store_unavailable","message":"fsync failed"}}"#;
+        assert!(
+            Error::from_answer(StatusCode::SERVICE_UNAVAILABLE, None, body, &Context::default())
+                .is_retryable()
+        );
     }
 }

@@ -27,8 +27,15 @@
 //!   [`get_event`](Client::get_event), [`head`](Client::head), [`health`](Client::health),
 //!   [`subscribe`](Client::subscribe), [`put_snapshot`](Client::put_snapshot),
 //!   [`latest_snapshot`](Client::latest_snapshot), [`list_snapshots`](Client::list_snapshots),
-//!   [`load`](Client::load) — and the paging helpers
-//!   [`events_stream`](Client::events_stream) and [`aggregate_stream`](Client::aggregate_stream).
+//!   [`load`](Client::load), the projections ([`put_projection`](Client::put_projection),
+//!   [`projection_state`](Client::projection_state), [`event_status`](Client::event_status), …)
+//!   and persistent subscriptions ([`put_subscription`](Client::put_subscription),
+//!   [`poll`](Client::poll), [`ack`](Client::ack), [`nack`](Client::nack), …) — and the paging
+//!   helpers [`events_stream`](Client::events_stream) and
+//!   [`aggregate_stream`](Client::aggregate_stream).
+//! - [`sdk`]: event sourcing on top: [`sdk::Aggregate`], [`sdk::Repository`] (snapshots,
+//!   conflict retries, multi-aggregate [`sdk::Batch`]es), [`sdk::Upcasters`], the
+//!   [`sdk::AggregateTest`] harness and the [`sdk::Projector`].
 //! - The wire types, this crate's own (it does not depend on the server's crates): [`Event`],
 //!   [`NewEvent`], [`ExpectedVersion`], the requests and outcomes of appends, the queries and
 //!   pages of reads. `event_data` and `metadata` stay JSON text ([`RawJson`]), so an event
@@ -55,8 +62,12 @@ mod client;
 mod error;
 mod event;
 mod json;
+mod persistent;
+mod projection;
 mod query;
 mod retry;
+mod schemas;
+pub mod sdk;
 mod snapshot;
 mod subscribe;
 pub mod time;
@@ -70,8 +81,19 @@ pub use client::{Client, ClientBuilder, DEFAULT_URL};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
 pub use json::RawJson;
+pub use persistent::{
+    Delivery, DeliveryOrdering, PollRequest, ReplayOutcome, SubscriptionGroup, SubscriptionGroupStatus,
+    SubscriptionStart,
+};
+pub use projection::{
+    EventStatus, KeyedState, OpKind, Operation, ProjectionDefinition, ProjectionKey, ProjectionPut,
+    ProjectionRunStatus, ProjectionState, ProjectionStatus, StateQuery, StateSource, StatesPage,
+};
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head, Health};
 pub use retry::{ReconnectPolicy, RetryPolicy};
+pub use schemas::{
+    EventTypeSchemas, EventTypeSummary, SchemaPut, SchemaVersion, Upcaster, UpcasterDefinition,
+};
 pub use snapshot::{LoadedAggregate, PutSnapshotRequest, Snapshot, SnapshotInfo, SnapshotPut};
 pub use subscribe::{SubscribeOptions, Subscription, SubscriptionMessage};
 pub use time::TimeBound;

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use factstore_core::{AggregateQuery, Event, EventQuery, EventStore, StoreError, Timestamp};
+use factstore_core::{AggregateQuery, Event, EventPage, EventQuery, EventStore, StoreError, Timestamp};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -54,6 +54,9 @@ use crate::storage::{
 /// The durable checkpoint of a projection whose pages change nothing lags its position by at
 /// most this much: a bound on what a restart reads again.
 pub const CHECKPOINT_GAP_MAX: u64 = 1_000_000;
+
+/// The largest image a log is compacted into (the journal's frame ceiling, less a margin).
+pub const IMAGE_BYTES_MAX: usize = factstore_engine::journal::BODY_LEN_MAX - (1 << 20);
 
 /// The default of `--snapshot-every`.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 1000;
@@ -489,9 +492,7 @@ impl Projections {
                 return Ok(PutOutcome::Unchanged);
             }
             // The rebuild in progress folds a definition that is no longer wanted.
-            Self::stop(rebuild).await;
-            entry.slot.write().rebuild = None;
-            self.remove_log(name, rebuild.number).await?;
+            self.abandon_rebuild(&entry, rebuild).await?;
         }
         let live = entry.live().clone();
         if live.compiled.definition == definition {
@@ -500,6 +501,23 @@ impl Projections {
         let number = live.number.max(rebuild.as_ref().map_or(0, |r| r.number)) + 1;
         self.begin_rebuild(&entry, number, compiled).await?;
         Ok(PutOutcome::Rebuilding)
+    }
+
+    /// Stops a rebuild and removes its log, unless it swapped in before it stopped (its task
+    /// may have been promoting it): then it is the live generation and stays.
+    async fn abandon_rebuild(&self, entry: &Entry, rebuild: &Arc<Generation>) -> Result<(), ProjectionError> {
+        Self::stop(rebuild).await;
+        let swapped_in = {
+            let mut slot = entry.slot.write();
+            if slot.rebuild.as_ref().is_some_and(|r| Arc::ptr_eq(r, rebuild)) {
+                slot.rebuild = None;
+            }
+            Arc::ptr_eq(&slot.live, rebuild)
+        };
+        if swapped_in {
+            return Ok(());
+        }
+        self.remove_log(&entry.name, rebuild.number).await
     }
 
     async fn begin_rebuild(
@@ -528,9 +546,7 @@ impl Projections {
         let compiled = match &rebuild {
             Some(rebuild) if rebuild.view.read().failed.is_none() => return Ok(()),
             Some(rebuild) => {
-                Self::stop(rebuild).await;
-                entry.slot.write().rebuild = None;
-                self.remove_log(name, rebuild.number).await?;
+                self.abandon_rebuild(&entry, rebuild).await?;
                 (*rebuild.compiled).clone()
             }
             None => (*live.compiled).clone(),
@@ -1090,6 +1106,17 @@ fn maybe_compact(generation: &Generation, compact_bytes_min: u64) -> Result<(), 
         return Ok(());
     }
     let (records, position) = image_records(generation)?;
+    let image_bytes: usize = records.iter().map(|r| r.len() + 4).sum();
+    if image_bytes > IMAGE_BYTES_MAX {
+        // The journal rewrites an image as one frame, which has a ceiling: go on appending,
+        // and try again once the log has doubled.
+        tracing::warn!(
+            image_bytes,
+            "a projection's image is too large to compact its log"
+        );
+        generation.image_len.store(len, Ordering::SeqCst);
+        return Ok(());
+    }
     let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     generation.log.rewrite(&refs)?;
     generation.image_len.store(generation.log.len(), Ordering::SeqCst);
@@ -1138,17 +1165,36 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
     let page_events = projections.page_events();
     let mut head = store.watch_head();
     let mut retry = Duration::from_millis(100);
+    let read = |after: u64| {
+        let store = store.clone();
+        let mut query = EventQuery::all(after, page_events);
+        query.filter = generation.compiled.filter().clone();
+        async move { store.read_events(query).await }
+    };
+    // While a full page folds, the next one is read: reading and folding overlap during a
+    // catch-up. It is used only if the fold ended where the page said (no failure).
+    let mut prefetched: Option<(u64, JoinHandle<Result<EventPage, StoreError>>)> = None;
     loop {
         if generation.cancel.is_cancelled() || generation.view.read().failed.is_some() {
             break;
         }
         let after = generation.view.read().position;
-        let mut query = EventQuery::all(after, page_events);
-        query.filter = generation.compiled.filter().clone();
         head.borrow_and_update();
+        let pending = match prefetched.take() {
+            Some((from, handle)) if from == after => handle,
+            Some((_, handle)) => {
+                handle.abort();
+                tokio::spawn(read(after))
+            }
+            None => tokio::spawn(read(after)),
+        };
+        let abort = pending.abort_handle();
         let page = tokio::select! {
-            page = store.read_events(query) => page,
-            () = generation.cancel.cancelled() => break,
+            page = pending => page.unwrap_or_else(|e| Err(StoreError::Internal(format!("a read task failed: {e}")))),
+            () = generation.cancel.cancelled() => {
+                abort.abort();
+                break;
+            }
         };
         let page = match page {
             Ok(page) => {
@@ -1166,6 +1212,12 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
             }
         };
         let caught_up = page.next_after_position >= page.head_position;
+        if !caught_up && page.events.len() >= page_events {
+            prefetched = Some((
+                page.next_after_position,
+                tokio::spawn(read(page.next_after_position)),
+            ));
+        }
         if !page.events.is_empty() || page.next_after_position > after {
             let work = generation.clone();
             let next = page.next_after_position;
@@ -1225,6 +1277,9 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
                 }
             }
         }
+    }
+    if let Some((_, handle)) = prefetched {
+        handle.abort();
     }
     // The checkpoint of pages that changed nothing lags in memory: write it, so a restart
     // does not read them again.

@@ -348,8 +348,18 @@ impl ProjectionStorage for JournalStorage {
         let folder = self.folder(name);
         let path = self.path(name, generation);
         let io = |e: std::io::Error| ProjectionError::Unavailable(format!("{}: {e}", path.display()));
-        if self.fs.exists(&path).map_err(io)? {
-            self.fs.remove_file(&path).map_err(io)?;
+        // A compaction's leftover goes too, or nothing would ever remove it.
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut removed = false;
+        for file in [&path, &tmp] {
+            if self.fs.exists(file).map_err(io)? {
+                self.fs.remove_file(file).map_err(io)?;
+                removed = true;
+            }
+        }
+        if removed {
             self.fs.sync_dir(&folder).map_err(io)?;
         }
         Ok(())
@@ -389,10 +399,13 @@ pub fn decode_name(folder: &str) -> Option<String> {
     (encode_name(&name) == folder && !name.is_empty()).then_some(name)
 }
 
+/// The records of one log kept in memory.
+type MemoryRecords = Arc<Mutex<Vec<Vec<u8>>>>;
+
 /// Projection logs in memory.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {
-    logs: Arc<Mutex<BTreeMap<(String, u64), Arc<Mutex<Vec<Vec<u8>>>>>>>,
+    logs: Arc<Mutex<BTreeMap<(String, u64), MemoryRecords>>>,
 }
 
 impl MemoryStorage {
@@ -402,7 +415,7 @@ impl MemoryStorage {
 }
 
 #[derive(Debug)]
-struct MemoryLog(Arc<Mutex<Vec<Vec<u8>>>>);
+struct MemoryLog(MemoryRecords);
 
 impl GenerationLog for MemoryLog {
     fn append(&self, records: &[&[u8]]) -> Result<(), ProjectionError> {

@@ -125,8 +125,17 @@ async fn a_crash_at_any_moment_keeps_states_and_checkpoint_consistent() {
         let fs = FaultFs::new();
         let store = Arc::new(ModelStore::new());
         let projections = open(&fs, &store).await;
+        // Some history to catch up with (16 events per batch), then appends racing the fold.
+        for round in 0..30 {
+            append(&store, round % 3, 1 + round % 4).await;
+        }
         projections.put("counts", counting()).await.unwrap();
-        // Appends race the fold; the crash comes at a moment that depends on the seed.
+        // The interruption: every sync from the seed's on fails (the projection stops there, its
+        // last record maybe half written), or, for the last seeds, a crash at whatever moment
+        // the fold has reached.
+        if seed < 9 {
+            fs.fail_sync_after(seed, Repeat::Forever);
+        }
         for round in 0..(5 + seed as usize) {
             append(&store, round % 3, 1 + round % 4).await;
             if round as u64 % 3 == seed % 3 {
@@ -139,6 +148,7 @@ async fn a_crash_at_any_moment_keeps_states_and_checkpoint_consistent() {
         } else {
             CrashMode::PartialPersistence { seed }
         };
+        fs.clear_faults();
         fs.crash_with(mode);
         projections.shutdown().await;
 

@@ -1599,6 +1599,21 @@ mod schemas {
         events: Vec<Event>,
     }
 
+    /// Any JSON value, spelt as a list of types so that the document reads back as OpenAPI.
+    fn any_json() -> utoipa::openapi::schema::Object {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([
+                Type::Object,
+                Type::Array,
+                Type::String,
+                Type::Number,
+                Type::Boolean,
+                Type::Null,
+            ]))
+            .build()
+    }
+
     // Serialised from `ProjectionDefinition` (factstore-projections).
     /// The definition of a projection (the body of `PUT /v1/projections/{name}`).
     #[derive(ToSchema)]
@@ -1613,7 +1628,7 @@ mod schemas {
         #[schema(example = "aggregate_id")]
         key: String,
         /// The state of a key before its first event; `{}` when absent.
-        #[schema(required = false)]
+        #[schema(schema_with = any_json, required = false)]
         initial: Option<Value>,
         /// Per event type (and `*` for every event), the operations, in order.
         on: std::collections::BTreeMap<String, Vec<ProjectionOp>>,
@@ -1633,7 +1648,7 @@ mod schemas {
         #[schema(nullable = false, example = "/event_data/amount")]
         from: Option<String>,
         /// A literal operand (any JSON).
-        #[schema(required = false)]
+        #[schema(schema_with = any_json, required = false)]
         value: Option<Value>,
         /// With `from`: when the event has nothing there, do nothing instead of failing.
         #[schema(nullable = false)]
@@ -1687,6 +1702,7 @@ mod schemas {
     pub struct KeyState {
         key: String,
         /// The state (any JSON; an object unless the definition's `initial` says otherwise).
+        #[schema(schema_with = any_json)]
         state: Value,
         /// The position the state is as of (for `source=event_store` and time travel: the head
         /// when the fold began).
@@ -1698,6 +1714,7 @@ mod schemas {
     #[serde(deny_unknown_fields)]
     pub struct KeyAndState {
         key: String,
+        #[schema(schema_with = any_json)]
         state: Value,
     }
 

@@ -1333,6 +1333,88 @@ async fn a_failure_inside_a_subscription_matches_the_documented_schema() {
 }
 
 #[tokio::test]
+async fn projection_responses_match_the_documented_schemas() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let one = "/v1/projections/{name}";
+    let state = "/v1/projections/{name}/state/{key}";
+    let states = "/v1/projections/{name}/state";
+    let definition = json!({
+        "filter": {"event_types": ["Opened", "Noted"]},
+        "key": "aggregate_id",
+        "initial": {"n": 0},
+        "on": {"*": [{"op": "inc", "path": "/n"},
+                     {"op": "set", "path": "/last", "from": "/event_data/note", "optional": true},
+                     {"op": "set", "path": "/flag", "value": null}]}
+    });
+    doc.check_request("PUT", one, &definition, true);
+    doc.check_request("PUT", one, &json!({"key": "all", "on": {}, "extra": 1}), false);
+    let reply = put(&router, "/v1/projections/counts", &definition).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json());
+    doc.check("PUT", one, &reply);
+    let reply = put(&router, "/v1/projections/counts", &definition).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    doc.check("PUT", one, &reply);
+    for (body, code) in [
+        (json!({"key": "nope", "on": {}}), "invalid_projection"),
+        (json!({"key": "all", "on": {}, "extra": 1}), "invalid_request"),
+    ] {
+        let reply = put(&router, "/v1/projections/counts", &body).await;
+        assert_eq!(reply.code(), code);
+        doc.check("PUT", one, &reply);
+    }
+
+    let body = json!({"events": [bare_event("Opened")]});
+    let reply = post(&router, "/v1/aggregates/account:ACC-001/events", &body).await;
+    let event_id = reply.json()["events"][0]["event_id"].as_str().unwrap().to_owned();
+    let position = reply.json()["position"].as_u64().unwrap();
+    let reply = get(
+        &router,
+        &format!("/v1/projections/counts/state/account:ACC-001?min_position={position}&wait_ms=5000"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
+    doc.check("GET", state, &reply);
+    for uri in [
+        "/v1/projections/counts/state/account:ACC-001?source=event_store",
+        "/v1/projections/counts/state/account:ACC-001?until=2999-01-01",
+        "/v1/projections/counts/state/nobody",
+        "/v1/projections/nope/state/x",
+        "/v1/projections/counts/state/x?source=x",
+        "/v1/projections/counts/state/account:ACC-001?min_position=99&wait_ms=10",
+    ] {
+        let reply = get(&router, uri).await;
+        doc.check("GET", state, &reply);
+    }
+    let reply = get(&router, "/v1/projections/counts/state?limit=1").await;
+    doc.check("GET", states, &reply);
+    doc.check("GET", states, &get(&router, "/v1/projections/nope/state").await);
+    doc.check("GET", one, &get(&router, "/v1/projections/counts").await);
+    doc.check("GET", one, &get(&router, "/v1/projections/nope").await);
+    doc.check("GET", "/v1/projections", &get(&router, "/v1/projections").await);
+    let reply = get(&router, &format!("/v1/events/{event_id}/status")).await;
+    assert_eq!(reply.json()["materialized"], true);
+    doc.check("GET", "/v1/events/{event_id}/status", &reply);
+    let reply = get(&router, &format!("/v1/events/{}/status", Uuid::nil())).await;
+    doc.check("GET", "/v1/events/{event_id}/status", &reply);
+
+    let rebuild = "/v1/projections/{name}/rebuild";
+    let reply = post(&router, "/v1/projections/counts/rebuild", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    doc.check("POST", rebuild, &reply);
+    doc.check(
+        "POST",
+        rebuild,
+        &post(&router, "/v1/projections/nope/rebuild", &json!({})).await,
+    );
+    let reply = call(&router, "DELETE", "/v1/projections/counts", None, Body::empty()).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(doc.operation("DELETE", one)["responses"]["204"].is_object());
+    let reply = call(&router, "DELETE", "/v1/projections/counts", None, Body::empty()).await;
+    doc.check("DELETE", one, &reply);
+}
+
+#[tokio::test]
 async fn schema_registry_responses_match_the_documented_schemas() {
     let router = app(Arc::new(ModelStore::new()));
     let doc = Doc::fetch(&router).await;

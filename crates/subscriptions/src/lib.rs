@@ -10,7 +10,7 @@
 //!   [`Journal`](factstore_engine::journal::Journal), or memory (tests, `app(store)`).
 //! - [`registry`]: [`Subscriptions`], every group of a server: the reader task of each group,
 //!   long polls, and group commit of acks to the journal.
-//! - [`error`]: [`SubscriptionError`].
+//! - [`error`]: the [`SubscriptionError`] every operation reports.
 //!
 //! # Architecture invariants
 //! - An ack, a nack and a replay are recorded in the group's journal and synced before they

@@ -54,7 +54,7 @@ pub struct Image {
 /// One change to an [`Image`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Image(Image),
+    Image(Box<Image>),
     Ack(Vec<u64>),
     Park(Vec<(u64, u32)>),
     Delivered(Vec<u64>),
@@ -79,7 +79,7 @@ impl Image {
     /// Applies one record (not an image).
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::Image(image) => *self = image.clone(),
+            Record::Image(image) => *self = (**image).clone(),
             Record::Ack(positions) => {
                 for &p in positions {
                     self.parked.remove(&p);
@@ -143,7 +143,7 @@ impl Image {
     pub fn replay(records: &[Vec<u8>]) -> Result<Image, SubscriptionError> {
         let mut records = records.iter().enumerate();
         let mut image = match records.next().map(|(_, bytes)| Record::decode(bytes)) {
-            Some(Ok(Record::Image(image))) => image,
+            Some(Ok(Record::Image(image))) => *image,
             Some(Ok(_)) => {
                 return Err(SubscriptionError::Internal(
                     "the journal does not begin with the group's image".to_owned(),
@@ -227,7 +227,7 @@ impl Record {
                 let parked = r.pairs()?.into_iter().collect();
                 let replaying = r.pairs()?.into_iter().collect();
                 let attempts = r.pairs()?.into_iter().collect();
-                Record::Image(Image {
+                Record::Image(Box::new(Image {
                     name,
                     definition,
                     checkpoint,
@@ -235,7 +235,7 @@ impl Record {
                     parked,
                     replaying,
                     attempts,
-                })
+                }))
             }
             TAG_ACK => Record::Ack(r.positions()?),
             TAG_PARK => Record::Park(r.pairs()?),
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_refuse_truncation() {
         let records = [
-            Record::Image(sample_image()),
+            Record::Image(Box::new(sample_image())),
             Record::Ack(vec![4, 5]),
             Record::Park(vec![(7, 5)]),
             Record::Delivered(vec![6]),
@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn replaying_records_rebuilds_the_state() {
         let journal: Vec<Vec<u8>> = [
-            Record::Image(sample_image()),
+            Record::Image(Box::new(sample_image())),
             Record::Delivered(vec![4, 6, 1]),
             Record::Ack(vec![4, 1]),
             Record::Park(vec![(6, 1)]),

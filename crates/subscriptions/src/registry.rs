@@ -286,31 +286,43 @@ impl Subscriptions {
         let outcome = match existing {
             Some(old) if old.definition == definition => PutOutcome::Unchanged,
             Some(old) => {
+                // Holding the journal's write lock: no flush of the old handle runs meanwhile.
                 let mut durable = old.durable.lock().await;
-                let image = {
+                let (image, upto) = {
                     let mut inner = old.inner.lock();
                     if let Some(reason) = &inner.poisoned {
                         return Err(SubscriptionError::Unavailable(reason.clone()));
                     }
+                    // From here on requests on the old handle wait and retry on the new one;
+                    // every change made so far is in the image.
                     old.gone.store(true, AtomicOrdering::Release);
                     inner.state.discard_records();
-                    *durable = inner.state.changes();
-                    inner.state.image(name, &definition)
+                    (inner.state.image(name, &definition), inner.state.changes())
                 };
-                let bytes = Record::Image(image.clone()).encode();
+                let bytes = Record::Image(Box::new(image.clone())).encode();
                 let image_bytes = bytes.len() as u64;
                 let log = old.log.clone();
                 let written = blocking(move || log.rewrite(&[&bytes])).await;
-                if let Err(error) = written {
-                    old.inner.lock().poisoned = Some(error.to_string());
-                    old.gone.store(false, AtomicOrdering::Release);
-                    return Err(SubscriptionError::Unavailable(error.to_string()));
-                }
                 let mut image = image;
                 image.settle();
-                let group = self
-                    .start_group(image, old.log.clone(), image_bytes, false)
-                    .await?;
+                let started = match written {
+                    Ok(()) => {
+                        // The image holds every change the old handle accepted: their
+                        // requests may answer.
+                        *durable = upto;
+                        self.start_group(image, old.log.clone(), image_bytes, false).await
+                    }
+                    Err(error) => Err(error),
+                };
+                let group = match started {
+                    Ok(group) => group,
+                    Err(error) => {
+                        old.inner.lock().poisoned = Some(format!("replacing the definition failed: {error}"));
+                        old.gone.store(false, AtomicOrdering::Release);
+                        old.pollers.notify_waiters();
+                        return Err(SubscriptionError::Unavailable(error.to_string()));
+                    }
+                };
                 self.groups.write().insert(name.to_owned(), group);
                 old.stop.cancel();
                 old.pollers.notify_waiters();
@@ -323,7 +335,7 @@ impl Subscriptions {
                     Start::After(p) => p,
                 };
                 let image = Image::new(name, definition, checkpoint);
-                let bytes = Record::Image(image.clone()).encode();
+                let bytes = Record::Image(Box::new(image.clone())).encode();
                 let image_bytes = bytes.len() as u64;
                 let storage = self.storage.clone();
                 let group_name = name.to_owned();
@@ -577,7 +589,7 @@ async fn flush(group: &Arc<Group>, ticket: Option<u64>, compact_bytes: u64) -> R
         if group.log.len() > threshold {
             let image = inner.state.image(&group.name, &group.definition);
             inner.state.discard_records();
-            (vec![Record::Image(image).encode()], true, upto)
+            (vec![Record::Image(Box::new(image)).encode()], true, upto)
         } else {
             let records: Vec<Vec<u8>> = inner.state.take_records().iter().map(Record::encode).collect();
             (records, false, upto)

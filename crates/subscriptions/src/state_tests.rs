@@ -197,7 +197,11 @@ fn replay_brings_back_parked_events_below_the_checkpoint() {
     assert_eq!((positions(&again), again[0].attempt), (vec![1], 1));
     assert_eq!(g.checkpoint(), 2, "the checkpoint never moves back");
     // A restart now must deliver 1 again: it is replayed and not acked.
-    let mut journal = vec![Record::Image(Image::new("g", GroupDefinition::default(), 0))];
+    let mut journal = vec![Record::Image(Box::new(Image::new(
+        "g",
+        GroupDefinition::default(),
+        0,
+    )))];
     journal.extend(g.take_records());
     let image = Image::replay(&journal.iter().map(Record::encode).collect::<Vec<_>>()).expect("replays");
     assert_eq!(image.replaying.keys().copied().collect::<Vec<_>>(), [1]);
@@ -289,7 +293,7 @@ proptest! {
         let events = store(40);
         let head = events.len() as u64;
         let matching: BTreeSet<u64> = events.iter().filter(|e| e.event_type() == "E").map(|e| e.position()).collect();
-        let mut journal = vec![Record::Image(Image::new("g", definition.clone(), 0)).encode()];
+        let mut journal = vec![Record::Image(Box::new(Image::new("g", definition.clone(), 0))).encode()];
         let mut g = GroupState::from_image(&Image::new("g", definition.clone(), 0), Vec::new(), 0).expect("new");
         let mut now = 0u64;
         let mut held: Vec<Vec<u64>> = vec![Vec::new(); 3];
@@ -369,7 +373,7 @@ proptest! {
                         prop_assert_eq!(image.checkpoint, settled.checkpoint);
                     }
                     // Compaction writes the image back, as the registry does now and then.
-                    journal = vec![Record::Image(image.clone()).encode()];
+                    journal = vec![Record::Image(Box::new(image.clone())).encode()];
                     image.settle();
                     let replaying = image.replaying.keys().map(|&p| events[(p - 1) as usize].clone()).collect();
                     g = GroupState::from_image(&image, replaying, head).expect("loads");

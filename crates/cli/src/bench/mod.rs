@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - One module per workload: [`append`], [`read_aggregate`], [`read_all`], [`subscribe`],
-//!   [`mixed`], [`reserve`], [`seed`], [`consume`] (persistent subscriptions with ACK).
+//!   [`mixed`], [`reserve`], [`seed`], [`consume`] (persistent subscriptions with ACK),
+//!   [`projection`] (a projection's catch-up, rebuild and read-your-writes).
 //! - Shared parts: [`http`] (one hyper connection per client), [`control`] (warm-up, duration
 //!   or request count), [`stats`] (per-client measurements, merged at the end), [`scan`]
 //!   (counting events in bodies without parsing them), [`verify`] (`--verify`), [`report`]
@@ -29,6 +30,7 @@ pub mod consume;
 pub mod control;
 pub mod http;
 pub mod mixed;
+pub mod projection;
 pub mod read_aggregate;
 pub mod read_all;
 pub mod report;
@@ -54,7 +56,8 @@ Examples (each prints its parameters with its results; add --json for one JSON o
   factstore bench mixed --appenders 16 --readers 4 --subscriber      all at once
   factstore bench reserve --concurrency 32 --seats 20                seats under a condition
   factstore bench reserve --concurrency 32 --seats 20 --plain        the same commits, no guard
-  factstore bench consume --seed 1000000 --consumers 4 --max 500      delivery with ACK";
+  factstore bench consume --seed 1000000 --consumers 4 --max 500      delivery with ACK
+  factstore bench projection --rebuild --ryw-clients 4               catch-up, rebuild, read-your-writes";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -110,6 +113,9 @@ pub enum Workload {
     /// Consumers of a persistent-subscription group polling and acking every event
     /// (events delivered and acked per second, poll and ack latency).
     Consume(consume::ConsumeArgs),
+    /// A server-side projection: its catch-up over the store, a rebuild, and read-your-writes
+    /// latency (append, then read the state with `min_position`).
+    Projection(projection::ProjectionArgs),
 }
 
 impl Workload {
@@ -123,6 +129,7 @@ impl Workload {
             Workload::Reserve(_) => "reserve",
             Workload::Seed(_) => "seed",
             Workload::Consume(_) => "consume",
+            Workload::Projection(_) => "projection",
         }
     }
 }
@@ -181,6 +188,7 @@ async fn run_async(args: &BenchArgs) -> anyhow::Result<Report> {
         Workload::Reserve(a) => reserve::run(&bench, a).await?,
         Workload::Seed(a) => seed::run(&bench, a).await?,
         Workload::Consume(a) => consume::run(&bench, a).await?,
+        Workload::Projection(a) => projection::run(&bench, a).await?,
     };
     let head_after = head(&bench.target).await?;
     Ok(Report {

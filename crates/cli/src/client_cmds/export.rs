@@ -1,6 +1,7 @@
 //! `factstore export`: every event, in position order, as JSON lines in the stored form.
 //!
-//! Each line is the event exactly as `GET /v1/events?raw=true` returns it (no upcasting).
+//! Each line is the event exactly as `GET /v1/events?raw=true` returns it; with `--upcast`, as
+//! `GET /v1/events` returns it (upcast to the newest version its upcasters reach).
 //! The export covers the positions after `--after-position` (default 0) up to
 //! `--to-position` or the head when the export starts, so it is a consistent snapshot even
 //! while writers go on. Positions are checked to follow each other with no gap as they are
@@ -31,6 +32,10 @@ pub struct ExportArgs {
     /// Export up to this position, inclusive (default: the head when the export starts).
     #[arg(long, value_name = "N")]
     pub to_position: Option<u64>,
+    /// Write the events upcast to the newest version their upcasters reach, rather than as
+    /// stored. An upcast export is for reading: imported, it would store the upcast form.
+    #[arg(long)]
+    pub upcast: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -83,7 +88,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             after_position: args.after_position,
             to_position: Some(to),
             limit: Some(PAGE_EVENTS),
-            raw: true,
+            raw: !args.upcast,
             ..EventQuery::default()
         };
         let mut expected = args.after_position + 1;

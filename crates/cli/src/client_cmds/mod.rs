@@ -19,8 +19,11 @@ pub mod get;
 pub mod head;
 pub mod import;
 pub mod output;
+pub mod projections;
 pub mod query;
 pub mod read;
+pub mod schemas;
+pub mod subscriptions;
 pub mod tail;
 
 /// How to reach the server, and how to print.
