@@ -65,6 +65,10 @@ enum Command {
     Verify {
         #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
         data_dir: PathBuf,
+        /// The cold storage of archived segments (as given to serve): they are downloaded and
+        /// checked too. Without it only the archive manifest is checked.
+        #[arg(long, env = "FACTSTORE_ARCHIVE_URL", value_name = "URL")]
+        archive_url: Option<String>,
     },
     /// Append events to one aggregate (from flags, or JSON lines on stdin).
     #[command(long_about = APPEND_HELP)]
@@ -84,6 +88,11 @@ enum Command {
     /// Append the events of an export, keeping ids, order, positions and versions.
     #[command(long_about = IMPORT_HELP)]
     Import(client_cmds::import::ImportArgs),
+    /// Move the events recorded before a time to cold storage (needs serve --archive-url and
+    /// an admin token); waits until done, with a progress bar.
+    Archive(client_cmds::archive::ArchiveArgs),
+    /// Show where the store's bytes are: hot (local disk) and cold (archived).
+    Storage(client_cmds::archive::StorageArgs),
     /// Manage projections (read models): list, put, show, state, rebuild, delete.
     Projections(client_cmds::projections::ProjectionsArgs),
     /// Manage persistent subscription groups: list, create, show, parked, replay, delete.
@@ -139,7 +148,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Migrate(args) => postgres::migrate(args),
-        Command::Verify { data_dir } => verify::run(&data_dir),
+        Command::Verify {
+            data_dir,
+            archive_url,
+        } => verify::run(&data_dir, archive_url.as_deref()),
         Command::Append(args) => client_cmds::append::run(args),
         Command::Read(args) => client_cmds::read::run(args),
         Command::Query(args) => client_cmds::query::run(args),
@@ -148,6 +160,8 @@ fn main() -> ExitCode {
         Command::Tail(args) => client_cmds::tail::run(args),
         Command::Export(args) => client_cmds::export::run(args),
         Command::Import(args) => client_cmds::import::run(args),
+        Command::Archive(args) => client_cmds::archive::run_archive(args),
+        Command::Storage(args) => client_cmds::archive::run_storage(args),
         Command::Projections(args) => client_cmds::projections::run(args),
         Command::Subscriptions(args) => client_cmds::subscriptions::run(args),
         Command::Schemas(args) => client_cmds::schemas::run_schemas(args),

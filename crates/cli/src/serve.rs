@@ -64,6 +64,23 @@ pub struct ServeArgs {
         default_value_t = 1000
     )]
     pub snapshot_every: u64,
+    /// Cold storage for archiving (`POST /v1/admin/archive`, `factstore archive`):
+    /// `s3://bucket/prefix` (credentials, region and AWS_ENDPOINT_URL from the usual AWS
+    /// environment variables) or `file:///path`. A store that has archived events needs it to
+    /// open.
+    #[arg(long, env = "FACTSTORE_ARCHIVE_URL", value_name = "URL")]
+    pub archive_url: Option<String>,
+    /// Bytes of archived segments kept in <data-dir>/archive-cache for reads.
+    #[arg(long, env = "FACTSTORE_ARCHIVE_CACHE_BYTES", value_name = "BYTES", default_value = "4GiB",
+          value_parser = parse_size)]
+    pub archive_cache_bytes: usize,
+    /// The size at which a log segment is sealed and a new one started (the unit of archiving).
+    #[arg(long, env = "FACTSTORE_SEGMENT_BYTES", value_name = "BYTES", default_value = "256MiB",
+          value_parser = parse_size, hide = true)]
+    pub segment_bytes: usize,
+    /// Events indexed in memory before they are written to an index run (the index checkpoint).
+    #[arg(long, env = "FACTSTORE_MEMTABLE_EVENTS", value_name = "N", default_value_t = 256 * 1024, hide = true)]
+    pub memtable_events: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -246,8 +263,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let auth_tokens = auth.as_ref().map(Auth::len);
+    let archive = match &args.archive_url {
+        Some(url) => {
+            let store = factstore_engine::archive::ObjectColdStore::from_url(url)
+                .with_context(|| format!("cannot use the archive URL {url}"))?;
+            let mut options = factstore_engine::archive::ArchiveOptions::new(Arc::new(store));
+            options.cache_bytes_max = args.archive_cache_bytes as u64;
+            Some(options)
+        }
+        None => None,
+    };
     let options = EngineOptions {
         limits: limits.clone(),
+        segment_bytes_max: args.segment_bytes as u64,
+        memtable_events_max: args.memtable_events.max(1),
+        archive,
         ..EngineOptions::default()
     };
     let fs = options.fs.clone();

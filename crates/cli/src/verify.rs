@@ -6,14 +6,24 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use factstore_engine::io::StdFileSystem;
 
-pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(data_dir: &Path, archive_url: Option<&str>) -> anyhow::Result<ExitCode> {
     if !data_dir.join("log").exists() {
         bail!(
             "{} is not a factstore data folder (no log/ inside)",
             data_dir.display()
         );
     }
-    let report = factstore_engine::verify::verify(&StdFileSystem, data_dir)
+    let cold = match archive_url {
+        Some(url) => Some(
+            factstore_engine::archive::ObjectColdStore::from_url(url)
+                .with_context(|| format!("cannot use the archive URL {url}"))?,
+        ),
+        None => None,
+    };
+    let cold_ref = cold
+        .as_ref()
+        .map(|c| c as &dyn factstore_engine::archive::ColdStore);
+    let report = factstore_engine::verify::verify_with_archive(&StdFileSystem, data_dir, cold_ref)
         .with_context(|| format!("cannot verify {}", data_dir.display()))?;
     println!(
         "{} segments, {} frames, {} events, {} aggregates, {} index runs with {} entries, {} snapshots",
@@ -25,6 +35,12 @@ pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
         report.index_entries,
         report.snapshots
     );
+    if report.archived_segments > 0 {
+        println!(
+            "{} segments in cold storage, {} of them downloaded and checked",
+            report.archived_segments, report.archived_checked
+        );
+    }
     if report.is_ok() {
         println!("ok: no problems found");
         Ok(ExitCode::SUCCESS)

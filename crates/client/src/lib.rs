@@ -56,6 +56,7 @@
 //! `https://` URLs work out of the box (rustls, with the system's certificate authorities);
 //! [`ClientBuilder::add_root_certificate_pem`] adds one for a self-signed server.
 
+mod admin;
 mod append;
 mod client;
 mod error;
@@ -71,6 +72,7 @@ mod snapshot;
 mod subscribe;
 pub mod time;
 
+pub use admin::{ArchiveOutcome, StorageStats};
 pub use append::{
     AggregateAppend, AppendOutcome, AppendRequest, AppendedAggregate, AppendedEvent, CommitOutcome,
     CommitRequest, Condition,

@@ -78,6 +78,9 @@ pub enum StoreError {
         event_version: u32,
         reason: String,
     },
+    /// Archiving was asked of a store that has no cold storage configured (`--archive-url`).
+    #[error("archiving is not configured: start the server with --archive-url")]
+    ArchiveNotConfigured,
     /// The store cannot write safely (a failed fsync or write, a full disk). Reads go on.
     #[error("the store cannot accept writes: {0}")]
     Unavailable(String),

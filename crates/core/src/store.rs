@@ -10,6 +10,32 @@ use crate::event::Event;
 use crate::limits::Limits;
 use crate::query::{AggregatePage, AggregateQuery, EventPage, EventQuery, Head};
 use crate::snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
+use crate::time::Timestamp;
+
+/// What archiving has moved to cold storage so far (all runs together, not only the last).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ArchiveOutcome {
+    /// Events whose only copy is now in cold storage.
+    pub archived_events: u64,
+    /// Bytes of the log moved to cold storage, as they were on local disk (before compression).
+    pub archived_bytes: u64,
+}
+
+/// Where the store's bytes are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StorageStats {
+    /// Bytes of the store's files on local disk (log segments and index files; not the cache
+    /// of archived segments). 0 for a store that does not measure its bytes.
+    pub hot_bytes: u64,
+    /// Bytes of the objects in cold storage (compressed).
+    pub cold_bytes: u64,
+    /// Events in the store: the head position.
+    pub events: u64,
+    /// Events whose only copy is in cold storage.
+    pub archived_events: u64,
+}
 
 /// An event store.
 ///
@@ -69,6 +95,11 @@ use crate::snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
 ///   and a bad aggregate id are `InvalidRequest`.
 /// - `list_snapshots` returns every snapshot of the aggregate in increasing version order,
 ///   without states; empty when there are none (also for an aggregate without events).
+///
+/// **Archiving.** `archive(before)` moves whole stretches of the oldest events recorded before
+/// `before` to cold storage and frees their local copy only once the cold copy is verified;
+/// every read returns archived events as before, at the same positions. A store without cold
+/// storage answers `ArchiveNotConfigured` (the default). `storage` reports where the bytes are.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// The limits this store validates against.
@@ -112,4 +143,20 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The durable head position, updated after every commit: live readers wait on it.
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Archives the events recorded before `before` (see "Archiving" above); returns the totals
+    /// archived so far. Blocks (asynchronously) until done.
+    async fn archive(&self, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
+        let _ = before;
+        Err(StoreError::ArchiveNotConfigured)
+    }
+
+    /// Where the store's bytes are. The default measures nothing: every event is counted as
+    /// hot, with 0 bytes.
+    async fn storage(&self) -> Result<StorageStats, StoreError> {
+        Ok(StorageStats {
+            events: self.head().await?.position,
+            ..StorageStats::default()
+        })
+    }
 }

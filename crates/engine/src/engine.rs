@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use factstore_core::{
-    AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, Head, Limits,
-    PreparedCommit, Snapshot, SnapshotInfo, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery,
+    Head, Limits, PreparedCommit, Snapshot, SnapshotInfo, StorageStats, StoreError, Timestamp,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,6 +51,9 @@ pub struct EngineOptions {
     /// seat, a customer's orders) is answered from their entries, one over much of the store
     /// by the other plans.
     pub prefix_entries_max: usize,
+    /// Cold storage for archiving; `None` refuses to archive (and to open a store that has
+    /// archived segments).
+    pub archive: Option<crate::archive::ArchiveOptions>,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +67,7 @@ impl Default for EngineOptions {
             queue_depth: 4096,
             merge_fan_in: 8,
             prefix_entries_max: 65_536,
+            archive: None,
         }
     }
 }
@@ -507,6 +511,8 @@ pub struct Engine {
     head_rx: watch::Receiver<u64>,
     /// The snapshot log, written by callers' threads, never by the writer thread.
     snapshots: Snapshots,
+    /// Cold storage, when configured.
+    archive: Option<crate::archive::Archive>,
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
 }
 
@@ -520,7 +526,7 @@ impl Engine {
             ));
         }
         let fs = options.fs.clone();
-        let recovered = recovery::recover(&*fs, dir)?;
+        let recovered = recovery::recover(&fs, dir, options.archive.as_ref())?;
         // After `recover`, which holds the folder's lock.
         let snapshots = Snapshots::open(&*fs, &dir.join("snapshots"))?;
         let (head_tx, head_rx) = watch::channel(recovered.head);
@@ -555,6 +561,7 @@ impl Engine {
             threads: Mutex::new(vec![writer_thread, indexer_thread]),
             head_rx,
             snapshots,
+            archive: recovered.archive,
             _lock: recovered.lock,
         })
     }
@@ -653,6 +660,34 @@ impl Engine {
     /// Why snapshot writes are refused, when they are (see [`Engine::poisoned`] for events).
     pub fn snapshots_poisoned(&self) -> Option<String> {
         self.snapshots.poisoned()
+    }
+
+    /// Moves the sealed segments recorded wholly before `before` to cold storage (see
+    /// [`crate::archive`]); returns the totals archived so far. Blocking: call it from a
+    /// blocking thread. `ArchiveNotConfigured` without cold storage.
+    pub fn archive(
+        &self,
+        before: Timestamp,
+        progress: impl FnMut(&crate::archive::ArchivedSegment),
+    ) -> Result<ArchiveOutcome> {
+        let archive = self.archive.as_ref().ok_or(StoreError::ArchiveNotConfigured)?;
+        if self.requests.lock().is_none() {
+            return Err(EngineError::Closed);
+        }
+        archive.archive(&self.shared, before, progress)
+    }
+
+    /// Where the store's bytes are: local files (log and index) and cold storage.
+    pub fn storage(&self) -> Result<StorageStats> {
+        match &self.archive {
+            Some(archive) => archive.storage(&self.shared),
+            None => crate::archive::hot_storage(&self.shared),
+        }
+    }
+
+    /// The archive, when cold storage is configured.
+    pub fn archive_state(&self) -> Option<&crate::archive::Archive> {
+        self.archive.as_ref()
     }
 
     /// Why writes are refused, when they are.

@@ -9,6 +9,8 @@
 //! - [`snapshots`]: the snapshot log, beside the event log and outside the writer thread.
 //! - [`journal`]: checksummed append-only files for state beside the event log.
 //! - [`engine`]: [`Engine`], opening, reading; [`store`]: the `EventStore` implementation.
+//! - [`archive`]: sealed segments moved to cold storage (zstd, verified before the local copy
+//!   is freed), read back through a local cache.
 //! - [`verify`]: the offline checker behind `factstore verify`.
 //!
 //! # Architecture invariants
@@ -17,6 +19,7 @@
 //!   commit order by construction.
 //! - Nothing outside [`io`] touches the disk.
 
+pub mod archive;
 pub mod engine;
 pub mod error;
 pub mod index;

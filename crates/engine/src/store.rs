@@ -8,8 +8,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
-    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Event, EventPage, EventQuery, EventStore,
+    Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StorageStats,
+    StoreError, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -100,5 +101,13 @@ impl EventStore for EmbeddedStore {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.engine.watch_head()
+    }
+
+    async fn archive(&self, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
+        self.blocking(move |engine| engine.archive(before, |_| {})).await
+    }
+
+    async fn storage(&self) -> Result<StorageStats, StoreError> {
+        self.blocking(|engine| engine.storage()).await
     }
 }

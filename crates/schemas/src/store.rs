@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use factstore_core::{
-    AggregatePage, AggregateQuery, CommitOutcome, Event, EventPage, EventQuery, EventStore, Head, Limits,
-    PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError,
+    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Event, EventPage, EventQuery, EventStore,
+    Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StorageStats,
+    StoreError, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -95,5 +96,13 @@ impl EventStore for SchemaStore {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.inner.watch_head()
+    }
+
+    async fn archive(&self, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
+        self.inner.archive(before).await
+    }
+
+    async fn storage(&self) -> Result<StorageStats, StoreError> {
+        self.inner.storage().await
     }
 }

@@ -171,6 +171,9 @@ impl ApiError {
                 detail("reason", json!(reason));
                 (StatusCode::CONFLICT, "incompatible_schema")
             }
+            ApiError::Store(StoreError::ArchiveNotConfigured) => {
+                (StatusCode::CONFLICT, "archive_not_configured")
+            }
             ApiError::Store(StoreError::Unavailable(_))
             | ApiError::Schema(SchemaError::Unavailable(_))
             | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {

@@ -10,6 +10,7 @@
 //! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
+//! - [`admin`]: archiving to cold storage and the storage numbers.
 //! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`projections`], [`schemas`] and
 //!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
@@ -41,6 +42,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+pub mod admin;
 pub mod append;
 pub mod auth;
 pub mod error;
@@ -297,6 +299,8 @@ fn routes() -> Routes {
             "/v1/subscriptions/{group}/parked/replay",
             persistent::replay_parked,
         )
+        .post("/v1/admin/archive", admin::archive)
+        .get("/v1/admin/storage", admin::storage)
         .get("/v1/openapi.json", openapi::serve_document)
 }
 

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use factstore_core::{Commit, CommitOutcome, Head, PutSnapshot, StoreError};
+use factstore_core::{ArchiveOutcome, Commit, CommitOutcome, Head, PutSnapshot, StorageStats, StoreError};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
@@ -35,6 +35,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
+use crate::admin::ArchiveBody;
 use crate::append::{AppendBody, AppendResponse};
 use crate::error::ApiError;
 use crate::persistent::{AckBody, GroupList, NackBody, PollBody, ReplayBody, ReplayResponse};
@@ -102,10 +103,11 @@ pub enum ErrorCode {
     NotYetMaterialized,
     Internal,
     StoreUnavailable,
+    ArchiveNotConfigured,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -133,6 +135,7 @@ impl ErrorCode {
         ErrorCode::NotYetMaterialized,
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
+        ErrorCode::ArchiveNotConfigured,
     ];
 
     /// The `error.code` of the body.
@@ -165,6 +168,7 @@ impl ErrorCode {
             ErrorCode::NotYetMaterialized => "not_yet_materialized",
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::ArchiveNotConfigured => "archive_not_configured",
         }
     }
 
@@ -188,7 +192,8 @@ impl ErrorCode {
             | ErrorCode::DuplicateEventId
             | ErrorCode::AggregateTypeMismatch
             | ErrorCode::SchemaExists
-            | ErrorCode::IncompatibleSchema => StatusCode::CONFLICT,
+            | ErrorCode::IncompatibleSchema
+            | ErrorCode::ArchiveNotConfigured => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation | ErrorCode::InvalidProjection => {
@@ -292,6 +297,9 @@ impl ErrorCode {
                  nothing was written, and reads go on. For a persistent subscription: its journal \
                  failed a write or sync, and the group refuses polls and changes until the server \
                  restarts"
+            }
+            ErrorCode::ArchiveNotConfigured => {
+                "the server runs without cold storage: start it with `--archive-url`"
             }
         }
     }
@@ -442,6 +450,7 @@ macro_rules! operations {
                 (name = "subscriptions", description = "Persistent subscriptions: consumer groups \
 with leases, acks, redelivery and parking; the server keeps each group's checkpoint."),
                 (name = "projections", description = "Read models: JSON states folded from the events by the server."),
+                (name = "admin", description = "Archiving to cold storage, and where the store's bytes are."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -487,17 +496,19 @@ operations!(
     nack,
     list_parked,
     replay_parked,
+    archive,
+    storage,
     health,
     metrics,
     openapi,
 );
 
 use ErrorCode::{
-    AggregateNotFound, AggregateTypeMismatch, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden,
-    IncompatibleSchema, Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound,
-    NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation,
-    SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType,
-    UpcastFailed, WrongExpectedVersion,
+    AggregateNotFound, AggregateTypeMismatch, ArchiveNotConfigured, ConditionFailed, DuplicateEventId,
+    EventNotFound, Forbidden, IncompatibleSchema, Internal, InvalidProjection, InvalidRequest,
+    InvalidSnapshot, KeyNotFound, NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists,
+    SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized,
+    UnsupportedMediaType, UpcastFailed, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -1295,6 +1306,49 @@ fn put_schema() -> &'static [ErrorCode] {
         Internal,
         StoreUnavailable,
     ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/archive",
+    tag = "admin",
+    summary = "Move old events to cold storage",
+    description = "Moves the events recorded before `before` (exclusive; a date means the start of \
+that day, UTC) to the cold storage of `--archive-url`, and frees their local copy only after the \
+cold copy is verified. Whole segments of the log move, oldest first, so events recorded shortly \
+before `before` may stay hot until their segment is complete; the newest segment always stays. \
+Answers when done, with the totals archived so far (all runs). Every read, query, subscription \
+and replay still returns archived events, at the same positions. 409 `archive_not_configured` \
+without `--archive-url`. Needs the admin role. Takes no query parameters.",
+    request_body(content = ArchiveBody, example = json!({"before": "2023-01-01"})),
+    responses((status = 200, description = "Done: the totals archived so far.", body = ArchiveOutcome))
+)]
+fn archive() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        ArchiveNotConfigured,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/storage",
+    tag = "admin",
+    summary = "Where the store's bytes are",
+    description = "`hot_bytes`: the local log and index files (not the cache of archived \
+segments); `cold_bytes`: the compressed objects in cold storage; `events`: the head position; \
+`archived_events`: events whose only copy is in cold storage. Needs the admin role (the numbers \
+are the whole store's). Takes no query parameters.",
+    responses((status = 200, description = "The numbers.", body = StorageStats))
+)]
+fn storage() -> &'static [ErrorCode] {
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
 }
 
 #[utoipa::path(
@@ -2112,6 +2166,7 @@ mod tests {
             ApiError::UnsupportedMediaType("x".into()),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Store(StoreError::ArchiveNotConfigured),
             ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
                 group: "g".into(),
             }),

@@ -854,6 +854,26 @@ async fn real_responses_match_the_documented_schemas() {
     }
     subscription_responses_match_the_documented_schemas(&router, &doc).await;
 
+    // Administration over a store without cold storage.
+    let reply = get(&router, "/v1/admin/storage").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    doc.check("GET", "/v1/admin/storage", &reply);
+    let body = json!({"before": "2023-01-01"});
+    doc.check_request("POST", "/v1/admin/archive", &body, true);
+    let reply = post(&router, "/v1/admin/archive", &body).await;
+    assert_eq!(reply.code(), "archive_not_configured");
+    doc.check("POST", "/v1/admin/archive", &reply);
+    let body = json!({"before": "last tuesday"});
+    let reply = post(&router, "/v1/admin/archive", &body).await;
+    assert_eq!(reply.code(), "invalid_request");
+    doc.check("POST", "/v1/admin/archive", &reply);
+    doc.check_request(
+        "POST",
+        "/v1/admin/archive",
+        &json!({"before": "2023-01-01", "after": 1}),
+        false,
+    );
+
     let reply = call(
         &router,
         "POST",

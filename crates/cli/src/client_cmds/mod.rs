@@ -13,6 +13,7 @@ use anyhow::Context;
 use factstore_client::{Client, EventFilter, TimeBound};
 
 pub mod append;
+pub mod archive;
 pub mod export;
 pub mod get;
 pub mod head;

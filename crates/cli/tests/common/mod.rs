@@ -20,12 +20,18 @@ impl ServeProcess {
     /// Starts the server over `data_dir` with `extra` arguments and waits until it accepts
     /// connections (it binds its listener only once the store is open).
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServeProcess {
+        ServeProcess::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`ServeProcess::start`] with variables added to the server's environment.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> ServeProcess {
         let port = free_port();
         let child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("FACTSTORE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -66,6 +66,15 @@ impl Log {
         self.segments.write().push(segment);
     }
 
+    /// Replaces the entry of `segment.no` (an archived segment takes its local one's place),
+    /// so a segment number never has two entries and no event is readable twice.
+    pub fn replace(&self, segment: Arc<Segment>) {
+        let mut segments = self.segments.write();
+        if let Some(entry) = segments.iter_mut().find(|s| s.no == segment.no) {
+            *entry = segment;
+        }
+    }
+
     pub fn segments(&self) -> Vec<Arc<Segment>> {
         self.segments.read().clone()
     }

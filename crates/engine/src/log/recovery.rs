@@ -36,6 +36,8 @@ use crate::log::writer::WriterStart;
 #[derive(Debug)]
 pub struct Recovered {
     pub lock: Box<dyn std::fmt::Debug + Send + Sync>,
+    /// The archive, when the engine has cold storage.
+    pub archive: Option<crate::archive::Archive>,
     pub manifest: Manifest,
     pub runs: Vec<Arc<RunSource>>,
     pub segments: Vec<Arc<Segment>>,
@@ -54,7 +56,12 @@ fn ensure_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
+pub fn recover(
+    fs_arc: &Arc<dyn FileSystem>,
+    dir: &Path,
+    archive: Option<&crate::archive::ArchiveOptions>,
+) -> Result<Recovered> {
+    let fs = &**fs_arc;
     ensure_dir(fs, dir)?;
     let lock = fs.lock_dir(dir).map_err(EngineError::io(dir))?;
     let log_dir = dir.join("log");
@@ -67,7 +74,8 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
         ..Manifest::default()
     });
     let runs = open_runs(fs, &index_dir, &manifest)?;
-    let segments = open_segments(fs, &log_dir)?;
+    let opened = crate::archive::open(fs_arc, dir, archive)?;
+    let segments = open_segments(fs, &log_dir, opened.segments)?;
 
     let (start_segment, start_offset) = if manifest.resume == 0 {
         (segments[0].no, SEGMENT_HEADER_LEN as u64)
@@ -183,6 +191,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
     let segment = segments.last().cloned().ok_or(EngineError::Closed)?;
     Ok(Recovered {
         lock,
+        archive: opened.archive,
         manifest,
         runs,
         memtable,
@@ -216,7 +225,7 @@ fn read_range(file: &dyn File, path: &Path, from: u64, to: u64) -> Result<Vec<u8
 
 /// Decodes the frame at `at`: its events with their record offsets (relative to `data`'s
 /// start minus `at`... relative to `at`), and the bytes it takes.
-fn parse_frame(
+pub(crate) fn parse_frame(
     data: &[u8],
     at: usize,
     expected_position: u64,
@@ -311,7 +320,15 @@ fn open_runs(fs: &dyn FileSystem, index_dir: &Path, manifest: &Manifest) -> Resu
     Ok(runs)
 }
 
-fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>>> {
+/// The log's segments: the archived ones (`archived`, from the archive manifest), then the
+/// local files, contiguous by number. A local file of an archived segment is left by a crash
+/// between the archive record and the file's removal: it is removed now.
+fn open_segments(
+    fs: &dyn FileSystem,
+    log_dir: &Path,
+    archived: Vec<Arc<Segment>>,
+) -> Result<Vec<Arc<Segment>>> {
+    let archived_through = archived.last().map_or(0, |s| s.no);
     let mut numbers: Vec<u32> = fs
         .list_dir(log_dir)
         .map_err(EngineError::io(log_dir))?
@@ -319,7 +336,28 @@ fn open_segments(fs: &dyn FileSystem, log_dir: &Path) -> Result<Vec<Arc<Segment>
         .filter_map(|name| parse_segment_file_name(name))
         .collect();
     numbers.sort_unstable();
-    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(numbers.len());
+    let (stale, local): (Vec<u32>, Vec<u32>) = numbers.into_iter().partition(|&no| no <= archived_through);
+    if !stale.is_empty() {
+        for &no in &stale {
+            let path = log_dir.join(segment_file_name(no));
+            tracing::info!(file = %path.display(), "removing the local copy of an archived segment");
+            fs.remove_file(&path).map_err(EngineError::io(&path))?;
+        }
+        fs.sync_dir(log_dir).map_err(EngineError::io(log_dir))?;
+    }
+    if archived_through > 0 && local.first() != Some(&(archived_through + 1)) {
+        return Err(EngineError::corruption(
+            &log_dir.join(segment_file_name(archived_through + 1)),
+            0,
+            format!(
+                "segments up to {archived_through} are archived but segment {} is missing",
+                archived_through + 1
+            ),
+        ));
+    }
+    let numbers = local;
+    let mut segments: Vec<Arc<Segment>> = archived;
+    segments.reserve(numbers.len());
     for (i, &no) in numbers.iter().enumerate() {
         let path = log_dir.join(segment_file_name(no));
         if let Some(previous) = segments.last()
