@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::control::{format_duration, parse_duration};
-use super::http::{Client, Target, describe_failure, encode_segment};
+use super::http::{Client, Target, call, describe_failure, encode_segment};
 use super::stats::Stats;
 use super::{Bench, Finished, head, seed};
 
@@ -124,22 +124,6 @@ pub async fn run(bench: &Bench, args: &ConsumeArgs) -> anyhow::Result<Finished> 
         let _ = call(&mut admin, &target, Method::DELETE, &base, Bytes::new()).await;
     }
     Ok(Finished { params, parts })
-}
-
-async fn call(
-    client: &mut Client,
-    target: &Target,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let uri = path
-        .parse()
-        .with_context(|| format!("'{path}' is not a valid path"))?;
-    client
-        .fetch(target.request(method, uri, body))
-        .await
-        .map_err(anyhow::Error::msg)
 }
 
 /// The positions of a poll's events: each event object begins `{"event_id":"<uuid>",

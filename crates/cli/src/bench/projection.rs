@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::control::{format_duration, parse_duration};
-use super::http::{Client, Target, describe_failure, encode_segment};
+use super::http::{Client, Target, call, describe_failure, encode_segment};
 use super::stats::Stats;
 use super::{Bench, Finished, head, seed};
 
@@ -243,20 +243,4 @@ async fn read_your_writes(
         }
     }
     (reads, rounds)
-}
-
-async fn call(
-    client: &mut Client,
-    target: &Target,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let uri = path
-        .parse()
-        .with_context(|| format!("'{path}' is not a valid path"))?;
-    client
-        .fetch(target.request(method, uri, body))
-        .await
-        .map_err(anyhow::Error::msg)
 }
