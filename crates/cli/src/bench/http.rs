@@ -256,6 +256,24 @@ pub fn encode_segment(segment: &str) -> String {
     out
 }
 
+/// One request of `method` on `path` (a path and query) with `body`, on `client`'s connection:
+/// the status and the body, or why no answer came.
+pub async fn call(
+    client: &mut Client,
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let uri = path
+        .parse()
+        .with_context(|| format!("'{path}' is not a valid path"))?;
+    client
+        .fetch(target.request(method, uri, body))
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,22 +294,4 @@ mod tests {
         assert_eq!(encode_segment("bench:12"), "bench:12");
         assert_eq!(encode_segment("a b/c%"), "a%20b%2Fc%25");
     }
-}
-
-/// One request of `method` on `path` (a path and query) with `body`, on `client`'s connection:
-/// the status and the body, or why no answer came.
-pub async fn call(
-    client: &mut Client,
-    target: &Target,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let uri = path
-        .parse()
-        .with_context(|| format!("'{path}' is not a valid path"))?;
-    client
-        .fetch(target.request(method, uri, body))
-        .await
-        .map_err(anyhow::Error::msg)
 }
