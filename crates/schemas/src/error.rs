@@ -23,4 +23,9 @@ pub enum SchemaError {
     /// The registry could not persist the change (its journal failed); nothing was changed.
     #[error("the schema registry cannot accept changes: {0}")]
     Unavailable(String),
+    /// The storage refused an append because another server appended since this registry
+    /// last read it: the registry reads what is new and decides again. Internal to the
+    /// registry; it reaches a caller only if the storage keeps refusing.
+    #[error("the schema registry changed elsewhere meanwhile; try again")]
+    Stale,
 }

@@ -8,6 +8,11 @@
 //! - A change is persisted (synced) before it is visible: readers see the catalog that was in
 //!   force when they took it, as one immutable value (`Arc<Catalog>`), never a half-applied
 //!   change.
+//! - Several servers may share one storage (PostgreSQL): a change is decided against the
+//!   catalog, and the storage refuses it ([`SchemaError::Stale`]) when another server appended
+//!   since this registry last read; the registry then applies what is new
+//!   ([`SchemaRegistry::refresh`]) and decides again. So the shared records are one history
+//!   every server agrees on.
 //! - Stored events never change; upcasting builds new `Event` values on the way out.
 //! - An event type with no schema is not validated (schemas are opt-in, per type); a type with
 //!   schemas requires a registered schema for the event's `event_version`.
@@ -30,6 +35,9 @@ use crate::upcast::{UpcastOp, UpcasterDef};
 pub const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 /// A violation message is cut to this many bytes: a schema error may quote a large value.
 const MESSAGE_BYTES_MAX: usize = 300;
+/// How many times a change is decided again after the storage found the catalog stale (other
+/// servers registering at the same moment); each retry follows a refresh.
+const STALE_ATTEMPTS: usize = 5;
 
 /// One registered version of an event type's schema.
 #[derive(Debug)]
@@ -152,10 +160,15 @@ impl SchemaRegistry {
         check_version("version", version)?;
         compile(&schema)?;
         let _change = self.changes.lock();
+        self.retry_stale(|| self.decide_schema(event_type, version, &schema))
+    }
+
+    /// `put_schema` against the current catalog, under the `changes` lock.
+    fn decide_schema(&self, event_type: &str, version: u32, schema: &Value) -> Result<bool, SchemaError> {
         let catalog = self.catalog();
         let entry = catalog.types.get(event_type);
         if let Some(existing) = entry.and_then(|e| e.versions.get(&version)) {
-            return if existing.schema == schema {
+            return if existing.schema == *schema {
                 Ok(false)
             } else {
                 Err(SchemaError::SchemaExists {
@@ -172,7 +185,7 @@ impl SchemaRegistry {
                     reason: format!("version {} is not registered", version - 1),
                 });
             };
-            check_compatible(&previous.schema, &schema).map_err(|reason| SchemaError::Incompatible {
+            check_compatible(&previous.schema, schema).map_err(|reason| SchemaError::Incompatible {
                 event_type: event_type.to_owned(),
                 version,
                 reason,
@@ -183,7 +196,7 @@ impl SchemaRegistry {
             Record::Schema {
                 event_type: event_type.to_owned(),
                 version,
-                schema,
+                schema: schema.clone(),
                 registered_at: Timestamp::now(),
             },
         )?;
@@ -203,12 +216,22 @@ impl SchemaRegistry {
         check_version("from_version", from_version)?;
         def.validate(from_version).map_err(SchemaError::InvalidRequest)?;
         let _change = self.changes.lock();
+        self.retry_stale(|| self.decide_upcaster(event_type, from_version, &def))
+    }
+
+    /// `put_upcaster` against the current catalog, under the `changes` lock.
+    fn decide_upcaster(
+        &self,
+        event_type: &str,
+        from_version: u32,
+        def: &UpcasterDef,
+    ) -> Result<bool, SchemaError> {
         let catalog = self.catalog();
         let existing = catalog
             .types
             .get(event_type)
             .and_then(|e| e.upcasters.get(&from_version));
-        if existing.is_some_and(|u| u.def == def) {
+        if existing.is_some_and(|u| u.def == *def) {
             return Ok(false);
         }
         let created = existing.is_none();
@@ -218,11 +241,48 @@ impl SchemaRegistry {
                 event_type: event_type.to_owned(),
                 from_version,
                 to_version: def.to_version,
-                ops: def.ops,
+                ops: def.ops.clone(),
                 registered_at: Timestamp::now(),
             },
         )?;
         Ok(created)
+    }
+
+    /// Runs `decide` (under the `changes` lock); when the storage found the catalog stale,
+    /// reads what other servers registered and decides again, a few times at most.
+    fn retry_stale<T>(&self, mut decide: impl FnMut() -> Result<T, SchemaError>) -> Result<T, SchemaError> {
+        for _ in 1..STALE_ATTEMPTS {
+            match decide() {
+                Err(SchemaError::Stale) => {
+                    self.refresh_locked()?;
+                }
+                other => return other,
+            }
+        }
+        decide()
+    }
+
+    /// Applies the records other servers appended to the shared storage since this registry
+    /// last read it, as one new catalog; returns how many. Blocking (it reads the storage).
+    pub fn refresh(&self) -> Result<usize, SchemaError> {
+        let _change = self.changes.lock();
+        self.refresh_locked()
+    }
+
+    fn refresh_locked(&self) -> Result<usize, SchemaError> {
+        let records = self.storage.load_new()?;
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let count = records.len();
+        let mut next = (*self.catalog()).clone();
+        for record in records {
+            apply(&mut next, record).map_err(|e| {
+                SchemaError::Unavailable(format!("a stored schema record cannot be applied: {e}"))
+            })?;
+        }
+        *self.catalog.write() = Arc::new(next);
+        Ok(count)
     }
 
     fn persist_and_publish(&self, catalog: &Catalog, record: Record) -> Result<(), SchemaError> {

@@ -1,6 +1,8 @@
 //! Where the registry keeps its changes: one record per change, replayed in order at start.
 //!
-//! The trait is the seam for other backends (a PostgreSQL table); the embedded server uses
+//! The trait is the seam for other backends (a PostgreSQL table shared by several servers,
+//! which is why it can refuse an append on a stale view and hand over records appended
+//! elsewhere: [`SchemaStorage::load_new`]); the embedded server uses
 //! [`JournalStorage`], a journal of the engine (`schemas/registry.journal`, one JSON record per
 //! change, each synced before the change is visible). Changes are rare and small, so the file is
 //! never compacted.
@@ -42,8 +44,16 @@ pub enum Record {
 pub trait SchemaStorage: Send + Sync + Debug {
     /// Every record stored, in the order they were appended.
     fn load(&self) -> Result<Vec<Record>, SchemaError>;
-    /// Appends a record durably: `Ok` means it survives a crash. Blocking.
+    /// Appends a record durably: `Ok` means it survives a crash. Blocking. A storage shared
+    /// by several servers refuses with [`SchemaError::Stale`], writing nothing, when records
+    /// were appended elsewhere since it last read ([`SchemaStorage::load`],
+    /// [`SchemaStorage::load_new`] or an append of its own).
     fn append(&self, record: &Record) -> Result<(), SchemaError>;
+    /// The records appended elsewhere since this storage last read or appended, in order.
+    /// A storage that only this registry writes has none.
+    fn load_new(&self) -> Result<Vec<Record>, SchemaError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Records in memory only (tests, and servers built without a data folder).

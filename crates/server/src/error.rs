@@ -175,7 +175,7 @@ impl ApiError {
                 (StatusCode::CONFLICT, "archive_not_configured")
             }
             ApiError::Store(StoreError::Unavailable(_))
-            | ApiError::Schema(SchemaError::Unavailable(_))
+            | ApiError::Schema(SchemaError::Unavailable(_) | SchemaError::Stale)
             | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
