@@ -9,6 +9,8 @@
 //!   consecutive positions, moves the head and commits: one pipelined exchange per group.
 //! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
 //! - [`migrate`]: the versioned schema migrations embedded in the binary.
+//! - [`state`]: the schema registry, projections and persistent-subscription groups in
+//!   tables, shared by the servers; projection and group writes fenced by the leader epoch.
 //! - `types`: `timestamptz` and `json` in PostgreSQL's binary formats.
 //!
 //! # Invariants (see `docs/postgres.md`)
@@ -25,6 +27,7 @@
 
 pub mod migrate;
 mod sql;
+pub mod state;
 pub mod store;
 mod types;
 mod writer;

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in version order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "state",
+        sql: include_str!("../migrations/0002_state.sql"),
+    },
+];
 
 /// Applies the missing migrations to the current schema (the first of `search_path`); returns
 /// the versions it applied. A database whose schema is newer than this binary knows is refused:
