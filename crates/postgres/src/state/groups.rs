@@ -98,8 +98,11 @@ impl PgGroupStorage {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         hold_lease(&tx, self.epoch).await?;
-        tx.execute("DELETE FROM factstore_group_records WHERE group_name = $1", &[&group])
-            .await?;
+        tx.execute(
+            "DELETE FROM factstore_group_records WHERE group_name = $1",
+            &[&group],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -144,6 +147,8 @@ impl Storage for PgGroupStorage {
     }
 
     fn delete(&self, group: &str) -> Result<(), SubscriptionError> {
-        self.runtime.block_on(self.delete_rows(group)).map_err(unavailable)
+        self.runtime
+            .block_on(self.delete_rows(group))
+            .map_err(unavailable)
     }
 }

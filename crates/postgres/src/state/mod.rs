@@ -34,8 +34,8 @@ use parking_lot::Mutex;
 use postgres_types::ToSql;
 use tokio::runtime::Handle;
 
-use crate::store::{PgOptions, pg_config};
 use crate::PgError;
+use crate::store::{PgOptions, pg_config};
 
 pub use groups::PgGroupStorage;
 pub use projections::PgProjectionStorage;
@@ -62,7 +62,9 @@ pub fn state_pool(options: &PgOptions, size: usize) -> Result<Pool, PgError> {
 #[derive(Debug)]
 pub(crate) enum StateError {
     /// `factstore_leader.epoch` is no longer the epoch this storage writes under.
-    LeaseLost { epoch: i64 },
+    LeaseLost {
+        epoch: i64,
+    },
     Db(PgError),
     /// The rows contradict the request (a group created twice, a row count that is off).
     Conflict(String),
@@ -110,7 +112,10 @@ impl From<deadpool_postgres::PoolError> for StateError {
 const LEASE_SQL: &str = "SELECT 1 FROM factstore_leader WHERE id = 1 AND epoch = $1 FOR SHARE";
 
 /// Locks the leader row in `tx` if the lease is still `epoch`'s.
-pub(crate) async fn hold_lease(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -> Result<(), StateError> {
+pub(crate) async fn hold_lease(
+    tx: &deadpool_postgres::Transaction<'_>,
+    epoch: i64,
+) -> Result<(), StateError> {
     let statement = tx.prepare_cached(LEASE_SQL).await?;
     match tx.query_opt(&statement, &[&epoch]).await? {
         Some(_) => Ok(()),
@@ -291,11 +296,7 @@ impl RecordLog {
             return Err(StateError::Poisoned(reason.clone()));
         }
         let written = self.runtime.block_on(replace_rows(
-            &self.pool,
-            self.epoch,
-            self.table,
-            &self.key,
-            records,
+            &self.pool, self.epoch, self.table, &self.key, records,
         ));
         match written {
             Ok(()) => {

@@ -69,7 +69,10 @@ impl PgProjectionStorage {
             .await?;
         let mut generations: BTreeMap<(String, i64), Vec<Vec<u8>>> = BTreeMap::new();
         for row in tx
-            .query("SELECT name, generation FROM factstore_projection_generations", &[])
+            .query(
+                "SELECT name, generation FROM factstore_projection_generations",
+                &[],
+            )
             .await?
         {
             generations.insert((row.get(0), row.get(1)), Vec::new());

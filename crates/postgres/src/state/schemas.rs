@@ -21,8 +21,8 @@ use tokio::task::AbortHandle;
 use tokio_postgres::AsyncMessage;
 
 use super::StateError;
-use crate::store::{PgOptions, pg_config};
 use crate::PgError;
+use crate::store::{PgOptions, pg_config};
 
 /// The NOTIFY channel on which appends to the registry of `schema` are announced. Channel
 /// names are identifiers: at most 63 bytes.
@@ -152,7 +152,11 @@ impl SchemaStorage for PgSchemaStorage {
     fn append(&self, record: &Record) -> Result<(), SchemaError> {
         let text = serde_json::to_string(record).map_err(unavailable)?;
         let mut seen = self.seen.lock();
-        if self.runtime.block_on(self.insert(*seen, &text)).map_err(unavailable)? {
+        if self
+            .runtime
+            .block_on(self.insert(*seen, &text))
+            .map_err(unavailable)?
+        {
             *seen += 1;
             Ok(())
         } else {
@@ -189,7 +193,9 @@ pub fn spawn_schema_refresh(registry: Arc<SchemaRegistry>, options: &PgOptions) 
                 let registry = registry.clone();
                 match tokio::task::spawn_blocking(move || registry.refresh()).await {
                     Ok(Ok(0)) => {}
-                    Ok(Ok(count)) => tracing::debug!(count, "schema registry: applied records of other servers"),
+                    Ok(Ok(count)) => {
+                        tracing::debug!(count, "schema registry: applied records of other servers")
+                    }
                     Ok(Err(error)) => tracing::warn!(%error, "schema registry: refresh failed"),
                     Err(error) => tracing::warn!(%error, "schema registry: refresh task failed"),
                 }
