@@ -569,3 +569,83 @@ fn apply(catalog: &mut Catalog, record: Record) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Records shared by several storages, refusing appends on a stale view, as a database
+    /// shared by several servers does.
+    #[derive(Debug)]
+    struct Shared {
+        records: Arc<Mutex<Vec<Record>>>,
+        seen: Mutex<usize>,
+    }
+
+    impl SchemaStorage for Shared {
+        fn load(&self) -> Result<Vec<Record>, SchemaError> {
+            let records = self.records.lock().clone();
+            *self.seen.lock() = records.len();
+            Ok(records)
+        }
+
+        fn append(&self, record: &Record) -> Result<(), SchemaError> {
+            let mut records = self.records.lock();
+            let mut seen = self.seen.lock();
+            if records.len() != *seen {
+                return Err(SchemaError::Stale);
+            }
+            records.push(record.clone());
+            *seen += 1;
+            Ok(())
+        }
+
+        fn load_new(&self) -> Result<Vec<Record>, SchemaError> {
+            let records = self.records.lock();
+            let mut seen = self.seen.lock();
+            let new = records[*seen..].to_vec();
+            *seen = records.len();
+            Ok(new)
+        }
+    }
+
+    fn server(records: &Arc<Mutex<Vec<Record>>>) -> SchemaRegistry {
+        SchemaRegistry::open(Box::new(Shared {
+            records: records.clone(),
+            seen: Mutex::new(0),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_change_on_a_stale_view_is_decided_again_after_a_refresh() {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let (a, b) = (server(&records), server(&records));
+        let limits = Limits::default();
+        let v1 = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let v2 = json!({"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}});
+        let other =
+            json!({"type": "object", "properties": {"n": {"type": "integer"}, "t": {"type": "string"}}});
+        assert_eq!(a.put_schema("T", 1, v1.clone(), &limits), Ok(true));
+        // B has not read A's version 1: its own identical put is nothing new.
+        assert_eq!(b.put_schema("T", 1, v1, &limits), Ok(false));
+        assert_eq!(b.put_schema("T", 2, v2, &limits), Ok(true));
+        assert!(matches!(
+            a.put_schema("T", 2, other, &limits),
+            Err(SchemaError::SchemaExists { version: 2, .. })
+        ));
+        assert_eq!(a.get("T").unwrap().latest_version, 2);
+        let upcaster = UpcasterDef {
+            to_version: 2,
+            ops: Vec::new(),
+        };
+        assert_eq!(b.put_upcaster("T", 1, upcaster.clone(), &limits), Ok(true));
+        assert_eq!(a.put_upcaster("T", 1, upcaster, &limits), Ok(false));
+        assert_eq!(records.lock().len(), 3);
+        assert_eq!(b.refresh(), Ok(0));
+    }
+}
