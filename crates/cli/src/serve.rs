@@ -70,6 +70,11 @@ pub struct ServeArgs {
     /// open.
     #[arg(long, env = "FACTSTORE_ARCHIVE_URL", value_name = "URL")]
     pub archive_url: Option<String>,
+    /// With --storage postgres://: the URL at which the other servers on the database reach
+    /// this one, to forward requests for projections and persistent subscriptions while it
+    /// leads. By default http(s)://<the address it listens on>.
+    #[arg(long, env = "FACTSTORE_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Bytes of archived segments kept in <data-dir>/archive-cache for reads.
     #[arg(long, env = "FACTSTORE_ARCHIVE_CACHE_BYTES", value_name = "BYTES", default_value = "4GiB",
           value_parser = parse_size)]
@@ -281,84 +286,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..EngineOptions::default()
     };
     let fs = options.fs.clone();
-    // The embedded engine opens before the runtime starts; PostgreSQL inside it. Either way the
-    // data folder keeps the schema registry, the projections and the subscription groups of
-    // this server, under the folder's lock (the engine's, or taken here).
-    let (engine, store_location, _data_dir_lock) = match &args.storage {
+    // The embedded engine opens before the runtime starts (it holds the data folder's lock);
+    // PostgreSQL inside it, and needs no folder: everything it keeps is in the database.
+    let (engine, store_location) = match &args.storage {
         Some(url) => {
             let url = crate::postgres::storage_url(url)?;
-            let lock = fs
-                .create_dir_all(&args.data_dir)
-                .and_then(|()| fs.lock_dir(&args.data_dir))
-                .with_context(|| {
-                    format!(
-                        "cannot lock {} (another server using it?)",
-                        args.data_dir.display()
-                    )
-                })?;
-            (None, crate::postgres::redact(url), Some(lock))
+            (None, crate::postgres::redact(url))
         }
         None => {
             let engine = Engine::open(&args.data_dir, options)
                 .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-            (Some(Arc::new(engine)), args.data_dir.display().to_string(), None)
+            (Some(Arc::new(engine)), args.data_dir.display().to_string())
         }
     };
-    // After the engine, which holds the data folder's lock.
-    let schemas_dir = args.data_dir.join("schemas");
-    let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
-        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
-        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
-    let schemas = Arc::new(schemas);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let drain = runtime.block_on(async {
-        let store: Arc<dyn factstore_core::EventStore> = match (&engine, &args.storage) {
-            (Some(engine), _) => Arc::new(EmbeddedStore::new(engine.clone())),
-            (None, Some(url)) => crate::postgres::open(url, limits).await?,
-            (None, None) => bail!("no store to serve"),
-        };
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
-        let state = AppState::with_schemas(store, schemas, config);
-        // Projections and persistent-subscription groups keep their journals beside the event
-        // log, and read through the schema layer, so they see upcast events like every other
-        // reader.
-        let projections_dir = args.data_dir.join("projections");
-        let storage = JournalStorage::open(fs.clone(), &projections_dir)
-            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
         let projections_options = ProjectionsOptions {
             snapshot_every: args.snapshot_every,
             ..ProjectionsOptions::default()
         };
-        let projections = Projections::open(state.store.clone(), Arc::new(storage), projections_options)
-            .await
-            .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
-        let subscriptions_dir = args.data_dir.join("subscriptions");
-        let storage = FileStorage::open(fs, &subscriptions_dir)
-            .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
-        let subscriptions = Subscriptions::open(
-            state.store.clone(),
-            Arc::new(storage),
-            SubscriptionOptions::default(),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot load the subscription groups in {}",
-                subscriptions_dir.display()
-            )
-        })?;
-        let state = state
-            .with_subscriptions(subscriptions.clone())
-            .with_projections(projections.clone());
+        let (state, cluster) = match (&engine, &args.storage) {
+            (Some(engine), _) => {
+                let state = open_embedded(&args, engine, fs, config, projections_options).await?;
+                (state, None)
+            }
+            (None, Some(url)) => {
+                let advertise = advertise_url(args.advertise_url.as_deref(), scheme, args.listen)?;
+                let (state, cluster) =
+                    crate::postgres::open_shared(url, advertise, limits, config, projections_options).await?;
+                (state, Some(cluster))
+            }
+            (None, None) => bail!("no store to serve"),
+        };
         let shutdown = state.shutdown.clone();
-        let app = factstore_server::app_with_state(state);
+        let app = factstore_server::app_with_state(state.clone());
+        // Bound once the store is open: a client that can connect is answered.
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -384,8 +354,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("server failed");
         // After the drain: no request uses them any more. Each fold task ends after its batch
         // and writes the checkpoint that lags in memory; the groups write their last deliveries.
-        projections.shutdown().await;
-        subscriptions.close().await;
+        // A server sharing a database stops competing for leadership first, and gives it up
+        // (its session ends) once its own are stopped, so the next leader takes over at once.
+        if let Some(cluster) = &cluster {
+            cluster.stop_following();
+        }
+        crate::postgres::stop(state.services()).await;
+        drop(cluster);
         drain
     })?;
     // Every connection has finished or been dropped; stop the runtime too (a blocking read
@@ -402,6 +377,61 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URL other servers forward to: the one given, or this server's own address.
+fn advertise_url(given: Option<&str>, scheme: &str, local: SocketAddr) -> anyhow::Result<String> {
+    match given {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(url.to_owned()),
+        Some(url) => bail!("--advertise-url must be an http:// or https:// URL, not '{url}'"),
+        None if local.ip().is_unspecified() || local.port() == 0 => bail!(
+            "--listen {local} is not an address other servers can connect to: give --advertise-url \
+             (the URL at which they reach this server)"
+        ),
+        None => Ok(format!("{scheme}://{local}")),
+    }
+}
+
+/// The embedded engine's schema registry, projections and groups, in its data folder beside
+/// the event log. They read through the schema layer, so they see upcast events like every
+/// other reader.
+async fn open_embedded(
+    args: &ServeArgs,
+    engine: &Arc<Engine>,
+    fs: Arc<dyn factstore_engine::io::FileSystem>,
+    config: ServerConfig,
+    projections_options: ProjectionsOptions,
+) -> anyhow::Result<AppState> {
+    let schemas_dir = args.data_dir.join("schemas");
+    let schemas = SchemaJournal::open(fs.clone(), &schemas_dir)
+        .and_then(|storage| SchemaRegistry::open(Box::new(storage)))
+        .with_context(|| format!("cannot open the schema registry in {}", schemas_dir.display()))?;
+    let store: Arc<dyn factstore_core::EventStore> = Arc::new(EmbeddedStore::new(engine.clone()));
+    let state = AppState::with_schemas(store, Arc::new(schemas), config);
+    let projections_dir = args.data_dir.join("projections");
+    let storage = JournalStorage::open(fs.clone(), &projections_dir)
+        .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+    let projections = Projections::open(state.store.clone(), Arc::new(storage), projections_options)
+        .await
+        .with_context(|| format!("cannot open the projections in {}", projections_dir.display()))?;
+    let subscriptions_dir = args.data_dir.join("subscriptions");
+    let storage = FileStorage::open(fs, &subscriptions_dir)
+        .with_context(|| format!("cannot open {}", subscriptions_dir.display()))?;
+    let subscriptions = Subscriptions::open(
+        state.store.clone(),
+        Arc::new(storage),
+        SubscriptionOptions::default(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot load the subscription groups in {}",
+            subscriptions_dir.display()
+        )
+    })?;
+    Ok(state
+        .with_subscriptions(subscriptions)
+        .with_projections(projections))
 }
 
 /// Tokens are secrets: say so when the file is readable by anyone but its owner.

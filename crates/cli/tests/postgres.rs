@@ -5,7 +5,6 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); when PostgreSQL is not reachable the test says
 //! so and returns, unless `FACTSTORE_REQUIRE_PG=1` (CI), which makes it fail.
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,57 +13,8 @@ use futures::StreamExt;
 use serde_json::json;
 
 mod common;
+use common::pg::PgSchema;
 use common::{BIN, ServeProcess};
-
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    async fn create() -> Option<Schema> {
-        let url = std::env::var("FACTSTORE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok(pair) => pair,
-            Err(error) => {
-                if std::env::var("FACTSTORE_REQUIRE_PG").is_ok_and(|v| v == "1") {
-                    panic!(
-                        "PostgreSQL is required (FACTSTORE_REQUIRE_PG=1) but not reachable at {url}: {error}"
-                    );
-                }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipped: PostgreSQL not reachable at {url} ({error}); the two-server test did not run"
-                );
-                return None;
-            }
-        };
-        tokio::spawn(connection);
-        let name = format!("fs_cli_{}_{:016x}", std::process::id(), rand::random::<u64>());
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .expect("create a schema");
-        Some(Schema { url, name })
-    }
-
-    /// The URL with the schema as `search_path`.
-    fn storage(&self) -> String {
-        format!("{}?options=-c%20search_path%3D{}", self.url, self.name)
-    }
-
-    async fn drop_schema(self) {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .expect("drop the schema");
-    }
-}
 
 fn event(i: u64) -> NewEvent {
     NewEvent::new("Account", "Deposited", json!({"amount": i}))
@@ -86,7 +36,7 @@ async fn next_event(subscription: &mut factstore_client::Subscription) -> factst
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
-    let Some(schema) = Schema::create().await else {
+    let Some(schema) = PgSchema::create("the two-server test").await else {
         return;
     };
     let storage = schema.storage();
@@ -100,9 +50,16 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied migration(s) 1"));
+    let newest = factstore_postgres::migrate::MIGRATIONS
+        .last()
+        .map_or(0, |m| m.version);
+    assert!(
+        String::from_utf8_lossy(&migrate.stdout).contains(&format!("schema is at migration {newest}")),
+        "{}",
+        String::from_utf8_lossy(&migrate.stdout)
+    );
 
-    // Each server keeps its own folder (schema registry, projections, subscription groups).
+    // A server on PostgreSQL keeps nothing in --data-dir; the folders are given to show it.
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
@@ -171,5 +128,12 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
 
     drop(on_b);
     drop(b);
+    for dir in [&dir_a, &dir_b] {
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(
+            left.is_empty(),
+            "a server on PostgreSQL wrote to its --data-dir: {left:?}"
+        );
+    }
     schema.drop_schema().await;
 }

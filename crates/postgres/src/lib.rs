@@ -8,6 +8,8 @@
 //!   in one transaction that holds the head row's lock, inserts the events that pass at
 //!   consecutive positions, moves the head and commits: one pipelined exchange per group.
 //! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
+//! - [`lease`]: leadership among the servers on one database (a session advisory lock and an
+//!   epoch that fences state writes): the leader runs projections and persistent subscriptions.
 //! - [`migrate`]: the versioned schema migrations embedded in the binary.
 //! - [`state`]: the schema registry, projections and persistent-subscription groups in
 //!   tables, shared by the servers; projection and group writes fenced by the leader epoch.
@@ -25,6 +27,7 @@
 //!
 //! [`Event`]: factstore_core::Event
 
+pub mod lease;
 pub mod migrate;
 mod sql;
 pub mod state;

@@ -193,6 +193,12 @@ impl PgStore {
         })
     }
 
+    /// The store's connection pool, for the state kept beside the events (projections,
+    /// groups, schemas).
+    pub fn pool(&self) -> Pool {
+        self.inner.pool.clone()
+    }
+
     /// The NOTIFY channel commits to this schema are announced on.
     pub fn channel(&self) -> &str {
         &self.inner.channel

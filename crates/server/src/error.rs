@@ -41,6 +41,9 @@ pub enum ApiError {
     RouteNotFound,
     /// A route has this path but not this method.
     MethodNotAllowed,
+    /// A request for the leader (projections, persistent subscriptions) while no server leads
+    /// or the leader cannot be reached: the message says which. Retried after a second.
+    NoLeader(String),
 }
 
 impl ApiError {
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Store(StoreError::WrongExpectedVersion {
                 aggregate_id,
                 expected_version,
@@ -247,7 +251,8 @@ impl ApiError {
             | ApiError::PayloadTooLarge(message)
             | ApiError::UnsupportedMediaType(message)
             | ApiError::Unauthorized(message)
-            | ApiError::Forbidden(message) => message.clone(),
+            | ApiError::Forbidden(message)
+            | ApiError::NoLeader(message) => message.clone(),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
@@ -297,6 +302,7 @@ impl IntoResponse for ApiError {
             ApiError::Projection(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal projection error");
             }
+            ApiError::NoLeader(cause) => tracing::warn!(%cause, "cannot serve a request for the leader"),
             _ => {}
         }
         crate::metrics::record_error(code);
@@ -311,6 +317,12 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 header::HeaderValue::from(crate::projections::RETRY_AFTER_SECONDS),
             );
+        }
+        if matches!(self, ApiError::NoLeader(_)) {
+            // A new leader is usually in place within a second or two.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(1));
         }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.

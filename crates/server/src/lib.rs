@@ -15,6 +15,8 @@
 //!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
+//! - [`cluster`]: several servers on one database; the routes only the leader serves are
+//!   forwarded to it.
 //! - [`openapi`]: the OpenAPI document of these routes, served at `GET /v1/openapi.json`.
 //!
 //! # API boundary
@@ -36,6 +38,7 @@ use factstore_core::EventStore;
 use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
 use factstore_schemas::{SchemaRegistry, SchemaStore};
 use factstore_subscriptions::Subscriptions;
+use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -45,6 +48,7 @@ use tower_http::trace::TraceLayer;
 pub mod admin;
 pub mod append;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod extract;
 pub mod feed;
@@ -62,6 +66,7 @@ pub mod tls;
 pub mod trace;
 
 pub use auth::{Auth, Principal, Role, Scope};
+pub use cluster::{Cluster, Leadership, Placement};
 pub use error::ApiError;
 use feed::Feed;
 pub use serve::{Drain, ServeOptions, serve, serve_with};
@@ -116,13 +121,23 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// The projections and persistent-subscription groups this server runs. Swapped whole
+    /// when a server sharing its database becomes the leader ([`AppState::install_services`]).
+    services: Arc<RwLock<Services>>,
+    /// Set when other servers share the database: who leads, and forwarding to it.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// What a server runs over the store beyond answering requests.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The projections (read models) over `store`. [`AppState::new`] keeps them in memory;
+    /// `factstore serve` opens them from its storage ([`AppState::with_projections`]).
+    pub projections: Projections,
     /// The persistent-subscription groups (`/v1/subscriptions`). [`AppState::new`] keeps them
-    /// in memory; `factstore serve` opens them on the data folder
+    /// in memory; `factstore serve` opens them from its storage
     /// ([`AppState::with_subscriptions`]) and closes them after the drain.
     pub subscriptions: Arc<Subscriptions>,
-    /// The projections (read models) over `store`. [`AppState::new`] keeps them in memory;
-    /// `factstore serve` opens them from the data folder ([`AppState::with_projections`]).
-    pub projections: Projections,
 }
 
 impl std::fmt::Debug for AppState {
@@ -153,14 +168,17 @@ impl AppState {
             ProjectionsOptions::default(),
         );
         AppState {
-            store: upcast.clone(),
             raw_store: store,
             schemas,
-            subscriptions: Subscriptions::in_memory(upcast),
+            services: Arc::new(RwLock::new(Services {
+                projections,
+                subscriptions: Subscriptions::in_memory(upcast.clone()),
+            })),
+            store: upcast,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
-            projections,
+            cluster: None,
         }
     }
 
@@ -171,14 +189,50 @@ impl AppState {
 
     /// The same state with these persistent-subscription groups (opened on the same store).
     pub fn with_subscriptions(mut self, subscriptions: Arc<Subscriptions>) -> AppState {
-        self.subscriptions = subscriptions;
+        let services = Services {
+            subscriptions,
+            ..self.services()
+        };
+        self.services = Arc::new(RwLock::new(services));
         self
     }
 
     /// Serves `projections` (opened over the same store) instead of in-memory ones.
     pub fn with_projections(mut self, projections: Projections) -> AppState {
-        self.projections = projections;
+        let services = Services {
+            projections,
+            ..self.services()
+        };
+        self.services = Arc::new(RwLock::new(services));
         self
+    }
+
+    /// The same state as one of several servers on one database: the leader's routes follow
+    /// `cluster`.
+    pub fn with_cluster(mut self, cluster: Cluster) -> AppState {
+        self.cluster = Some(Arc::new(cluster));
+        self
+    }
+
+    /// The projections and groups served now.
+    pub fn services(&self) -> Services {
+        self.services.read().clone()
+    }
+
+    /// The projections served now.
+    pub fn projections(&self) -> Projections {
+        self.services.read().projections.clone()
+    }
+
+    /// The persistent-subscription groups served now.
+    pub fn subscriptions(&self) -> Arc<Subscriptions> {
+        self.services.read().subscriptions.clone()
+    }
+
+    /// Serves `services` from now on, in every clone of this state, and returns the ones
+    /// served until now (for the caller to stop). For a server that has just become leader.
+    pub fn install_services(&self, services: Services) -> Services {
+        std::mem::replace(&mut *self.services.write(), services)
     }
 
     /// The live feed of the newest events, in their stored form. Must be called within the
@@ -229,6 +283,11 @@ pub fn app_with_state(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        // After authentication: a request is refused here before it is forwarded anywhere.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route,
         ))
         // Read by the body extractor, which turns an overflow into 413 `payload_too_large`.
         .layer(DefaultBodyLimit::max(body_limit));

@@ -163,7 +163,7 @@ pub async fn list_groups(
     render::json(
         StatusCode::OK,
         &GroupList {
-            subscriptions: state.subscriptions.list(),
+            subscriptions: state.subscriptions().list(),
         },
     )
 }
@@ -181,7 +181,7 @@ pub async fn put_group(
     let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
     let request = Request::from_parts(parts, body);
     let JsonBody(definition) = JsonBody::<GroupDefinition>::from_request(request, &state).await?;
-    let (outcome, status) = state.subscriptions.put(&group, definition).await?;
+    let (outcome, status) = state.subscriptions().put(&group, definition).await?;
     let code = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced | PutOutcome::Unchanged => StatusCode::OK,
@@ -198,7 +198,7 @@ pub async fn get_group(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
-    render::json(StatusCode::OK, &state.subscriptions.status(&group)?)
+    render::json(StatusCode::OK, &state.subscriptions().status(&group)?)
 }
 
 /// `DELETE /v1/subscriptions/{group}`
@@ -210,7 +210,7 @@ pub async fn delete_group(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
-    state.subscriptions.delete(&group).await?;
+    state.subscriptions().delete(&group).await?;
     Ok(no_content())
 }
 
@@ -254,8 +254,9 @@ pub async fn poll(
     }
     // A server that begins to stop ends long polls, so that the drain is quick.
     let wait = Duration::from_millis(body.wait_ms);
+    let subscriptions = state.subscriptions();
     let deliveries = tokio::select! {
-        result = state.subscriptions.poll(&group, &body.consumer, body.max, wait) => result?,
+        result = subscriptions.poll(&group, &body.consumer, body.max, wait) => result?,
         () = state.shutdown.cancelled() => Vec::new(),
     };
     Ok(render::json_bytes(StatusCode::OK, render_deliveries(&deliveries)))
@@ -310,7 +311,7 @@ pub async fn ack(
     let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
     let JsonBody(body) = JsonBody::<AckBody>::from_request(Request::from_parts(parts, body), &state).await?;
     check_positions(&body.positions)?;
-    state.subscriptions.ack(&group, &body.positions).await?;
+    state.subscriptions().ack(&group, &body.positions).await?;
     Ok(no_content())
 }
 
@@ -328,7 +329,7 @@ pub async fn nack(
     let JsonBody(body) = JsonBody::<NackBody>::from_request(Request::from_parts(parts, body), &state).await?;
     check_positions(&body.positions)?;
     state
-        .subscriptions
+        .subscriptions()
         .nack(&group, &body.positions, body.park)
         .await?;
     Ok(no_content())
@@ -345,7 +346,7 @@ pub async fn list_parked(
     let params = Params::parse(query.as_deref(), &["after_position", "limit"])?;
     let after = params.u64("after_position")?.unwrap_or(0);
     let limit = params.limit(PARKED_PAGE_DEFAULT, PARKED_PAGE_MAX)?;
-    let (events, next) = state.subscriptions.parked(&group, after, limit).await?;
+    let (events, next) = state.subscriptions().parked(&group, after, limit).await?;
     let mut out = Vec::with_capacity(
         events
             .iter()
@@ -404,9 +405,9 @@ pub async fn replay_parked(
         )));
     }
     let replayed = state
-        .subscriptions
+        .subscriptions()
         .replay(&group, body.positions.as_deref(), limit)
         .await?;
-    let parked = state.subscriptions.status(&group)?.parked;
+    let parked = state.subscriptions().status(&group)?.parked;
     render::json(StatusCode::OK, &ReplayResponse { replayed, parked })
 }

@@ -120,12 +120,12 @@ pub async fn put_projection(
     Params::parse(query.as_deref(), &[])?;
     require_unrestricted(&principal)?;
     let JsonBody(definition) = JsonBody::<ProjectionDefinition>::from_request(request, &state).await?;
-    let outcome = state.projections.put(&name, definition).await?;
+    let outcome = state.projections().put(&name, definition).await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Unchanged | PutOutcome::Rebuilding => StatusCode::OK,
     };
-    render::json(status, &state.projections.status(&name)?)
+    render::json(status, &state.projections().status(&name)?)
 }
 
 /// `GET /v1/projections`
@@ -139,7 +139,7 @@ pub async fn list_projections(
     render::json(
         StatusCode::OK,
         &ProjectionList {
-            projections: state.projections.list(),
+            projections: state.projections().list(),
         },
     )
 }
@@ -153,7 +153,7 @@ pub async fn get_projection(
 ) -> Result<Response, ApiError> {
     reader(&principal)?;
     Params::parse(query.as_deref(), &[])?;
-    render::json(StatusCode::OK, &state.projections.status(&name)?)
+    render::json(StatusCode::OK, &state.projections().status(&name)?)
 }
 
 /// `DELETE /v1/projections/{name}`
@@ -165,7 +165,7 @@ pub async fn delete_projection(
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
     require_unrestricted(&principal)?;
-    state.projections.delete(&name).await?;
+    state.projections().delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -179,8 +179,8 @@ pub async fn rebuild_projection(
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
     require_unrestricted(&principal)?;
-    state.projections.rebuild(&name).await?;
-    render::json(StatusCode::ACCEPTED, &state.projections.status(&name)?)
+    state.projections().rebuild(&name).await?;
+    render::json(StatusCode::ACCEPTED, &state.projections().status(&name)?)
 }
 
 /// `GET /v1/projections/{name}/state/{key}`
@@ -221,7 +221,7 @@ pub async fn get_projection_state(
         until: params.time("until", Bound::Upper)?,
         as_of: params.time("as_of", Bound::Upper)?,
     };
-    let found = state.projections.state(&name, &key, &query).await?;
+    let found = state.projections().state(&name, &key, &query).await?;
     render::json(
         StatusCode::OK,
         &KeyStateBody {
@@ -242,7 +242,9 @@ pub async fn list_projection_states(
     reader(&principal)?;
     let params = Params::parse(query.as_deref(), &["after_key", "limit"])?;
     let limit = params.limit(STATES_PAGE_DEFAULT, STATES_PAGE_MAX)?;
-    let page = state.projections.states(&name, params.get("after_key"), limit)?;
+    let page = state
+        .projections()
+        .states(&name, params.get("after_key"), limit)?;
     render::json(
         StatusCode::OK,
         &StatesBody {
@@ -272,7 +274,7 @@ pub async fn event_status(
         // As if it did not exist, like `GET /v1/events/{id}`.
         return Err(StoreError::EventNotFound { event_id }.into());
     }
-    let projections = state.projections.event_status(&event);
+    let projections = state.projections().event_status(&event);
     render::json(
         StatusCode::OK,
         &EventStatusBody {

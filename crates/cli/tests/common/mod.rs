@@ -1,6 +1,8 @@
 //! A `factstore serve` process for the tests that run the binary.
 #![allow(dead_code)] // each test binary uses a part of it
 
+pub mod pg;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
