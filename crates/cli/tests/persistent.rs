@@ -19,7 +19,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 mod common;
-use common::{ServeProcess, assert_verify_ok};
+use common::ServeProcess;
+use common::pg::Backend;
 
 #[derive(Default)]
 struct Ledger {
@@ -139,6 +140,17 @@ async fn head(client: &reqwest::Client, url: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acked_events_are_never_delivered_again_across_kill_9() {
+    never_again_across_kill_9(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acked_events_on_postgres_are_never_delivered_again_across_kill_9() {
+    if let Some(backend) = Backend::postgres("the subscription crash test on PostgreSQL").await {
+        never_again_across_kill_9(backend).await;
+    }
+}
+
+async fn never_again_across_kill_9(backend: Backend) {
     let cycles: usize = std::env::var("FACTSTORE_SUBSCRIPTION_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -146,7 +158,10 @@ async fn acked_events_are_never_delivered_again_across_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = reqwest::Client::new();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut server = ServeProcess::start(dir.path(), &[]);
+    let args = backend.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = ServeProcess::start(dir.path(), &args);
+    backend.ready(&server.url).await;
     let created = client
         .put(format!("{}/v1/subscriptions/bus", server.url))
         .json(&json!({"ordering": "per_aggregate", "ack_timeout_ms": 5000}))
@@ -186,7 +201,8 @@ async fn acked_events_are_never_delivered_again_across_kill_9() {
             check_order(&ledger.received);
             ledger.received.clear();
         }
-        server = ServeProcess::start(dir.path(), &[]);
+        server = ServeProcess::start(dir.path(), &args);
+        backend.ready(&server.url).await;
     }
 
     // Consume the rest on a server that is not killed.
@@ -239,5 +255,5 @@ async fn acked_events_are_never_delivered_again_across_kill_9() {
     );
     assert!(head > 0);
     server.kill();
-    assert_verify_ok(dir.path());
+    backend.finish(dir.path()).await;
 }

@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 mod common;
-use common::{ServeProcess, assert_verify_ok};
+use common::ServeProcess;
+use common::pg::Backend;
 
 async fn writer(client: reqwest::Client, url: String, worker: usize, stop: Instant) {
     let mut rng = StdRng::from_os_rng();
@@ -132,6 +133,17 @@ async fn wait_caught_up(client: &reqwest::Client, url: &str, name: &str, head: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_one() {
+    survive_kill_9(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_on_postgres_survive_kill_9_without_applying_an_event_twice_or_skipping_one() {
+    if let Some(backend) = Backend::postgres("the projection crash test on PostgreSQL").await {
+        survive_kill_9(backend).await;
+    }
+}
+
+async fn survive_kill_9(backend: Backend) {
     let cycles: usize = std::env::var("FACTSTORE_PROJECTION_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -142,8 +154,11 @@ async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_
         .build()
         .expect("client");
     let mut rng = rand::rng();
-    let extra = ["--snapshot-every", "5"];
+    let mut extra = backend.args();
+    extra.extend(["--snapshot-every".to_owned(), "5".to_owned()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let server = ServeProcess::start(dir.path(), &extra);
+    backend.ready(&server.url).await;
     for (name, definition) in [
         (
             "accounts",
@@ -169,7 +184,11 @@ async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_
     for cycle in 0..=cycles {
         let running = match server.take() {
             Some(running) => running,
-            None => ServeProcess::start(dir.path(), &extra),
+            None => {
+                let started = ServeProcess::start(dir.path(), &extra);
+                backend.ready(&started.url).await;
+                started
+            }
         };
         let events = read_all(&client, &running.url).await;
         let head = events
@@ -219,5 +238,5 @@ async fn projections_survive_kill_9_without_applying_an_event_twice_or_skipping_
             let _ = task.await;
         }
     }
-    assert_verify_ok(dir.path());
+    backend.finish(dir.path()).await;
 }

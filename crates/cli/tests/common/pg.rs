@@ -65,3 +65,56 @@ impl PgSchema {
             .expect("drop the schema");
     }
 }
+
+/// Where a test's servers keep their events: the embedded engine in the data folder, or a
+/// PostgreSQL schema of the test's own. The same test runs on both.
+pub enum Backend {
+    Embedded,
+    Postgres(PgSchema),
+}
+
+impl Backend {
+    /// PostgreSQL, or `None` (having said so) when it is not reachable.
+    pub async fn postgres(test: &str) -> Option<Backend> {
+        PgSchema::create(test).await.map(Backend::Postgres)
+    }
+
+    /// The arguments of `factstore serve` for this backend.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Embedded => Vec::new(),
+            Backend::Postgres(schema) => vec!["--storage".to_owned(), schema.storage()],
+        }
+    }
+
+    /// Waits until a server just started serves projections and groups: on PostgreSQL it
+    /// must first win the leadership (at once when alone, as soon as PostgreSQL has ended
+    /// the session of a killed predecessor).
+    pub async fn ready(&self, url: &str) {
+        if let Backend::Embedded = self {
+            return;
+        }
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !client
+            .get(format!("{url}/v1/projections"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url} did not take the leadership within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After the test: `factstore verify` of the data folder, or the schema dropped.
+    pub async fn finish(self, data_dir: &std::path::Path) {
+        match self {
+            Backend::Embedded => super::assert_verify_ok(data_dir),
+            Backend::Postgres(schema) => schema.drop_schema().await,
+        }
+    }
+}
