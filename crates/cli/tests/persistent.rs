@@ -254,6 +254,7 @@ async fn never_again_across_kill_9(backend: Backend) {
         "{unanswered} of {head} acks unanswered"
     );
     assert!(head > 0);
+    drop(ledger);
     server.kill();
     backend.finish(dir.path()).await;
 }
