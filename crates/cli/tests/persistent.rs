@@ -237,24 +237,25 @@ async fn never_again_across_kill_9(backend: Backend) {
         assert!(Instant::now() < deadline, "the group did not catch up: {status}");
     }
     let head = head(&client, &server.url).await;
-    let ledger = ledger.lock().expect("lock");
-    check_order(&ledger.received);
-    assert_eq!(
-        ledger.redelivered_after_ack,
-        Vec::<u64>::new(),
-        "acked events delivered again"
-    );
-    // An ack whose answer the kill swallowed may have been made durable: its events are done
-    // without an acknowledged ack. Every event was acked at least once in total.
-    let missing: Vec<u64> = (1..=head).filter(|p| !ledger.ack_sent.contains(p)).collect();
-    assert_eq!(missing, Vec::<u64>::new(), "events never acked");
-    let unanswered = (1..=head).filter(|p| !ledger.acked.contains(p)).count();
-    assert!(
-        unanswered < head as usize / 2,
-        "{unanswered} of {head} acks unanswered"
-    );
-    assert!(head > 0);
-    drop(ledger);
+    {
+        let ledger = ledger.lock().expect("lock");
+        check_order(&ledger.received);
+        assert_eq!(
+            ledger.redelivered_after_ack,
+            Vec::<u64>::new(),
+            "acked events delivered again"
+        );
+        // An ack whose answer the kill swallowed may have been made durable: its events are done
+        // without an acknowledged ack. Every event was acked at least once in total.
+        let missing: Vec<u64> = (1..=head).filter(|p| !ledger.ack_sent.contains(p)).collect();
+        assert_eq!(missing, Vec::<u64>::new(), "events never acked");
+        let unanswered = (1..=head).filter(|p| !ledger.acked.contains(p)).count();
+        assert!(
+            unanswered < head as usize / 2,
+            "{unanswered} of {head} acks unanswered"
+        );
+        assert!(head > 0);
+    }
     server.kill();
     backend.finish(dir.path()).await;
 }
