@@ -317,3 +317,71 @@ async fn a_follower_forwards_with_the_callers_token_and_never_loops() {
     drop(servers);
     schema.drop_schema().await;
 }
+
+/// Sends a signal to a server by pid (`kill -STOP` / `kill -CONT`).
+fn signal(server: &ServeProcess, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([name, &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_fenced_when_it_wakes() {
+    let Some(schema) = PgSchema::create("the frozen leader test").await else {
+        return;
+    };
+    let storage = schema.storage();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let servers: Vec<ServeProcess> = dirs
+        .iter()
+        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let (epoch, leader_url) = leader(&schema, &http, 0).await;
+    let (frozen, other) = if servers[0].url == leader_url {
+        (&servers[0], &servers[1])
+    } else {
+        (&servers[1], &servers[0])
+    };
+    let created = http
+        .put(format!("{leader_url}/v1/projections/totals"))
+        .json(&json!({"key": "all", "on": {"*": [{"op": "inc", "path": "/events"}]}}))
+        .send()
+        .await
+        .expect("put a projection");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let head = append(&http, std::slice::from_ref(&other.url), 0, 20).await;
+    assert_eq!(count_through(&http, &leader_url, head).await, 20);
+
+    // Paused, its socket open: PostgreSQL ends its silent session and the other server leads.
+    signal(frozen, "-STOP");
+    let (_, leader2) = leader(&schema, &http, epoch).await;
+    assert_eq!(leader2, other.url);
+    let head = append(&http, std::slice::from_ref(&other.url), 20, 20).await;
+    assert_eq!(count_through(&http, &other.url, head).await, 40);
+
+    // Woken: whatever it was folding is refused by the fence, it steps down and forwards.
+    signal(frozen, "-CONT");
+    let head = append(&http, std::slice::from_ref(&frozen.url), 40, 20).await;
+    for url in [&frozen.url, &other.url] {
+        assert_eq!(
+            count_through(&http, url, head).await,
+            60,
+            "through {url}: no event counted twice after the old leader woke"
+        );
+    }
+    let db = schema.connect().await;
+    let row = db
+        .query_one("SELECT url FROM factstore_leader WHERE id = 1", &[])
+        .await
+        .expect("leader row");
+    assert_eq!(row.get::<_, Option<String>>(0), Some(other.url.clone()));
+
+    drop(servers);
+    schema.drop_schema().await;
+}

@@ -60,6 +60,7 @@ pub struct LeaseOptions {
 }
 
 impl LeaseOptions {
+    /// Checks and retries every 500 ms: well inside [`SESSION_IDLE_MAX`].
     pub fn new(node: &str, url: Option<String>) -> LeaseOptions {
         LeaseOptions {
             node: node.to_owned(),
@@ -104,6 +105,10 @@ impl Lease {
     }
 }
 
+/// How long the lease's session may stay silent before PostgreSQL ends it (and so frees the
+/// lock): well above `check_every` and `retry_every`, which must stay below it.
+pub const SESSION_IDLE_MAX: Duration = Duration::from_secs(5);
+
 /// The key of the advisory lock: one per schema, so stores in different schemas of one
 /// database each have their own leader.
 const LOCK_KEY: &str = "hashtextextended('factstore.leader.' || current_schema(), 0)";
@@ -138,6 +143,17 @@ async fn session(
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let connection = tokio::spawn(connection);
     let _end = AbortOnDrop(connection.abort_handle());
+    // A leader whose host vanishes sends no FIN: PostgreSQL would keep its session, and so the
+    // lock, until the operating system's keepalive gives up (hours by default); probing the
+    // session every few seconds bounds that to about 11 s. A leader that hangs (paused,
+    // stuck) keeps its socket open and answers probes from its kernel: PostgreSQL ends a
+    // session idle for 5 s, and a live one speaks every `check_every`.
+    timed(client.batch_execute(&format!(
+        "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3; \
+         SET idle_session_timeout = '{}ms'",
+        SESSION_IDLE_MAX.as_millis()
+    )))
+    .await?;
     let taken = client
         .prepare(&format!("SELECT pg_try_advisory_lock({LOCK_KEY})"))
         .await?;
