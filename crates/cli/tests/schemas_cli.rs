@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
+use common::pg::PgSchema;
 use common::{BIN, ServeProcess};
 
-fn start(data_dir: &Path) -> ServeProcess {
-    let server = ServeProcess::start(data_dir, &[]);
+fn start(data_dir: &Path, args: &[&str]) -> ServeProcess {
+    let server = ServeProcess::start(data_dir, args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !run(&server, &["head"]).status.success() {
         assert!(Instant::now() < deadline, "the server did not become ready");
@@ -48,6 +49,21 @@ fn lines(text: &str) -> Vec<Value> {
 
 #[test]
 fn the_registry_from_the_shell_survives_a_restart_and_export_keeps_the_stored_form() {
+    registry_survives_a_restart(&[]);
+}
+
+#[test]
+fn on_postgres_the_registry_from_the_shell_survives_a_restart_and_export_keeps_the_stored_form() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(schema) = runtime.block_on(PgSchema::create("the schema registry test on PostgreSQL")) else {
+        return;
+    };
+    let storage = schema.storage();
+    registry_survives_a_restart(&["--storage", &storage]);
+    runtime.block_on(schema.drop_schema());
+}
+
+fn registry_survives_a_restart(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let files = dir.path();
@@ -64,7 +80,7 @@ fn the_registry_from_the_shell_survives_a_restart_and_export_keeps_the_stored_fo
     )
     .unwrap();
 
-    let server = start(&data);
+    let server = start(&data, args);
     let v1_path = v1.to_str().unwrap();
     assert!(
         ok(
@@ -123,7 +139,7 @@ fn the_registry_from_the_shell_survives_a_restart_and_export_keeps_the_stored_fo
     );
     server.kill();
 
-    let server = start(&data);
+    let server = start(&data, args);
     let listed = ok(&server, &["schemas", "list"]);
     assert!(
         listed.contains("MoneyDeposited") && listed.contains("versions 1"),
