@@ -27,6 +27,10 @@ pub enum EngineError {
     /// A business outcome or a client error, passed through unchanged.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Cold storage did not answer a request (unreachable, refused, timed out): archived
+    /// events cannot be read, nor segments archived, until it does. Nothing local is wrong.
+    #[error("cold storage {place}: {source}")]
+    ColdStorage { place: String, source: io::Error },
     /// The engine was closed.
     #[error("the store is closed")]
     Closed,
@@ -36,10 +40,31 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// Wraps an `io::Error` with the path it concerns.
+    /// Wraps an `io::Error` with the path it concerns. A read of an archived segment that
+    /// cold storage could not serve stays a cold-storage error (see [`ColdStorageUnavailable`]).
     pub fn io(path: &Path) -> impl FnOnce(io::Error) -> EngineError + '_ {
-        move |source| EngineError::Io {
-            path: path.to_owned(),
+        move |source| {
+            if source
+                .get_ref()
+                .is_some_and(|inner| inner.is::<ColdStorageUnavailable>())
+            {
+                EngineError::ColdStorage {
+                    place: path.display().to_string(),
+                    source,
+                }
+            } else {
+                EngineError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        }
+    }
+
+    /// Wraps a cold-storage failure with the object it concerns.
+    pub fn cold(place: &Path) -> impl FnOnce(io::Error) -> EngineError + '_ {
+        move |source| EngineError::ColdStorage {
+            place: place.display().to_string(),
             source,
         }
     }
@@ -53,11 +78,24 @@ impl EngineError {
     }
 }
 
+/// Carried inside the `io::Error` of a read of an archived segment when cold storage failed,
+/// through the file API (which speaks `io::Error` only), so that the reader's error is a
+/// [`EngineError::ColdStorage`] (the client may retry) rather than an I/O fault of the disk.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ColdStorageUnavailable(pub String);
+
 impl From<EngineError> for StoreError {
     fn from(error: EngineError) -> StoreError {
         match error {
             EngineError::Store(e) => e,
             EngineError::Poisoned(_) | EngineError::Closed => StoreError::Unavailable(error.to_string()),
+            // An object the manifest names is gone: data lost in cold storage, not a passing
+            // outage.
+            EngineError::ColdStorage { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                StoreError::Internal(error.to_string())
+            }
+            EngineError::ColdStorage { .. } => StoreError::Unavailable(error.to_string()),
             EngineError::Io { .. } | EngineError::Corruption { .. } | EngineError::Options(_) => {
                 StoreError::Internal(error.to_string())
             }

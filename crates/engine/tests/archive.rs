@@ -544,7 +544,16 @@ fn a_failed_or_corrupt_upload_never_frees_the_hot_copy() {
             .archive(now_plus(), |_| {})
             .expect_err("a bad upload fails the run");
         assert!(
-            matches!(error, EngineError::Io { .. } | EngineError::Corruption { .. }),
+            matches!(
+                (fault, &error),
+                (
+                    ColdFault::FailPut | ColdFault::FailGet,
+                    EngineError::ColdStorage { .. }
+                ) | (
+                    ColdFault::CorruptPut | ColdFault::TruncatePut,
+                    EngineError::Corruption { .. }
+                )
+            ),
             "{fault:?}: {error}"
         );
         assert_eq!(local_segments(&disk), segments, "{fault:?}: no hot copy freed");
@@ -737,4 +746,32 @@ fn a_damaged_archived_object_is_reported_by_verify_and_by_reads() {
         error.to_string().contains("segments/0000000001.seg.zst"),
         "{error}"
     );
+}
+
+#[test]
+fn unreachable_cold_storage_makes_archived_reads_unavailable_not_internal() {
+    let disk = FaultFs::new();
+    let cold = FaultyCold::new();
+    let mut opts = options(Arc::new(disk.clone()), Some(cold.clone()));
+    if let Some(archive) = &mut opts.archive {
+        // Nothing stays cached: every archived read goes to cold storage.
+        archive.cache_bytes_max = 0;
+    }
+    let engine = Engine::open(Path::new(DIR), opts).expect("open");
+    fill(&engine, 0, 80);
+    settle(&engine);
+    let expected = reads(&engine);
+    engine.archive(now_plus(), |_| {}).expect("archive");
+    cold.set(ColdFault::FailGet);
+    let error = engine
+        .read_events(&EventQuery::all(0, 10))
+        .expect_err("cold storage is down");
+    let error = factstore_core::StoreError::from(error);
+    assert!(
+        matches!(error, factstore_core::StoreError::Unavailable(_)),
+        "a cold-storage outage is 503, not 500: {error:?}"
+    );
+    assert!(error.to_string().contains("injected get failure"), "{error}");
+    cold.set(ColdFault::None);
+    assert_eq!(reads(&engine), expected, "served again once cold storage answers");
 }

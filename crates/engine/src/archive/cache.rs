@@ -169,7 +169,7 @@ impl SegmentCache {
 pub fn fetch_verified(store: &dyn ColdStore, record: &ArchivedSegment) -> Result<Vec<u8>> {
     let key = record.key();
     let place = PathBuf::from(format!("{}/{key}", store.describe()));
-    let object = store.get(&key).map_err(EngineError::io(&place))?;
+    let object = store.get(&key).map_err(EngineError::cold(&place))?;
     let bytes = decompress_checked(&object, record.len)
         .map_err(|reason| EngineError::corruption(&place, 0, reason))?;
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
@@ -225,6 +225,9 @@ fn read_only() -> io::Error {
 impl File for ArchivedFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let file = self.cache.file(&self.record).map_err(|e| match e {
+            EngineError::ColdStorage { ref source, .. } => {
+                io::Error::new(source.kind(), crate::error::ColdStorageUnavailable(e.to_string()))
+            }
             EngineError::Io { ref source, .. } => io::Error::new(source.kind(), e.to_string()),
             other => io::Error::other(other.to_string()),
         })?;

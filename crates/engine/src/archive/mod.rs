@@ -248,7 +248,7 @@ impl Archive {
         let place = PathBuf::from(format!("{}/{}", store.describe(), record.key()));
         store
             .put(&record.key(), Bytes::from(compressed))
-            .map_err(EngineError::io(&place))?;
+            .map_err(EngineError::cold(&place))?;
         let back = cache::fetch_verified(&**store, &record)?;
         if back != data {
             return Err(EngineError::corruption(
