@@ -57,6 +57,24 @@ impl FromRequestParts<AppState> for GroupPath {
     }
 }
 
+/// The group of the path and the rest of the request, taken apart only after the caller has
+/// checked the token, so that a refused token is 403 whatever the path and body hold.
+async fn group_of(state: &AppState, request: Request) -> Result<(String, Request), ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, state).await?;
+    Ok((group, Request::from_parts(parts, body)))
+}
+
+/// The group of the path and the JSON body, after the token was checked (see [`group_of`]).
+async fn group_and_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: Request,
+) -> Result<(String, T), ApiError> {
+    let (group, request) = group_of(state, request).await?;
+    let JsonBody(body) = JsonBody::<T>::from_request(request, state).await?;
+    Ok((group, body))
+}
+
 /// 403 for a token limited to aggregate prefixes (see the module doc), then the role.
 fn allow(principal: &Principal, role: Role) -> Result<(), ApiError> {
     principal.require(role)?;
@@ -177,10 +195,7 @@ pub async fn put_group(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
-    let (mut parts, body) = request.into_parts();
-    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
-    let request = Request::from_parts(parts, body);
-    let JsonBody(definition) = JsonBody::<GroupDefinition>::from_request(request, &state).await?;
+    let (group, definition) = group_and_body::<GroupDefinition>(&state, request).await?;
     let (outcome, status) = state.subscriptions().put(&group, definition).await?;
     let code = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
@@ -229,9 +244,7 @@ pub async fn poll(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
-    let (mut parts, body) = request.into_parts();
-    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
-    let JsonBody(body) = JsonBody::<PollBody>::from_request(Request::from_parts(parts, body), &state).await?;
+    let (group, body) = group_and_body::<PollBody>(&state, request).await?;
     if body.consumer.is_empty()
         || body.consumer.len() > CONSUMER_BYTES_MAX
         || body.consumer.chars().any(char::is_control)
@@ -307,9 +320,7 @@ pub async fn ack(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
-    let (mut parts, body) = request.into_parts();
-    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
-    let JsonBody(body) = JsonBody::<AckBody>::from_request(Request::from_parts(parts, body), &state).await?;
+    let (group, body) = group_and_body::<AckBody>(&state, request).await?;
     check_positions(&body.positions)?;
     state.subscriptions().ack(&group, &body.positions).await?;
     Ok(no_content())
@@ -324,9 +335,7 @@ pub async fn nack(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
-    let (mut parts, body) = request.into_parts();
-    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
-    let JsonBody(body) = JsonBody::<NackBody>::from_request(Request::from_parts(parts, body), &state).await?;
+    let (group, body) = group_and_body::<NackBody>(&state, request).await?;
     check_positions(&body.positions)?;
     state
         .subscriptions()
@@ -383,10 +392,8 @@ pub async fn replay_parked(
 ) -> Result<Response, ApiError> {
     allow(&principal, Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
-    let (mut parts, body) = request.into_parts();
-    let GroupPath(group) = GroupPath::from_request_parts(&mut parts, &state).await?;
+    let (group, request) = group_of(&state, request).await?;
     // An empty body means "replay what is parked".
-    let request = Request::from_parts(parts, body);
     let bytes = Bytes::from_request(request, &state)
         .await
         .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
