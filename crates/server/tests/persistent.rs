@@ -177,7 +177,8 @@ async fn start_filter_and_long_polls() {
         json!({"start": 1, "filter": {"aggregate_id_prefix": "account:"}}),
     )
     .await;
-    assert_eq!(positions(&poll(&router, "after-1", "w", 10, 0).await), [2]);
+    // A new group's reader fills its buffer in the background: wait for it, not on it.
+    assert_eq!(positions(&poll(&router, "after-1", "w", 10, 5_000).await), [2]);
     assert_eq!(poll(&router, "from-end", "w", 10, 0).await, []);
     assert_eq!(status(&router, "from-end").await["checkpoint"], 4);
 
@@ -242,7 +243,7 @@ async fn nack_redelivers_or_parks_and_parked_pages_and_replays_by_position() {
     let router = app(Arc::new(ModelStore::new()));
     append(&router, "account:1", 4).await;
     create(&router, "g", json!({})).await;
-    let got = poll(&router, "g", "w", 4, 0).await;
+    let got = poll(&router, "g", "w", 4, 5_000).await;
     assert_eq!(positions(&got), [1, 2, 3, 4]);
     assert_eq!(
         nack(&router, "g", &[1], false).await.status,
