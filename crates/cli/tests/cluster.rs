@@ -15,6 +15,19 @@ mod common;
 use common::ServeProcess;
 use common::pg::PgSchema;
 
+/// `count` servers on the schema, each with a data folder it must not need.
+fn start_servers(schema: &PgSchema, count: usize) -> (Vec<tempfile::TempDir>, Vec<ServeProcess>) {
+    let storage = schema.storage();
+    let dirs: Vec<_> = (0..count)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let servers = dirs
+        .iter()
+        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
+        .collect();
+    (dirs, servers)
+}
+
 /// The leader's epoch and URL once one leads and serves its routes.
 async fn leader(schema: &PgSchema, http: &reqwest::Client, newer_than: i64) -> (i64, String) {
     let db = schema.connect().await;
@@ -143,12 +156,7 @@ async fn one_leader_among_three_servers_fails_over_without_losing_state() {
     let Some(schema) = PgSchema::create("the leader failover test").await else {
         return;
     };
-    let storage = schema.storage();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let mut servers: Vec<ServeProcess> = dirs
-        .iter()
-        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
-        .collect();
+    let (_dirs, mut servers) = start_servers(&schema, 3);
     let http = reqwest::Client::new();
 
     let (epoch, leader_url) = leader(&schema, &http, 0).await;
@@ -249,12 +257,7 @@ async fn a_follower_forwards_with_the_callers_token_and_never_loops() {
     let Some(schema) = PgSchema::create("the forwarding test").await else {
         return;
     };
-    let storage = schema.storage();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let servers: Vec<ServeProcess> = dirs
-        .iter()
-        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
-        .collect();
+    let (_dirs, servers) = start_servers(&schema, 2);
     let http = reqwest::Client::new();
     let (_, leader_url) = leader(&schema, &http, 0).await;
     let follower = servers.iter().find(|s| s.url != leader_url).expect("a follower");
@@ -332,12 +335,7 @@ async fn a_frozen_leader_is_replaced_and_fenced_when_it_wakes() {
     let Some(schema) = PgSchema::create("the frozen leader test").await else {
         return;
     };
-    let storage = schema.storage();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let servers: Vec<ServeProcess> = dirs
-        .iter()
-        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
-        .collect();
+    let (_dirs, servers) = start_servers(&schema, 2);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
