@@ -163,6 +163,18 @@ pub struct Archive {
     cache: Mutex<Cache>,
 }
 
+impl Drop for Archive {
+    fn drop(&mut self) {
+        // A cold store may own a runtime, which panics when dropped on a runtime's thread (a
+        // store is usually dropped in an async task).
+        if let Some(cold) = self.options.cold.take() {
+            let _ = std::thread::Builder::new()
+                .name("factstore-archive-drop".into())
+                .spawn(move || drop(cold));
+        }
+    }
+}
+
 impl Archive {
     pub fn new(options: ArchiveOptions) -> Archive {
         Archive {
