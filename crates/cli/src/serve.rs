@@ -326,8 +326,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             (None, Some(url)) => {
                 let advertise = advertise_url(args.advertise_url.as_deref(), scheme, args.listen)?;
-                let (state, cluster) =
-                    crate::postgres::open_shared(
+                let (state, cluster) = crate::postgres::open_shared(
                     url,
                     advertise,
                     limits,

@@ -181,9 +181,16 @@ async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start
         serde_json::from_str(&run(&server, &["archive", "--before", "2999-01-01", "--json"])).expect("JSON");
     assert_eq!(outcome["archived_events"], 40, "{outcome}");
     let stats: serde_json::Value = serde_json::from_str(&run(&server, &["storage", "--json"])).expect("JSON");
-    assert_eq!((stats["events"].as_u64(), stats["archived_events"].as_u64()), (Some(40), Some(40)));
+    assert_eq!(
+        (stats["events"].as_u64(), stats["archived_events"].as_u64()),
+        (Some(40), Some(40))
+    );
     assert!(stats["cold_bytes"].as_u64() > Some(0), "{stats}");
-    assert_eq!(run(&server, &["export"]), exported, "archived events read the same");
+    assert_eq!(
+        run(&server, &["export"]),
+        exported,
+        "archived events read the same"
+    );
     server.kill();
 
     // Without the archive URL the server refuses to start, and says why.
@@ -213,7 +220,11 @@ async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start
     );
 
     let server = ServeProcess::start(dir.path(), &serve_args);
-    assert_eq!(run(&server, &["export"]), exported, "after a restart, from cold storage");
+    assert_eq!(
+        run(&server, &["export"]),
+        exported,
+        "after a restart, from cold storage"
+    );
     server.kill();
     schema.drop_schema().await;
 }

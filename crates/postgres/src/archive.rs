@@ -48,6 +48,9 @@ const MAGIC: &[u8; 8] = b"FSPGCHK1";
 /// Metadata length meaning "no metadata".
 const NO_METADATA: u32 = u32::MAX;
 
+/// An event's data and metadata.
+type Payload = (String, Option<String>);
+
 /// How a store archives.
 #[derive(Debug, Clone)]
 pub struct ArchiveOptions {
@@ -111,7 +114,7 @@ fn object_key(first: i64, last: i64, checksum: u64) -> String {
 struct Chunk {
     chunk_id: i64,
     first: i64,
-    payloads: Vec<(String, Option<String>)>,
+    payloads: Vec<Payload>,
     /// Encoded size, what the cache counts.
     bytes: u64,
 }
@@ -255,9 +258,9 @@ impl Archive {
                 &[(&chunk_id, Type::INT8)],
             )
             .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| PgError::Corrupt(format!("events name archived chunk {chunk_id}, which has no row")))?;
+        let row = rows.first().ok_or_else(|| {
+            PgError::Corrupt(format!("events name archived chunk {chunk_id}, which has no row"))
+        })?;
         let row = ChunkRow::from_row(row)?;
         self.rows.lock().insert(chunk_id, row.clone());
         Ok(row)
@@ -299,7 +302,11 @@ impl Archive {
 
     /// Archives the oldest events recorded before `before`, chunk by chunk (see the module
     /// docs); returns the totals archived so far.
-    pub async fn archive(&self, pool: &deadpool_postgres::Pool, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
+    pub async fn archive(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        before: Timestamp,
+    ) -> Result<ArchiveOutcome, StoreError> {
         let Some(cold) = self.options.cold.clone() else {
             return Err(StoreError::ArchiveNotConfigured);
         };
@@ -469,7 +476,7 @@ impl Archive {
 #[derive(Debug)]
 struct NewChunk {
     first: i64,
-    payloads: Vec<(String, Option<String>)>,
+    payloads: Vec<Payload>,
 }
 
 impl NewChunk {
@@ -505,7 +512,7 @@ fn encode(chunk: &NewChunk) -> Bytes {
     Bytes::from(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<(i64, Vec<(String, Option<String>)>), String> {
+fn decode(bytes: &[u8]) -> Result<(i64, Vec<Payload>), String> {
     struct Reader<'a>(&'a [u8]);
     impl<'a> Reader<'a> {
         fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -538,7 +545,11 @@ fn decode(bytes: &[u8]) -> Result<(i64, Vec<(String, Option<String>)>), String> 
         let len = r.u32()?;
         let data = r.text(len)?;
         let len = r.u32()?;
-        let metadata = if len == NO_METADATA { None } else { Some(r.text(len)?) };
+        let metadata = if len == NO_METADATA {
+            None
+        } else {
+            Some(r.text(len)?)
+        };
         payloads.push((data, metadata));
     }
     if !r.0.is_empty() {

@@ -137,7 +137,11 @@ pub fn event_from_row_at<'a>(row: &'a Row, at: usize, payloads: &'a Payloads) ->
     let (event_data, metadata) = match (archived_chunk, event_data) {
         (None, Some(data)) => (data.0, metadata.map(|m| m.0)),
         (Some(chunk), _) => payloads.get(chunk, position)?,
-        (None, None) => return Err(PgError::Corrupt(format!("event at position {position} has no data"))),
+        (None, None) => {
+            return Err(PgError::Corrupt(format!(
+                "event at position {position} has no data"
+            )));
+        }
     };
     let ceiling = &Limits::CEILING;
     let too_long = aggregate_id.len() > ceiling.aggregate_id_bytes_max

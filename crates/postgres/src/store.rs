@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StorageStats, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery,
+    EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored,
+    StorageStats, StoreError, Timestamp,
 };
 use futures::StreamExt;
 use postgres_types::Type;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::TestSchema;
 use factstore_core::{
-    AggregateQuery, Commit, CommitOutcome, Condition, Direction, Event, EventFilter, EventQuery, EventStore, ExpectedVersion,
-    NewEvent, StoreError, Timestamp,
+    AggregateQuery, Commit, CommitOutcome, Condition, Direction, Event, EventFilter, EventQuery, EventStore,
+    ExpectedVersion, NewEvent, StoreError, Timestamp,
 };
 use factstore_engine::archive::{ColdStore, ObjectColdStore};
 use factstore_postgres::PgStore;
@@ -85,7 +85,11 @@ async fn append(store: &PgStore, round: usize, n: usize) -> Vec<(Commit, CommitO
     let mut commits = Vec::new();
     for i in 0..n {
         let aggregate = AGGREGATES[i % AGGREGATES.len()];
-        let aggregate_type = if aggregate.starts_with("acct") { "Account" } else { "Order" };
+        let aggregate_type = if aggregate.starts_with("acct") {
+            "Account"
+        } else {
+            "Order"
+        };
         let events = (0..=(i % 3))
             .map(|j| {
                 let event_type = ["Opened", "Deposited", "Withdrawn"][(i + j) % 3];
@@ -96,7 +100,8 @@ async fn append(store: &PgStore, round: usize, n: usize) -> Vec<(Commit, CommitO
                 )
                 .with_id(Uuid::new_v4());
                 if (i + j) % 2 == 0 {
-                    event = event.with_metadata(json!({"correlation_id": format!("corr-{round}-{}", i % 3), "n": i}));
+                    event = event
+                        .with_metadata(json!({"correlation_id": format!("corr-{round}-{}", i % 3), "n": i}));
                 }
                 if i % 4 == 1 {
                     event = event.with_created_by("alice");
@@ -114,11 +119,17 @@ async fn append(store: &PgStore, round: usize, n: usize) -> Vec<(Commit, CommitO
 /// Every read path, with answers that do not depend on the time of the read.
 async fn reads(store: &PgStore, split: Timestamp) -> Vec<Vec<Event>> {
     let mut out = Vec::new();
-    let all = store.read_events(EventQuery::all(0, 10_000)).await.expect("read all");
+    let all = store
+        .read_events(EventQuery::all(0, 10_000))
+        .await
+        .expect("read all");
     let mut paged = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.read_events(EventQuery::all(after, 5)).await.expect("read a page");
+        let page = store
+            .read_events(EventQuery::all(after, 5))
+            .await
+            .expect("read a page");
         if page.events.is_empty() {
             break;
         }
@@ -231,7 +242,11 @@ async fn archived_events_read_and_count_as_before() {
     assert!(outcome.archived_bytes > 0);
     let (rows, chunks) = archived_rows(&schema).await;
     assert_eq!(rows, early_events as i64);
-    assert_eq!(chunks, (early_events as u64).div_ceil(7) as i64, "chunks of at most 7 events");
+    assert_eq!(
+        chunks,
+        (early_events as u64).div_ceil(7) as i64,
+        "chunks of at most 7 events"
+    );
     let stats = store.storage().await.expect("storage");
     assert_eq!(stats.archived_events, early_events as u64);
     assert_eq!(stats.events, stats_before.events);
@@ -249,7 +264,10 @@ async fn archived_events_read_and_count_as_before() {
     for (commit, original) in early.iter().take(5) {
         let replay = fresh.commit(commit.clone()).await.expect("replay");
         assert!(!replay.created, "an idempotent replay of archived events");
-        assert_eq!((replay.position, &replay.appends), (original.position, &original.appends));
+        assert_eq!(
+            (replay.position, &replay.appends),
+            (original.position, &original.appends)
+        );
     }
     let changed = Commit::single(
         &early[0].0.appends[0].aggregate_id,
@@ -260,7 +278,10 @@ async fn archived_events_read_and_count_as_before() {
         ],
     );
     assert!(
-        matches!(fresh.commit(changed).await, Err(StoreError::DuplicateEventId { .. })),
+        matches!(
+            fresh.commit(changed).await,
+            Err(StoreError::DuplicateEventId { .. })
+        ),
         "an archived id with other content is a duplicate"
     );
     let version = before[0].iter().filter(|e| e.aggregate_id() == "acct-1").count() as u64;
@@ -296,7 +317,10 @@ async fn archived_events_read_and_count_as_before() {
         .expect("read");
     assert!(!matching.events.is_empty() && matching.events.iter().all(|e| e.recorded_at() < split));
     assert!(
-        matches!(fresh.commit(conditional).await, Err(StoreError::ConditionFailed { .. })),
+        matches!(
+            fresh.commit(conditional).await,
+            Err(StoreError::ConditionFailed { .. })
+        ),
         "a condition met by archived events only"
     );
 
@@ -330,7 +354,11 @@ async fn a_corrupt_or_missing_chunk_fails_its_reads() {
     let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
     let store = open_with(&schema, Some(cold.clone())).await.expect("open");
     let (split, _) = two_rounds(&store).await;
-    let all = store.read_events(EventQuery::all(0, 10_000)).await.expect("read").events;
+    let all = store
+        .read_events(EventQuery::all(0, 10_000))
+        .await
+        .expect("read")
+        .events;
     store.archive(split).await.expect("archive");
     let chunk_dir = cold_dir.path().join("pg-chunks");
     let mut files: Vec<_> = std::fs::read_dir(&chunk_dir)
@@ -349,19 +377,31 @@ async fn a_corrupt_or_missing_chunk_fails_its_reads() {
         matches!(&error, StoreError::Unavailable(m) if m.contains("chunk 1 ")),
         "{error:?}"
     );
-    let error = fresh.get_event(all[0].event_id()).await.expect_err("a corrupt chunk");
+    let error = fresh
+        .get_event(all[0].event_id())
+        .await
+        .expect_err("a corrupt chunk");
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     // Events of other chunks, and hot events, still read.
     let last = all.last().expect("events");
     assert_eq!(&fresh.get_event(last.event_id()).await.expect("hot"), last);
     let eighth = &all[7];
-    assert_eq!(&fresh.get_event(eighth.event_id()).await.expect("chunk 8"), eighth);
+    assert_eq!(
+        &fresh.get_event(eighth.event_id()).await.expect("chunk 8"),
+        eighth
+    );
 
     // A chunk already in the cache reads; one that is not fails.
     std::fs::remove_file(&files[1]).expect("remove");
     std::fs::remove_file(&files[2]).expect("remove");
-    assert_eq!(&fresh.get_event(all[8].event_id()).await.expect("cached"), &all[8]);
-    let error = fresh.get_event(all[14].event_id()).await.expect_err("a missing chunk");
+    assert_eq!(
+        &fresh.get_event(all[8].event_id()).await.expect("cached"),
+        &all[8]
+    );
+    let error = fresh
+        .get_event(all[14].event_id())
+        .await
+        .expect_err("a missing chunk");
     assert!(
         matches!(&error, StoreError::Unavailable(m) if m.contains("chunk 15 ")),
         "{error:?}"
@@ -381,12 +421,20 @@ async fn a_failed_step_leaves_every_event_hot() {
     });
     let store = open_with(&schema, Some(flaky.clone())).await.expect("open");
     let (split, _) = two_rounds(&store).await;
-    let all = store.read_events(EventQuery::all(0, 10_000)).await.expect("read").events;
+    let all = store
+        .read_events(EventQuery::all(0, 10_000))
+        .await
+        .expect("read")
+        .events;
     let still_hot = |what: &'static str| {
         let (schema, store, all) = (&schema, &store, &all);
         async move {
             assert_eq!(archived_rows(schema).await, (0, 0), "{what}: nothing archived");
-            let read = store.read_events(EventQuery::all(0, 10_000)).await.expect("read").events;
+            let read = store
+                .read_events(EventQuery::all(0, 10_000))
+                .await
+                .expect("read")
+                .events;
             assert_eq!(&read, all, "{what}: every event reads");
             let stats = store.storage().await.expect("storage");
             assert_eq!((stats.archived_events, stats.cold_bytes), (0, 0), "{what}");
@@ -395,12 +443,18 @@ async fn a_failed_step_leaves_every_event_hot() {
 
     *flaky.fail.lock() = Fail::Put;
     let error = store.archive(split).await.expect_err("the put fails");
-    assert!(matches!(&error, StoreError::Unavailable(m) if m.contains("cannot put")), "{error:?}");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("cannot put")),
+        "{error:?}"
+    );
     still_hot("a failed put").await;
 
     *flaky.fail.lock() = Fail::ReadBack;
     let error = store.archive(split).await.expect_err("the read-back differs");
-    assert!(matches!(&error, StoreError::Unavailable(m) if m.contains("the copy at")), "{error:?}");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("the copy at")),
+        "{error:?}"
+    );
     still_hot("a read-back that differs").await;
 
     *flaky.fail.lock() = Fail::Never;
@@ -415,7 +469,10 @@ async fn a_failed_step_leaves_every_event_hot() {
         .await
         .expect("trigger");
     let error = store.archive(split).await.expect_err("the commit fails");
-    assert!(matches!(&error, StoreError::Unavailable(m) if m.contains("injected")), "{error:?}");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("injected")),
+        "{error:?}"
+    );
     still_hot("a failed commit").await;
 
     // Once the way is clear the same run archives, over the objects left behind.
@@ -427,7 +484,11 @@ async fn a_failed_step_leaves_every_event_hot() {
     assert!(outcome.archived_events > 0);
     let fresh = open_with(&schema, Some(flaky.clone())).await.expect("open again");
     assert_eq!(
-        fresh.read_events(EventQuery::all(0, 10_000)).await.expect("read").events,
+        fresh
+            .read_events(EventQuery::all(0, 10_000))
+            .await
+            .expect("read")
+            .events,
         all
     );
     drop_off_runtime(flaky);
