@@ -498,3 +498,62 @@ async fn a_failed_step_leaves_every_event_hot() {
 fn drop_off_runtime<T: Send + 'static>(value: T) {
     std::thread::spawn(move || drop(value)).join().expect("dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_archiving_while_appends_go_on_archive_each_event_once() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let cold_dir = tempfile::tempdir().expect("tempdir");
+    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
+    let a = open_with(&schema, Some(cold.clone())).await.expect("open a");
+    let b = open_with(&schema, Some(cold.clone())).await.expect("open b");
+    let first_round_end = append(&a, 0, 40).await.last().expect("commits").1.position;
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move { append(&b, 1, 40).await })
+    };
+    let before = Timestamp::now();
+    let (one, two) = tokio::join!(a.archive(before), b.archive(before));
+    let (one, two) = (one.expect("archive on a"), two.expect("archive on b"));
+    writer.await.expect("appends");
+    assert_eq!(
+        one, two,
+        "the second run waited for the first, then found nothing to do"
+    );
+    let client = schema.connect().await;
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(event_count), 0)::bigint, coalesce(max(last_position), 0), \
+             coalesce(max(event_count), 0) FROM factstore_archive_chunks",
+            &[],
+        )
+        .await
+        .expect("chunks");
+    let (chunks, events, last, largest): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(events as u64, one.archived_events);
+    assert_eq!(last, events, "chunks cover positions 1 to the last archived one");
+    // A commit in flight when `before` was taken can make a run end on a partial chunk.
+    assert!(chunks >= (events as u64).div_ceil(7) as i64 && largest <= 7);
+    assert!(
+        events as u64 >= first_round_end,
+        "the first round, at least, is archived"
+    );
+    let all = a
+        .read_events(EventQuery::all(0, 10_000))
+        .await
+        .expect("read")
+        .events;
+    let positions: Vec<u64> = all.iter().map(Event::position).collect();
+    assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert!(all.iter().all(|e| e.event_data().contains("\"round\"")));
+    assert_eq!(
+        b.read_events(EventQuery::all(0, 10_000))
+            .await
+            .expect("read")
+            .events,
+        all
+    );
+    drop_off_runtime(cold);
+}
