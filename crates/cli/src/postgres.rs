@@ -53,7 +53,8 @@ impl Drop for SharedCluster {
     }
 }
 
-/// Opens the store on PostgreSQL (running the missing migrations first) with everything a
+/// Opens the store on PostgreSQL (running the missing migrations first; refused when it has
+/// archived events and `archive` names no cold store) with everything a
 /// server keeps there: the schema registry, shared by every server and kept current by
 /// notifications; and the projections and groups, run by whichever server leads.
 /// `advertise` is the URL other servers forward the leader's requests to.
@@ -61,11 +62,13 @@ pub async fn open_shared(
     url: &str,
     advertise: String,
     limits: Limits,
+    archive: factstore_postgres::archive::ArchiveOptions,
     config: ServerConfig,
     projections_options: ProjectionsOptions,
 ) -> anyhow::Result<(AppState, SharedCluster)> {
     let mut options = PgOptions::new(url);
     options.limits = limits;
+    options.archive = archive;
     let where_ = redact(url);
     let pg = PgStore::open(options.clone())
         .await

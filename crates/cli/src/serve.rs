@@ -75,10 +75,10 @@ pub struct ServeArgs {
     /// leads. By default http(s)://<the address it listens on>.
     #[arg(long, env = "FACTSTORE_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
-    /// Bytes of archived segments kept in <data-dir>/archive-cache for reads.
-    #[arg(long, env = "FACTSTORE_ARCHIVE_CACHE_BYTES", value_name = "BYTES", default_value = "4GiB",
-          value_parser = parse_size)]
-    pub archive_cache_bytes: usize,
+    /// Bytes of archived segments kept in <data-dir>/archive-cache for reads (default 4GiB);
+    /// with --storage postgres://, bytes of archived chunks kept in memory (default 256MiB).
+    #[arg(long, env = "FACTSTORE_ARCHIVE_CACHE_BYTES", value_name = "BYTES", value_parser = parse_size)]
+    pub archive_cache_bytes: Option<usize>,
     /// The size at which a log segment is sealed and a new one started (the unit of archiving).
     #[arg(long, env = "FACTSTORE_SEGMENT_BYTES", value_name = "BYTES", default_value = "256MiB",
           value_parser = parse_size, hide = true)]
@@ -273,10 +273,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let store = factstore_engine::archive::ObjectColdStore::from_url(url)
                 .with_context(|| format!("cannot use the archive URL {url}"))?;
             let mut options = factstore_engine::archive::ArchiveOptions::new(Arc::new(store));
-            options.cache_bytes_max = args.archive_cache_bytes as u64;
+            options.cache_bytes_max = args.archive_cache_bytes.map_or(4 << 30, |b| b as u64);
             Some(options)
         }
         None => None,
+    };
+    // PostgreSQL keeps archived chunks in a cache in memory: a smaller default.
+    let pg_archive = factstore_postgres::archive::ArchiveOptions {
+        cold: archive.as_ref().map(|a| a.store.clone()),
+        cache_bytes_max: args.archive_cache_bytes.map_or(256 << 20, |b| b as u64),
+        ..factstore_postgres::archive::ArchiveOptions::default()
     };
     let options = EngineOptions {
         limits: limits.clone(),
@@ -320,8 +326,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             (None, Some(url)) => {
                 let advertise = advertise_url(args.advertise_url.as_deref(), scheme, args.listen)?;
-                let (state, cluster) =
-                    crate::postgres::open_shared(url, advertise, limits, config, projections_options).await?;
+                let (state, cluster) = crate::postgres::open_shared(
+                    url,
+                    advertise,
+                    limits,
+                    pg_archive,
+                    config,
+                    projections_options,
+                )
+                .await?;
                 (state, Some(cluster))
             }
             (None, None) => bail!("no store to serve"),

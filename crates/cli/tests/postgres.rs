@@ -137,3 +137,94 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
     }
     schema.drop_schema().await;
 }
+
+/// Runs a client command of the binary against `server`; its standard output.
+fn run(server: &ServeProcess, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("FACTSTORE_URL", &server.url)
+        .env_remove("FACTSTORE_TOKEN")
+        .output()
+        .expect("run factstore");
+    assert!(
+        output.status.success(),
+        "factstore {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start() {
+    let Some(schema) = PgSchema::create("the PostgreSQL archive test").await else {
+        return;
+    };
+    let storage = schema.storage();
+    let (dir, cold) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let cold_url = format!("file://{}", cold.path().display());
+    let serve_args = ["--storage", storage.as_str(), "--archive-url", cold_url.as_str()];
+    let server = ServeProcess::start(dir.path(), &serve_args);
+    let client = Client::new(server.url.clone()).expect("client");
+    for i in 1..=40 {
+        client
+            .append(&format!("account:{}", i % 4), AppendRequest::new([event(i)]))
+            .await
+            .expect("append");
+    }
+    let exported = run(&server, &["export"]);
+    assert_eq!(exported.lines().count(), 40);
+
+    let outcome: serde_json::Value =
+        serde_json::from_str(&run(&server, &["archive", "--before", "2999-01-01", "--json"])).expect("JSON");
+    assert_eq!(outcome["archived_events"], 40, "{outcome}");
+    let stats: serde_json::Value = serde_json::from_str(&run(&server, &["storage", "--json"])).expect("JSON");
+    assert_eq!(
+        (stats["events"].as_u64(), stats["archived_events"].as_u64()),
+        (Some(40), Some(40))
+    );
+    assert!(stats["cold_bytes"].as_u64() > Some(0), "{stats}");
+    assert_eq!(
+        run(&server, &["export"]),
+        exported,
+        "archived events read the same"
+    );
+    server.kill();
+
+    // Without the archive URL the server refuses to start, and says why.
+    let mut refused = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--storage", &storage])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start factstore serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("a server without --archive-url started on an archived store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = refused.wait_with_output().expect("output");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--archive-url"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let server = ServeProcess::start(dir.path(), &serve_args);
+    assert_eq!(
+        run(&server, &["export"]),
+        exported,
+        "after a restart, from cold storage"
+    );
+    server.kill();
+    schema.drop_schema().await;
+}

@@ -10,6 +10,8 @@
 //! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
 //! - [`lease`]: leadership among the servers on one database (a session advisory lock and an
 //!   epoch that fences state writes): the leader runs projections and persistent subscriptions.
+//! - [`archive`]: archiving the payloads of the oldest events to cold storage, and filling
+//!   them back in on reads.
 //! - [`migrate`]: the versioned schema migrations embedded in the binary.
 //! - [`state`]: the schema registry, projections and persistent-subscription groups in
 //!   tables, shared by the servers; projection and group writes fenced by the leader epoch.
@@ -27,6 +29,7 @@
 //!
 //! [`Event`]: factstore_core::Event
 
+pub mod archive;
 pub mod lease;
 pub mod migrate;
 mod sql;
@@ -49,6 +52,9 @@ pub enum PgError {
     /// A row that does not make an event (edited by hand, or a bug).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Cold storage cannot give an archived chunk (or take a new one).
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 impl From<PgError> for factstore_core::StoreError {

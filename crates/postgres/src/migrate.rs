@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "state",
         sql: include_str!("../migrations/0002_state.sql"),
     },
+    Migration {
+        version: 4,
+        name: "archive",
+        sql: include_str!("../migrations/0004_archive.sql"),
+    },
 ];
 
 /// Applies the missing migrations to the current schema (the first of `search_path`); returns

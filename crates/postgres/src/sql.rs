@@ -6,12 +6,13 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::PgError;
+use crate::archive::Payloads;
 use crate::types::{JsonText, Ts};
 
 /// The columns of an event, in the order [`event_from_row`] reads them.
 pub const EVENT_COLUMNS: &str = "position, aggregate_version, event_id, created_at, recorded_at, \
     event_version, aggregate_id, aggregate_type, event_type, created_by, correlation_id, causation_id, \
-    event_data, metadata";
+    event_data, metadata, archived_chunk";
 
 /// A query under construction: its text and its parameters with their types, for
 /// `query_typed` (one round trip: no separate prepare).
@@ -111,12 +112,13 @@ fn unsigned(value: i64, what: &str) -> Result<u64, PgError> {
 
 /// Decodes a row of [`EVENT_COLUMNS`]. Lengths are checked against the ceilings of the binary
 /// event form, so that a row written by hand cannot make the encoder panic.
-pub fn event_from_row(row: &Row) -> Result<Event, PgError> {
-    event_from_row_at(row, 0)
+/// Archived payloads come from `payloads` ([`crate::archive::Archive::payloads`] of the rows).
+pub fn event_from_row<'a>(row: &'a Row, payloads: &'a Payloads) -> Result<Event, PgError> {
+    event_from_row_at(row, 0, payloads)
 }
 
 /// Decodes the [`EVENT_COLUMNS`] that start at column `at` of a row.
-pub fn event_from_row_at(row: &Row, at: usize) -> Result<Event, PgError> {
+pub fn event_from_row_at<'a>(row: &'a Row, at: usize, payloads: &'a Payloads) -> Result<Event, PgError> {
     let position: i64 = row.try_get(at)?;
     let version: i64 = row.try_get(at + 1)?;
     let event_id: Uuid = row.try_get(at + 2)?;
@@ -129,8 +131,18 @@ pub fn event_from_row_at(row: &Row, at: usize) -> Result<Event, PgError> {
     let created_by: Option<&str> = row.try_get(at + 9)?;
     let correlation_id: Option<&str> = row.try_get(at + 10)?;
     let causation_id: Option<&str> = row.try_get(at + 11)?;
-    let event_data: JsonText<'_> = row.try_get(at + 12)?;
+    let event_data: Option<JsonText<'_>> = row.try_get(at + 12)?;
     let metadata: Option<JsonText<'_>> = row.try_get(at + 13)?;
+    let archived_chunk: Option<i64> = row.try_get(at + 14)?;
+    let (event_data, metadata) = match (archived_chunk, event_data) {
+        (None, Some(data)) => (data.0, metadata.map(|m| m.0)),
+        (Some(chunk), _) => payloads.get(chunk, position)?,
+        (None, None) => {
+            return Err(PgError::Corrupt(format!(
+                "event at position {position} has no data"
+            )));
+        }
+    };
     let ceiling = &Limits::CEILING;
     let too_long = aggregate_id.len() > ceiling.aggregate_id_bytes_max
         || aggregate_type.len() > ceiling.aggregate_type_bytes_max
@@ -138,8 +150,8 @@ pub fn event_from_row_at(row: &Row, at: usize) -> Result<Event, PgError> {
         || created_by.is_some_and(|s| s.len() > ceiling.created_by_bytes_max)
         || correlation_id.is_some_and(|s| s.len() > ceiling.link_id_bytes_max)
         || causation_id.is_some_and(|s| s.len() > ceiling.link_id_bytes_max)
-        || u32::try_from(event_data.0.len()).is_err()
-        || metadata.is_some_and(|m| u32::try_from(m.0.len()).is_err());
+        || u32::try_from(event_data.len()).is_err()
+        || metadata.is_some_and(|m| u32::try_from(m.len()).is_err());
     if too_long || event_version < 1 {
         return Err(PgError::Corrupt(format!(
             "event at position {position} has a field out of range"
@@ -158,8 +170,8 @@ pub fn event_from_row_at(row: &Row, at: usize) -> Result<Event, PgError> {
         created_by,
         correlation_id,
         causation_id,
-        event_data: event_data.0,
-        metadata: metadata.map(|m| m.0),
+        event_data,
+        metadata,
     }))
 }
 

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
-    AggregatePage, AggregateQuery, CommitOutcome, Direction, Event, EventPage, EventQuery, EventStore, Head,
-    Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StoreError, Timestamp,
+    AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery,
+    EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored,
+    StorageStats, StoreError, Timestamp,
 };
 use futures::StreamExt;
 use postgres_types::Type;
@@ -18,6 +19,7 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use crate::PgError;
+use crate::archive::{Archive, ArchiveOptions};
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
 use crate::writer::{GroupLimits, WriteRequest, Writer};
@@ -46,6 +48,8 @@ pub struct PgOptions {
     /// lock busy; more only queue on it.
     pub writers: usize,
     pub limits: Limits,
+    /// Archiving: the cold store (none: not configured), the read cache, the chunk sizes.
+    pub archive: ArchiveOptions,
 }
 
 impl PgOptions {
@@ -59,6 +63,7 @@ impl PgOptions {
             group_events_max: 20_000,
             writers: 2,
             limits: Limits::default(),
+            archive: ArchiveOptions::default(),
         }
     }
 }
@@ -114,6 +119,7 @@ struct Inner {
     head: Arc<watch::Sender<u64>>,
     channel: String,
     tasks: Vec<AbortHandle>,
+    archive: Arc<Archive>,
 }
 
 impl Drop for Inner {
@@ -145,6 +151,8 @@ impl PgStore {
         let schema =
             schema.ok_or_else(|| PgError::Config("the first schema of search_path does not exist".into()))?;
         check_schema_version(&client, &schema).await?;
+        let archive = Arc::new(Archive::new(options.archive.clone()));
+        archive.check_configured(&client).await?;
         let head_row = client
             .query_one("SELECT position FROM factstore_head WHERE id = 1", &[])
             .await?;
@@ -176,6 +184,7 @@ impl PgStore {
                     events_max: options.group_events_max.max(1),
                     bytes_max: 64 << 20,
                 },
+                archive.clone(),
             );
             tasks.push(tokio::spawn(writer.run(receiver.clone())).abort_handle());
         }
@@ -189,6 +198,7 @@ impl PgStore {
                 head,
                 channel,
                 tasks,
+                archive,
             }),
         })
     }
@@ -214,7 +224,11 @@ impl PgStore {
             .query_typed(&query.text, &query.params())
             .await
             .map_err(PgError::from)?;
-        Ok(rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?)
+        let payloads = self.inner.archive.payloads(&client, &rows, 0).await?;
+        Ok(rows
+            .iter()
+            .map(|row| event_from_row(row, &payloads))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 }
 
@@ -429,12 +443,14 @@ impl EventStore for PgStore {
         let limit_p = read.param(big(limit as u64), Type::INT8);
         read.text
             .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON true"));
-        let rows = {
+        let (rows, payloads) = {
             let client = self.client().await?;
-            client
+            let rows = client
                 .query_typed(&read.text, &read.params())
                 .await
-                .map_err(PgError::from)?
+                .map_err(PgError::from)?;
+            let payloads = self.inner.archive.payloads(&client, &rows, 1).await?;
+            (rows, payloads)
         };
         let head = match rows.first() {
             Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
@@ -444,7 +460,7 @@ impl EventStore for PgStore {
         for row in &rows {
             // A page with no event is one row of the head and NULLs.
             if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
-                events.push(event_from_row_at(row, 1)?);
+                events.push(event_from_row_at(row, 1, &payloads)?);
             }
         }
         let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
@@ -605,6 +621,15 @@ impl EventStore for PgStore {
                 }
             })
             .collect())
+    }
+
+    async fn archive(&self, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
+        self.inner.archive.archive(&self.inner.pool, before).await
+    }
+
+    async fn storage(&self) -> Result<StorageStats, StoreError> {
+        let client = self.client().await?;
+        Ok(self.inner.archive.storage(&client).await?)
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

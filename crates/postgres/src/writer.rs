@@ -38,6 +38,7 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::PgError;
+use crate::archive::Archive;
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row};
 use crate::types::Ts;
 
@@ -70,6 +71,8 @@ pub struct Writer {
     pub channel: String,
     pub head: Arc<watch::Sender<u64>>,
     pub limits: GroupLimits,
+    /// Fills in archived payloads of the stored events an idempotent replay is compared with.
+    archive: Arc<Archive>,
     conn: Option<Conn>,
 }
 
@@ -103,12 +106,14 @@ impl Writer {
         channel: String,
         head: Arc<watch::Sender<u64>>,
         limits: GroupLimits,
+        archive: Arc<Archive>,
     ) -> Writer {
         Writer {
             config,
             channel,
             head,
             limits,
+            archive,
             conn: None,
         }
     }
@@ -211,6 +216,7 @@ impl Writer {
         }
         let channel = self.channel.clone();
         let head = self.head.clone();
+        let archive = self.archive.clone();
         let conn = self.connection().await?;
         let client = &conn.client;
 
@@ -234,8 +240,10 @@ impl Writer {
         let head_recorded: Option<Ts> = head_row.try_get(1)?;
         let recorded_at = head_recorded.map_or(Timestamp::now(), |last| Timestamp::now().max(last.0));
         let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
+        // Only a replay of archived events fetches a chunk here (under the head lock).
+        let payloads = archive.payloads(client, &stored_rows, 0).await?;
         for row in &stored_rows {
-            let event = event_from_row(row)?;
+            let event = event_from_row(row, &payloads)?;
             stored.insert(event.event_id(), event);
         }
         let mut states: HashMap<String, (u64, String)> = HashMap::with_capacity(aggregate_rows.len());

@@ -14,7 +14,7 @@ async fn migrations_apply_once_and_are_recorded() {
     let first = factstore_postgres::store::migrate(&options)
         .await
         .expect("migrate");
-    assert_eq!(first, vec![1, 2]);
+    assert_eq!(first, vec![1, 2, 4]);
     let again = factstore_postgres::store::migrate(&options)
         .await
         .expect("migrate again");
@@ -27,7 +27,7 @@ async fn migrations_apply_once_and_are_recorded() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
