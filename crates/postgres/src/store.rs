@@ -1,7 +1,8 @@
 //! [`PgStore`]: the [`EventStore`] on PostgreSQL.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -114,7 +115,26 @@ struct Inner {
     head: Arc<watch::Sender<u64>>,
     channel: String,
     tasks: Vec<AbortHandle>,
+    /// Pages read ahead for readers paging through the events (see [`PgStore::read_events`]).
+    read_ahead: Mutex<VecDeque<ReadAhead>>,
 }
+
+/// The next page of a reader that is paging through the events, being read while the reader
+/// still renders the page before it.
+#[derive(Debug)]
+struct ReadAhead {
+    query: EventQuery,
+    started: Instant,
+    page: tokio::task::JoinHandle<Result<EventPage, StoreError>>,
+}
+
+/// Pages at least this large are read ahead: the bulk reads of catching up, where one page's
+/// query would otherwise wait for the rendering of the page before it.
+const READ_AHEAD_LIMIT_MIN: usize = 1000;
+/// How many readers' next pages are kept at once, and for how long a page nobody asked for is
+/// kept.
+const READ_AHEAD_SLOTS: usize = 4;
+const READ_AHEAD_KEPT: Duration = Duration::from_secs(10);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -189,6 +209,7 @@ impl PgStore {
                 head,
                 channel,
                 tasks,
+                read_ahead: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -314,6 +335,57 @@ async fn poll_head(pool: Pool, head: Arc<watch::Sender<u64>>, every: Duration) {
     }
 }
 
+/// One page of events: the head and the page in one statement.
+async fn read_page(pool: Pool, query: EventQuery) -> Result<EventPage, StoreError> {
+    // The head and the page in one statement: the head row first (a CTE), then only events
+    // at or below it, since every event at or below a committed head committed with it or
+    // before. One round trip per page.
+    let after = query.after_position;
+    let limit = query.limit.max(1);
+    let mut read = Query::new("");
+    let after_p = read.param(big(after), Type::INT8);
+    let to_p = read.param(big(query.to_position.unwrap_or(u64::MAX)), Type::INT8);
+    read.text = format!(
+        "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
+         SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+         WHERE position > {after_p} AND position <= LEAST(h.head, {to_p})"
+    );
+    read.filter(&query.filter);
+    read.time_bounds(query.from, query.to, query.as_of);
+    let limit_p = read.param(big(limit as u64), Type::INT8);
+    read.text
+        .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON true"));
+    let rows = {
+        let client = pool.get().await.map_err(PgError::from)?;
+        client
+            .query_typed(&read.text, &read.params())
+            .await
+            .map_err(PgError::from)?
+    };
+    let head = match rows.first() {
+        Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
+        None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A page with no event is one row of the head and NULLs.
+        if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
+            events.push(event_from_row_at(row, 1)?);
+        }
+    }
+    let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
+    let next_after_position = if events.len() >= limit {
+        events.last().map_or(range_end, Event::position)
+    } else {
+        range_end.max(after)
+    };
+    Ok(EventPage {
+        events,
+        next_after_position,
+        head_position: head,
+    })
+}
+
 #[async_trait]
 impl EventStore for PgStore {
     fn limits(&self) -> &Limits {
@@ -405,53 +477,57 @@ impl EventStore for PgStore {
     }
 
     async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
-        // The head and the page in one statement: the head row first (a CTE), then only events
-        // at or below it, since every event at or below a committed head committed with it or
-        // before. One round trip per page.
-        let after = query.after_position;
+        // A reader paging through the events asks for the page after a full page next: that
+        // page is already being read (since the previous call returned), so its query and
+        // transfer overlap the rendering and sending of the previous page.
         let limit = query.limit.max(1);
-        let mut read = Query::new("");
-        let after_p = read.param(big(after), Type::INT8);
-        let to_p = read.param(big(query.to_position.unwrap_or(u64::MAX)), Type::INT8);
-        read.text = format!(
-            "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
-             SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
-             WHERE position > {after_p} AND position <= LEAST(h.head, {to_p})"
-        );
-        read.filter(&query.filter);
-        read.time_bounds(query.from, query.to, query.as_of);
-        let limit_p = read.param(big(limit as u64), Type::INT8);
-        read.text
-            .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON true"));
-        let rows = {
+        let ahead = {
+            let mut slots = self.inner.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .position(|a| a.query == query)
+                .and_then(|i| slots.remove(i))
+        };
+        let mut page = None;
+        if let Some(ahead) = ahead
+            && let Ok(Ok(mut early)) = ahead.page.await
+            && early.events.len() >= limit
+        {
+            // A full page read earlier is the page a read now returns: its events are at or
+            // below the head of then, and everything at or below a committed head is fixed.
+            // Only the head may have moved since: read it now, as a fresh read would.
             let client = self.client().await?;
-            client
-                .query_typed(&read.text, &read.params())
+            let row = client
+                .query_one("SELECT position FROM factstore_head WHERE id = 1", &[])
                 .await
-                .map_err(PgError::from)?
-        };
-        let head = match rows.first() {
-            Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
-            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
-        };
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // A page with no event is one row of the head and NULLs.
-            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
-                events.push(event_from_row_at(row, 1)?);
-            }
+                .map_err(PgError::from)?;
+            let head: i64 = row.try_get(0).map_err(PgError::from)?;
+            early.head_position = early.head_position.max(head as u64);
+            page = Some(early);
         }
-        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
-        let next_after_position = if events.len() >= limit {
-            events.last().map_or(range_end, Event::position)
-        } else {
-            range_end.max(after)
+        let page = match page {
+            Some(page) => page,
+            None => read_page(self.inner.pool.clone(), query.clone()).await?,
         };
-        Ok(EventPage {
-            events,
-            next_after_position,
-            head_position: head,
-        })
+        let range_end = page.head_position.min(query.to_position.unwrap_or(u64::MAX));
+        if limit >= READ_AHEAD_LIMIT_MIN && page.events.len() >= limit && page.next_after_position < range_end
+        {
+            let mut next = query;
+            next.after_position = page.next_after_position;
+            let task = tokio::spawn(read_page(self.inner.pool.clone(), next.clone()));
+            let mut slots = self.inner.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+            // A page nobody came for is dropped (its task finishes on its own).
+            slots.retain(|a| a.started.elapsed() < READ_AHEAD_KEPT && a.query != next);
+            if slots.len() >= READ_AHEAD_SLOTS {
+                slots.pop_front();
+            }
+            slots.push_back(ReadAhead {
+                query: next,
+                started: Instant::now(),
+                page: task,
+            });
+        }
+        Ok(page)
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Event, StoreError> {
