@@ -262,3 +262,65 @@ async fn each_commit_of_a_group_is_decided_on_its_own() {
     let positions: Vec<u64> = page.events.iter().map(Event::position).collect();
     assert_eq!(positions, (1..=17).collect::<Vec<u64>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_read_through_a_server_that_heard_nothing_carry_the_head_of_now() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let a = schema.open().await;
+    // B's head hears of nothing: only a read of PostgreSQL shows it A's commits.
+    let mut options = schema.options();
+    options.head_poll = Duration::from_secs(3600);
+    let b = PgStore::open(options).await.expect("open b");
+    let events = |n: usize| {
+        (0..n)
+            .map(|k| NewEvent::new("Thing", "Happened", json!({"k": k})))
+            .collect::<Vec<_>>()
+    };
+    for i in 0..3 {
+        let commit = Commit::single(&format!("agg:{i}"), ExpectedVersion::Any, events(1000));
+        a.commit(commit).await.expect("commit");
+    }
+    let first = b.read_events(EventQuery::all(0, 1000)).await.expect("read");
+    assert_eq!(first.events.len(), 1000);
+    assert_eq!(first.head_position, 3000);
+    // A commits after B's first page; B's next page must show the head with it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let last = a
+        .commit(one("agg:later", "Later"))
+        .await
+        .expect("commit")
+        .position;
+    let second = b
+        .read_events(EventQuery::all(first.next_after_position, 1000))
+        .await
+        .expect("read");
+    let fresh = a
+        .read_events(EventQuery::all(first.next_after_position, 1000))
+        .await
+        .expect("read");
+    assert_eq!(
+        second, fresh,
+        "a page read through B is the page a read through A returns"
+    );
+    assert_eq!(second.head_position, last);
+    assert_eq!(second.events.first().map(Event::position), Some(1001));
+    // Reading on after a page that was not full finds what came since.
+    let third = b
+        .read_events(EventQuery::all(second.next_after_position, 1000))
+        .await
+        .expect("read");
+    assert_eq!(third.events.len(), 1000);
+    let newest = b
+        .commit(one("agg:later", "Later"))
+        .await
+        .expect("commit")
+        .position;
+    let fourth = b
+        .read_events(EventQuery::all(third.next_after_position, 1000))
+        .await
+        .expect("read");
+    let positions: Vec<u64> = fourth.events.iter().map(Event::position).collect();
+    assert_eq!(positions, vec![last, newest]);
+}
