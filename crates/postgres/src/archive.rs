@@ -210,6 +210,31 @@ impl Archive {
         Ok(())
     }
 
+    /// The archived chunks named by `rows` (event columns from column `at`) that are not in
+    /// the cache, each with the event ids of its rows there.
+    pub fn uncached(&self, rows: &[Row], at: usize) -> Result<Vec<(i64, Vec<uuid::Uuid>)>, PgError> {
+        let mut out: Vec<(i64, Vec<uuid::Uuid>)> = Vec::new();
+        for row in rows {
+            let Some(chunk_id) = row.try_get::<_, Option<i64>>(at + 14)? else {
+                continue;
+            };
+            if self.cache.lock().chunks.contains_key(&chunk_id) {
+                continue;
+            }
+            let id: uuid::Uuid = row.try_get(at + 2)?;
+            match out.iter_mut().find(|(c, _)| *c == chunk_id) {
+                Some((_, ids)) => ids.push(id),
+                None => out.push((chunk_id, vec![id])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches chunk `chunk_id` into the cache, or fails naming it.
+    pub async fn warm(&self, client: &Client, chunk_id: i64) -> Result<(), PgError> {
+        self.chunk(client, chunk_id).await.map(|_| ())
+    }
+
     /// The payloads of the archived rows among `rows`, whose event columns start at column
     /// `at` (`archived_chunk` is the 15th of them).
     pub async fn payloads(&self, client: &Client, rows: &[Row], at: usize) -> Result<Payloads, PgError> {

@@ -76,6 +76,16 @@ pub struct Writer {
     conn: Option<Conn>,
 }
 
+/// The outcome of one try at a group.
+enum Written {
+    /// Each commit's answer, in order.
+    Answers(Vec<Result<CommitOutcome, StoreError>>),
+    /// Idempotent replays of archived events need these chunks (with the ids of the rows in
+    /// each), which are not cached: the transaction was rolled back, to fetch them without
+    /// holding the head lock.
+    NeedChunks(Vec<(i64, Vec<Uuid>)>),
+}
+
 /// What the group decided so far: the events that passed, and the state they leave behind.
 #[derive(Default)]
 struct Pending {
@@ -148,30 +158,81 @@ impl Writer {
         }
     }
 
-    async fn process(&mut self, group: Vec<WriteRequest>) {
-        let commits: Vec<&PreparedCommit> = group.iter().map(|r| &r.commit).collect();
-        let started = std::time::Instant::now();
-        match self.write_group(&commits).await {
-            Ok(answers) => {
-                tracing::debug!(
-                    commits = commits.len(),
-                    events = commits.iter().map(|c| c.event_count).sum::<usize>(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "group committed"
-                );
-                for (request, answer) in group.into_iter().zip(answers) {
-                    let _ = request.reply.send(answer);
+    async fn process(&mut self, mut group: Vec<WriteRequest>) {
+        // A replay of archived events is compared with the stored ones, whose payloads may
+        // have to come from cold storage: fetched between tries, outside the head lock, so
+        // that a slow or unreachable cold store holds up only the commits that need it. The
+        // last try fetches under the lock (the cache may have evicted a chunk meanwhile).
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let commits: Vec<&PreparedCommit> = group.iter().map(|r| &r.commit).collect();
+            let started = std::time::Instant::now();
+            match self.write_group(&commits, attempt == TRIES).await {
+                Ok(Written::Answers(answers)) => {
+                    tracing::debug!(
+                        commits = commits.len(),
+                        events = commits.iter().map(|c| c.event_count).sum::<usize>(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "group committed"
+                    );
+                    for (request, answer) in group.into_iter().zip(answers) {
+                        let _ = request.reply.send(answer);
+                    }
+                    return;
                 }
-            }
-            Err(error) => {
-                // The connection may be mid-transaction or gone: start afresh next time.
-                self.conn = None;
-                let reason = error.to_string();
-                tracing::error!(%reason, commits = group.len(), "group commit failed");
-                for request in group {
-                    let _ = request.reply.send(Err(StoreError::Unavailable(format!(
-                        "{reason} (the commit may or may not have been written; retry it with the same event ids)"
-                    ))));
+                Ok(Written::NeedChunks(needs)) => {
+                    let archive = self.archive.clone();
+                    let mut unavailable: HashMap<Uuid, String> = HashMap::new();
+                    for (chunk_id, ids) in needs {
+                        let fetched = match self.connection().await {
+                            Ok(conn) => archive.warm(&conn.client, chunk_id).await,
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = fetched {
+                            let reason = error.to_string();
+                            unavailable.extend(ids.into_iter().map(|id| (id, reason.clone())));
+                        }
+                    }
+                    if !unavailable.is_empty() {
+                        let (failed, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|request| {
+                            request
+                                .commit
+                                .appends
+                                .iter()
+                                .flat_map(|a| &a.events)
+                                .any(|e| e.client_event_id && unavailable.contains_key(&e.event_id))
+                        });
+                        for request in failed {
+                            let reason = request
+                                .commit
+                                .appends
+                                .iter()
+                                .flat_map(|a| &a.events)
+                                .find_map(|e| unavailable.get(&e.event_id))
+                                .cloned()
+                                .unwrap_or_default();
+                            let _ = request.reply.send(Err(StoreError::Unavailable(format!(
+                                "this commit repeats archived events, which cannot be compared with it now: \
+                                 {reason}; nothing was written, retry it later"
+                            ))));
+                        }
+                        group = rest;
+                    }
+                    if group.is_empty() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // The connection may be mid-transaction or gone: start afresh next time.
+                    self.conn = None;
+                    let reason = error.to_string();
+                    tracing::error!(%reason, commits = group.len(), "group commit failed");
+                    for request in group {
+                        let _ = request.reply.send(Err(StoreError::Unavailable(format!(
+                            "{reason} (the commit may or may not have been written; retry it with the same event ids)"
+                        ))));
+                    }
+                    return;
                 }
             }
         }
@@ -189,7 +250,8 @@ impl Writer {
     async fn write_group(
         &mut self,
         commits: &[&PreparedCommit],
-    ) -> Result<Vec<Result<CommitOutcome, StoreError>>, PgError> {
+        fetch_under_lock: bool,
+    ) -> Result<Written, PgError> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut aggregate_ids: Vec<&str> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
@@ -240,7 +302,13 @@ impl Writer {
         let head_recorded: Option<Ts> = head_row.try_get(1)?;
         let recorded_at = head_recorded.map_or(Timestamp::now(), |last| Timestamp::now().max(last.0));
         let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
-        // Only a replay of archived events fetches a chunk here (under the head lock).
+        if !fetch_under_lock {
+            let needs = archive.uncached(&stored_rows, 0)?;
+            if !needs.is_empty() {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(Written::NeedChunks(needs));
+            }
+        }
         let payloads = archive.payloads(client, &stored_rows, 0).await?;
         for row in &stored_rows {
             let event = event_from_row(row, &payloads)?;
@@ -282,7 +350,7 @@ impl Writer {
 
         if pending.events.is_empty() {
             client.batch_execute("ROLLBACK").await?;
-            return Ok(answers);
+            return Ok(Written::Answers(answers));
         }
 
         // Exchange 2: insert, move the head, notify, commit.
@@ -340,7 +408,7 @@ impl Writer {
             }
             moved
         });
-        Ok(answers)
+        Ok(Written::Answers(answers))
     }
 }
 

@@ -557,3 +557,51 @@ async fn two_servers_archiving_while_appends_go_on_archive_each_event_once() {
     );
     drop_off_runtime(cold);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_archived_events_waits_for_cold_storage_alone() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let cold_dir = tempfile::tempdir().expect("tempdir");
+    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
+    let store = open_with(&schema, Some(cold.clone())).await.expect("open");
+    let (split, early) = two_rounds(&store).await;
+    store.archive(split).await.expect("archive");
+    // A fresh store (nothing cached) while the first chunk's object is out of reach.
+    let chunk_dir = cold_dir.path().join("pg-chunks");
+    let mut files: Vec<_> = std::fs::read_dir(&chunk_dir)
+        .expect("chunk folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let aside = cold_dir.path().join("aside");
+    std::fs::rename(&files[0], &aside).expect("move the object away");
+    let fresh = open_with(&schema, Some(cold.clone())).await.expect("open again");
+
+    let (replayed, other) = tokio::join!(
+        fresh.commit(early[0].0.clone()),
+        fresh.commit(Commit::single(
+            "acct-new",
+            ExpectedVersion::Exact(0),
+            vec![NewEvent::new("Account", "Opened", json!({"n": 1}))]
+        )),
+    );
+    assert!(
+        matches!(&replayed, Err(StoreError::Unavailable(m)) if m.contains("repeats archived events") && m.contains("nothing was written")),
+        "{replayed:?}"
+    );
+    assert!(
+        other.is_ok(),
+        "a commit that needs no archived payload goes through: {other:?}"
+    );
+
+    // Back in reach: the replay gives the first outcome, nothing written twice.
+    std::fs::rename(&aside, &files[0]).expect("put the object back");
+    let head = fresh.head().await.expect("head").position;
+    let again = fresh.commit(early[0].0.clone()).await.expect("replay");
+    assert!(!again.created);
+    assert_eq!(again.appends, early[0].1.appends);
+    assert_eq!(fresh.head().await.expect("head").position, head);
+    drop_off_runtime(cold);
+}
