@@ -22,8 +22,10 @@
 //!   `factstore_head`, and that same transaction inserts the event and moves the head. So
 //!   positions are assigned in commit order, and a transaction that rolls back leaves no gap:
 //!   it never committed the head it moved.
-//! - Readers read `factstore_head` first and then only events at or below it, so a reader that
-//!   sees position P sees every position below P.
+//! - A page is read with the head in one statement, so one snapshot: a commit moves the head
+//!   in the transaction that inserts its events, so the events a reader sees are exactly
+//!   those at or below the head it sees, and a reader that sees position P sees every
+//!   position below P.
 //! - `recorded_at` of a commit is `max(now, recorded_at of the head)`, taken under the lock:
 //!   it never decreases along positions, even across servers whose clocks disagree.
 //!
