@@ -190,6 +190,7 @@ impl PgStore {
         }
         tasks.push(tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle());
         tasks.push(tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle());
+        tasks.push(tokio::spawn(keep_statistics(pool.clone(), head.subscribe())).abort_handle());
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -330,6 +331,49 @@ async fn poll_head(pool: Pool, head: Arc<watch::Sender<u64>>, every: Duration) {
         {
             let position: i64 = row.get(0);
             advance(&head, position as u64);
+        }
+    }
+}
+
+/// Analyzes `events` whenever it has grown to more than twice what the planner's statistics
+/// say (or has none yet), checked every 5 s. Autovacuum analyzes too, but only after its own
+/// delay: a table filled fast (an import, a load test, a new database) is meanwhile planned as
+/// if it were small, and a page whose filter the planner misjudges is then read by sorting
+/// every matching row rather than walking an index in position order (a second per page at a
+/// million events). The decision reads the database, so any number of servers agree on it.
+async fn keep_statistics(pool: Pool, mut head: watch::Receiver<u64>) {
+    const ROWS_MIN: f32 = 10_000.0;
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let rows = *head.borrow_and_update() as f32;
+        if rows < ROWS_MIN {
+            continue;
+        }
+        let Ok(client) = pool.get().await else { continue };
+        let Ok(row) = client
+            .query_one(
+                "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass",
+                &[],
+            )
+            .await
+        else {
+            continue;
+        };
+        let planned: f32 = row.get(0);
+        if planned >= 0.0 && rows <= 2.0 * planned {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match client.batch_execute("ANALYZE events").await {
+            Ok(()) => tracing::info!(
+                rows,
+                planned,
+                millis = started.elapsed().as_millis() as u64,
+                "analyzed the events table, which had outgrown its statistics"
+            ),
+            Err(error) => tracing::warn!(error = %crate::describe(&error), "ANALYZE events failed"),
         }
     }
 }

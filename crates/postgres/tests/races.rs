@@ -324,3 +324,40 @@ async fn pages_read_through_a_server_that_heard_nothing_carry_the_head_of_now() 
     let positions: Vec<u64> = fourth.events.iter().map(Event::position).collect();
     assert_eq!(positions, vec![last, newest]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_outgrows_its_statistics_is_analyzed() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let events = |n: usize| {
+        (0..n)
+            .map(|k| NewEvent::new("Thing", "Happened", json!({"k": k})))
+            .collect::<Vec<_>>()
+    };
+    for i in 0..12 {
+        let commit = Commit::single(&format!("agg:{i}"), ExpectedVersion::Any, events(1000));
+        store.commit(commit).await.expect("commit");
+    }
+    let db = schema.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let planned: f32 = db
+            .query_one(
+                "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass",
+                &[],
+            )
+            .await
+            .expect("reltuples")
+            .get(0);
+        if planned >= 10_000.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "12,000 events and the planner still thinks there are {planned}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
