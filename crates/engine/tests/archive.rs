@@ -649,19 +649,26 @@ fn a_crash_while_the_cache_fills_leaves_reads_intact() {
     }
 }
 
-#[test]
-fn the_cache_is_bounded_and_evicts_whole_segments() {
+/// An engine whose archive cache holds at most `cache_bytes`, with `events` events archived,
+/// and what every read path returned before archiving.
+fn archived_with_cache(cache_bytes: u64, events: usize) -> (FaultFs, Arc<FaultyCold>, Engine, Reads) {
     let disk = FaultFs::new();
     let cold = FaultyCold::new();
     let mut opts = options(Arc::new(disk.clone()), Some(cold.clone()));
     if let Some(archive) = &mut opts.archive {
-        archive.cache_bytes_max = 5000;
+        archive.cache_bytes_max = cache_bytes;
     }
     let engine = Engine::open(Path::new(DIR), opts).expect("open");
-    fill(&engine, 0, 120);
+    fill(&engine, 0, events);
     settle(&engine);
     let expected = reads(&engine);
     engine.archive(now_plus(), |_| {}).expect("archive");
+    (disk, cold, engine, expected)
+}
+
+#[test]
+fn the_cache_is_bounded_and_evicts_whole_segments() {
+    let (disk, _cold, engine, expected) = archived_with_cache(5000, 120);
     let archive = engine.archive_state().expect("configured");
     assert!(archive.records().len() > 2);
     assert_eq!(reads(&engine), expected);
@@ -750,18 +757,8 @@ fn a_damaged_archived_object_is_reported_by_verify_and_by_reads() {
 
 #[test]
 fn unreachable_cold_storage_makes_archived_reads_unavailable_not_internal() {
-    let disk = FaultFs::new();
-    let cold = FaultyCold::new();
-    let mut opts = options(Arc::new(disk.clone()), Some(cold.clone()));
-    if let Some(archive) = &mut opts.archive {
-        // Nothing stays cached: every archived read goes to cold storage.
-        archive.cache_bytes_max = 0;
-    }
-    let engine = Engine::open(Path::new(DIR), opts).expect("open");
-    fill(&engine, 0, 80);
-    settle(&engine);
-    let expected = reads(&engine);
-    engine.archive(now_plus(), |_| {}).expect("archive");
+    // Nothing stays cached: every archived read goes to cold storage.
+    let (_disk, cold, engine, expected) = archived_with_cache(0, 80);
     cold.set(ColdFault::FailGet);
     let error = engine
         .read_events(&EventQuery::all(0, 10))
