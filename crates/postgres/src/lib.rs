@@ -32,6 +32,7 @@
 //! [`Event`]: factstore_core::Event
 
 pub mod archive;
+mod chain;
 pub mod lease;
 pub mod migrate;
 mod sql;

@@ -34,11 +34,13 @@ use factstore_core::{
 };
 use postgres_types::{ToSql, Type};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::PgError;
-use crate::archive::Archive;
+use crate::archive::{Archive, Payloads};
+use crate::chain::{Pending, Plan, Sequencer, Ticket};
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row};
 use crate::types::Ts;
 
@@ -58,11 +60,13 @@ pub struct GroupLimits {
 /// The writer's connection and its prepared statements.
 struct Conn {
     client: Client,
+    read_head: Statement,
     lock_head: Statement,
     find_ids: Statement,
     aggregates: Statement,
     insert: Statement,
     update_head: Statement,
+    advance_head: Statement,
     notify: Statement,
 }
 
@@ -73,6 +77,8 @@ pub struct Writer {
     pub limits: GroupLimits,
     /// Fills in archived payloads of the stored events an idempotent replay is compared with.
     archive: Arc<Archive>,
+    /// The groups this store's writers planned and have not seen commit.
+    sequencer: Arc<Sequencer>,
     conn: Option<Conn>,
 }
 
@@ -86,12 +92,32 @@ enum Written {
     NeedChunks(Vec<(i64, Vec<Uuid>)>),
 }
 
-/// What the group decided so far: the events that passed, and the state they leave behind.
-#[derive(Default)]
-struct Pending {
-    events: Vec<Event>,
-    by_id: HashMap<Uuid, usize>,
-    aggregates: HashMap<String, (u64, String)>,
+/// The outcome of one try at a group without the head lock.
+enum Planned {
+    /// Each commit's answer, in order (the group committed, or had nothing to write).
+    Answers(Vec<Result<CommitOutcome, StoreError>>),
+    /// The snapshot was older than the groups this store remembers, or the group it was
+    /// planned behind failed: plan it again.
+    Again,
+    /// Another server's commit came between: write it with the head lock held throughout.
+    Interfered,
+    /// It needs payloads of archived events that are not cached: write it the locking way,
+    /// which fetches them without holding the lock.
+    Locking,
+}
+
+/// What a group's checks need, looked up in one snapshot.
+struct Lookups<'a> {
+    ids: Vec<Uuid>,
+    aggregate_ids: Vec<&'a str>,
+    conditions: Vec<(usize, Query)>,
+}
+
+/// The stored state the checks of a group are decided against.
+struct Known {
+    stored: HashMap<Uuid, Event>,
+    states: HashMap<String, (u64, String)>,
+    condition_hits: HashMap<usize, u64>,
 }
 
 const INSERT: &str = "INSERT INTO events (position, event_id, aggregate_id, aggregate_version, \
@@ -117,6 +143,7 @@ impl Writer {
         head: Arc<watch::Sender<u64>>,
         limits: GroupLimits,
         archive: Arc<Archive>,
+        sequencer: Arc<Sequencer>,
     ) -> Writer {
         Writer {
             config,
@@ -124,6 +151,7 @@ impl Writer {
             head,
             limits,
             archive,
+            sequencer,
             conn: None,
         }
     }
@@ -159,6 +187,43 @@ impl Writer {
     }
 
     async fn process(&mut self, mut group: Vec<WriteRequest>) {
+        let started = std::time::Instant::now();
+        // Without the head lock first: planned behind the groups in flight, inserted while
+        // they insert. A plan spoiled by the failure of the group it was planned behind is
+        // made again; a few in a row, or another server's commit, and the group takes the
+        // lock first.
+        const PLANS: usize = 4;
+        for _ in 0..PLANS {
+            if !self.sequencer.optimistic() {
+                break;
+            }
+            let commits: Vec<&PreparedCommit> = group.iter().map(|r| &r.commit).collect();
+            match self.write_planned(&commits).await {
+                Ok(Planned::Answers(answers)) => {
+                    log_group(&commits, started, "planned");
+                    for (request, answer) in group.into_iter().zip(answers) {
+                        let _ = request.reply.send(answer);
+                    }
+                    return;
+                }
+                Ok(Planned::Again) => continue,
+                Ok(Planned::Interfered) => {
+                    self.sequencer.contended();
+                    break;
+                }
+                Ok(Planned::Locking) => break,
+                Err(error) => {
+                    self.failed(group, error);
+                    return;
+                }
+            }
+        }
+        let (_locked, last) = self.sequencer.lock();
+        if let Some(last) = last {
+            // Its rows may hold the positions this group will take, and it needs the head
+            // lock to commit: wait, or each would wait for the other.
+            last.settled().await;
+        }
         // A replay of archived events is compared with the stored ones, whose payloads may
         // have to come from cold storage: fetched between tries, outside the head lock, so
         // that a slow or unreachable cold store holds up only the commits that need it. The
@@ -166,15 +231,9 @@ impl Writer {
         const TRIES: usize = 3;
         for attempt in 1..=TRIES {
             let commits: Vec<&PreparedCommit> = group.iter().map(|r| &r.commit).collect();
-            let started = std::time::Instant::now();
-            match self.write_group(&commits, attempt == TRIES).await {
+            match self.write_locked(&commits, attempt == TRIES).await {
                 Ok(Written::Answers(answers)) => {
-                    tracing::debug!(
-                        commits = commits.len(),
-                        events = commits.iter().map(|c| c.event_count).sum::<usize>(),
-                        micros = started.elapsed().as_micros() as u64,
-                        "group committed"
-                    );
+                    log_group(&commits, started, "locked");
                     for (request, answer) in group.into_iter().zip(answers) {
                         let _ = request.reply.send(answer);
                     }
@@ -223,18 +282,23 @@ impl Writer {
                     }
                 }
                 Err(error) => {
-                    // The connection may be mid-transaction or gone: start afresh next time.
-                    self.conn = None;
-                    let reason = error.to_string();
-                    tracing::error!(%reason, commits = group.len(), "group commit failed");
-                    for request in group {
-                        let _ = request.reply.send(Err(StoreError::Unavailable(format!(
-                            "{reason} (the commit may or may not have been written; retry it with the same event ids)"
-                        ))));
-                    }
+                    self.failed(group, error);
                     return;
                 }
             }
+        }
+    }
+
+    /// Answers a group whose exchange failed.
+    fn failed(&mut self, group: Vec<WriteRequest>, error: PgError) {
+        // The connection may be mid-transaction or gone: start afresh next time.
+        self.conn = None;
+        let reason = error.to_string();
+        tracing::error!(%reason, commits = group.len(), "group commit failed");
+        for request in group {
+            let _ = request.reply.send(Err(StoreError::Unavailable(format!(
+                "{reason} (the commit may or may not have been written; retry it with the same event ids)"
+            ))));
         }
     }
 
@@ -247,35 +311,118 @@ impl Writer {
             .ok_or_else(|| PgError::Config("no writer connection".into()))
     }
 
-    async fn write_group(
+    /// Writes a group without holding the head lock until it commits: looks up at a head,
+    /// plans behind the groups in flight, inserts, waits for the group before it to commit,
+    /// then moves the head (checking that it is where the plan left it) and commits.
+    async fn write_planned(&mut self, commits: &[&PreparedCommit]) -> Result<Planned, PgError> {
+        let lookups = Lookups::of(commits);
+        let channel = self.channel.clone();
+        let head = self.head.clone();
+        let archive = self.archive.clone();
+        let sequencer = self.sequencer.clone();
+        let conn = self.connection().await?;
+        let client = &conn.client;
+
+        // Exchange 1: the head and the lookups in one read-only snapshot, so they see the
+        // store at that head exactly.
+        let condition_params = lookups.condition_params();
+        let id_params: [&(dyn ToSql + Sync); 1] = [&lookups.ids];
+        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&lookups.aggregate_ids];
+        let (_, head_row, stored_rows, aggregate_rows, condition_rows, _) = futures::try_join!(
+            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            client.query_one(&conn.read_head, &[]),
+            client.query(&conn.find_ids, &id_params),
+            client.query(&conn.aggregates, &aggregate_params),
+            lookups.query_conditions(client, &condition_params),
+            client.batch_execute("COMMIT"),
+        )?;
+        let head_position: i64 = head_row.try_get(0)?;
+        let head_recorded: Option<Ts> = head_row.try_get(1)?;
+        if !archive.uncached(&stored_rows, 0)?.is_empty() {
+            return Ok(Planned::Locking);
+        }
+        let payloads = archive.payloads(client, &stored_rows, 0).await?;
+        let known = lookups.known(&stored_rows, &payloads, &aggregate_rows, &condition_rows)?;
+
+        let plan = sequencer.plan(
+            head_position as u64,
+            head_recorded.map(|t| t.0),
+            |pending, next, recorded_at| decide_all(commits, &known, pending, next, recorded_at),
+        );
+        let (answers, ticket, before) = match plan {
+            Plan::Stale => return Ok(Planned::Again),
+            Plan::Contended => return Ok(Planned::Interfered),
+            Plan::Locked => return Ok(Planned::Locking),
+            Plan::Planned {
+                answers,
+                ticket,
+                after,
+            } => (answers, ticket, after),
+        };
+        let Some(ticket) = ticket else {
+            // Nothing to write; the answers hold if the group they counted on commits.
+            if let Some(before) = before
+                && !before.settled().await
+            {
+                return Ok(Planned::Again);
+            }
+            return Ok(Planned::Answers(answers));
+        };
+
+        // Exchange 2: insert. Any lock wait here means another server's rows hold the same
+        // keys (this store's groups in flight never share one): give up soon, rather than
+        // wait for a server that may itself be waiting for this one's groups.
+        let planned = ticket.planned();
+        let inserted = futures::try_join!(
+            client.batch_execute("BEGIN; SET LOCAL lock_timeout = '1s'"),
+            insert(client, &conn.insert, &planned.events, planned.recorded_at),
+        );
+        match inserted {
+            Ok((_, count)) if count == planned.events.len() as u64 => {}
+            Ok((_, count)) => {
+                return Err(PgError::Corrupt(format!(
+                    "inserted {count} events of {}",
+                    planned.events.len()
+                )));
+            }
+            Err(error) => return abandon(client, ticket, error).await,
+        }
+        if let Some(before) = before
+            && !before.settled().await
+        {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(Planned::Again);
+        }
+
+        // Exchange 3: move the head from exactly where the plan found it (a head anywhere
+        // else fails the row's CHECK, which aborts the transaction), notify, commit.
+        let expected = planned.first as i64 - 1;
+        let last_position = planned.last as i64;
+        let recorded = Ts(planned.recorded_at);
+        let payload = last_position.to_string();
+        let head_params: [&(dyn ToSql + Sync); 3] = [&expected, &last_position, &recorded];
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &payload];
+        let committed = futures::try_join!(
+            client.execute(&conn.advance_head, &head_params),
+            client.execute(&conn.notify, &notify_params),
+            client.batch_execute("COMMIT"),
+        );
+        if let Err(error) = committed {
+            return abandon(client, ticket, error).await;
+        }
+        ticket.committed();
+        publish(&head, last_position as u64);
+        Ok(Planned::Answers(answers))
+    }
+
+    /// Writes a group holding the head lock from its lookups to its commit: the way when
+    /// other servers write too, and for replays of archived events.
+    async fn write_locked(
         &mut self,
         commits: &[&PreparedCommit],
         fetch_under_lock: bool,
     ) -> Result<Written, PgError> {
-        let mut ids: Vec<Uuid> = Vec::new();
-        let mut aggregate_ids: Vec<&str> = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut conditions: Vec<(usize, Query)> = Vec::new();
-        for (index, commit) in commits.iter().enumerate() {
-            for append in &commit.appends {
-                if seen.insert(&append.aggregate_id) {
-                    aggregate_ids.push(&append.aggregate_id);
-                }
-                ids.extend(
-                    append
-                        .events
-                        .iter()
-                        .filter(|e| e.client_event_id)
-                        .map(|e| e.event_id),
-                );
-            }
-            if let Some(condition) = &commit.condition {
-                conditions.push((
-                    index,
-                    condition_query(&condition.filter, condition.after_position),
-                ));
-            }
-        }
+        let lookups = Lookups::of(commits);
         let channel = self.channel.clone();
         let head = self.head.clone();
         let archive = self.archive.clone();
@@ -284,24 +431,19 @@ impl Writer {
 
         // Exchange 1: begin, lock, look up. Futures polled together are pipelined on one
         // connection: every statement goes out before the first answer comes back.
-        let condition_params: Vec<_> = conditions.iter().map(|(_, q)| q.params()).collect();
-        let condition_futures = conditions
-            .iter()
-            .zip(&condition_params)
-            .map(|((_, q), params)| client.query_typed(&q.text, params));
-        let id_params: [&(dyn ToSql + Sync); 1] = [&ids];
-        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&aggregate_ids];
+        let condition_params = lookups.condition_params();
+        let id_params: [&(dyn ToSql + Sync); 1] = [&lookups.ids];
+        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&lookups.aggregate_ids];
         let (_, head_row, stored_rows, aggregate_rows, condition_rows) = futures::try_join!(
             client.batch_execute("BEGIN"),
             client.query_one(&conn.lock_head, &[]),
             client.query(&conn.find_ids, &id_params),
             client.query(&conn.aggregates, &aggregate_params),
-            futures::future::try_join_all(condition_futures),
+            lookups.query_conditions(client, &condition_params),
         )?;
         let head_position: i64 = head_row.try_get(0)?;
         let head_recorded: Option<Ts> = head_row.try_get(1)?;
         let recorded_at = head_recorded.map_or(Timestamp::now(), |last| Timestamp::now().max(last.0));
-        let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
         if !fetch_under_lock {
             let needs = archive.uncached(&stored_rows, 0)?;
             if !needs.is_empty() {
@@ -310,106 +452,227 @@ impl Writer {
             }
         }
         let payloads = archive.payloads(client, &stored_rows, 0).await?;
-        for row in &stored_rows {
-            let event = event_from_row(row, &payloads)?;
-            stored.insert(event.event_id(), event);
-        }
-        let mut states: HashMap<String, (u64, String)> = HashMap::with_capacity(aggregate_rows.len());
-        for row in &aggregate_rows {
-            let id: String = row.try_get(0)?;
-            let version: i64 = row.try_get(1)?;
-            let aggregate_type: String = row.try_get(2)?;
-            states.insert(id, (version as u64, aggregate_type));
-        }
-        let mut condition_hits: HashMap<usize, u64> = HashMap::new();
-        for ((index, _), rows) in conditions.iter().zip(&condition_rows) {
-            if let Some(row) = rows.first() {
-                let position: i64 = row.try_get(0)?;
-                condition_hits.insert(*index, position as u64);
-            }
-        }
+        let known = lookups.known(&stored_rows, &payloads, &aggregate_rows, &condition_rows)?;
 
         // Decide each commit in order against the store and the group so far.
         let mut pending = Pending::default();
         let mut next_position = head_position as u64 + 1;
-        let answers: Vec<Result<CommitOutcome, StoreError>> = commits
-            .iter()
-            .enumerate()
-            .map(|(index, commit)| {
-                decide(
-                    commit,
-                    &stored,
-                    &states,
-                    condition_hits.get(&index).copied(),
-                    &mut pending,
-                    &mut next_position,
-                    recorded_at,
-                )
-            })
-            .collect();
-
+        let answers = decide_all(commits, &known, &mut pending, &mut next_position, recorded_at);
         if pending.events.is_empty() {
             client.batch_execute("ROLLBACK").await?;
             return Ok(Written::Answers(answers));
         }
 
         // Exchange 2: insert, move the head, notify, commit.
-        let events = &pending.events;
-        let positions: Vec<i64> = events.iter().map(|e| e.position() as i64).collect();
-        let event_ids: Vec<Uuid> = events.iter().map(Event::event_id).collect();
-        let aggregates: Vec<&str> = events.iter().map(Event::aggregate_id).collect();
-        let versions: Vec<i64> = events.iter().map(|e| e.version() as i64).collect();
-        let aggregate_types: Vec<&str> = events.iter().map(Event::aggregate_type).collect();
-        let event_types: Vec<&str> = events.iter().map(Event::event_type).collect();
-        let event_versions: Vec<i32> = events.iter().map(|e| e.event_version() as i32).collect();
-        let data: Vec<&str> = events.iter().map(Event::event_data).collect();
-        let created_at: Vec<Ts> = events.iter().map(|e| Ts(e.created_at())).collect();
-        let created_by: Vec<Option<&str>> = events.iter().map(Event::created_by).collect();
-        let metadata: Vec<Option<&str>> = events.iter().map(Event::metadata).collect();
-        let correlation: Vec<Option<&str>> = events.iter().map(Event::correlation_id).collect();
-        let causation: Vec<Option<&str>> = events.iter().map(Event::causation_id).collect();
         let last_position = next_position as i64 - 1;
         let recorded = Ts(recorded_at);
         let payload = last_position.to_string();
-        let insert_params: [&(dyn ToSql + Sync); 14] = [
-            &positions,
-            &event_ids,
-            &aggregates,
-            &versions,
-            &aggregate_types,
-            &event_types,
-            &event_versions,
-            &data,
-            &created_at,
-            &created_by,
-            &metadata,
-            &correlation,
-            &causation,
-            &recorded,
-        ];
         let head_params: [&(dyn ToSql + Sync); 2] = [&last_position, &recorded];
         let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &payload];
         let (inserted, _, _, _) = futures::try_join!(
-            client.execute(&conn.insert, &insert_params),
+            insert(client, &conn.insert, &pending.events, recorded_at),
             client.execute(&conn.update_head, &head_params),
             client.execute(&conn.notify, &notify_params),
             client.batch_execute("COMMIT"),
         )?;
-        if inserted != events.len() as u64 {
+        if inserted != pending.events.len() as u64 {
             return Err(PgError::Corrupt(format!(
                 "inserted {inserted} events of {}",
-                events.len()
+                pending.events.len()
             )));
         }
-        head.send_if_modified(|head| {
-            let moved = *head < last_position as u64;
-            if moved {
-                *head = last_position as u64;
-            }
-            moved
-        });
+        publish(&head, last_position as u64);
         Ok(Written::Answers(answers))
     }
+}
+
+/// Ends a planned group's transaction after `error`. A lock wait given up, a key another
+/// server took first, or a head that moved is interference: the group is written again with
+/// the lock. Anything else fails the group.
+async fn abandon(client: &Client, ticket: Ticket, error: tokio_postgres::Error) -> Result<Planned, PgError> {
+    drop(ticket);
+    let interference = error.code().is_some_and(|code| {
+        *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::UNIQUE_VIOLATION
+            || *code == SqlState::CHECK_VIOLATION
+    });
+    if !interference {
+        return Err(error.into());
+    }
+    tracing::debug!(error = %crate::describe(&error), "another writer came between: the group takes the lock");
+    // The failed statement aborted the transaction (a COMMIT sent after it rolled it back).
+    client.batch_execute("ROLLBACK").await?;
+    Ok(Planned::Interfered)
+}
+
+/// Moves the local head to `position` if it is further.
+fn publish(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|head| {
+        let moved = *head < position;
+        if moved {
+            *head = position;
+        }
+        moved
+    });
+}
+
+fn log_group(commits: &[&PreparedCommit], started: std::time::Instant, way: &'static str) {
+    tracing::debug!(
+        commits = commits.len(),
+        events = commits.iter().map(|c| c.event_count).sum::<usize>(),
+        micros = started.elapsed().as_micros() as u64,
+        way,
+        "group committed"
+    );
+}
+
+impl<'a> Lookups<'a> {
+    fn of(commits: &[&'a PreparedCommit]) -> Lookups<'a> {
+        let mut lookups = Lookups {
+            ids: Vec::new(),
+            aggregate_ids: Vec::new(),
+            conditions: Vec::new(),
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (index, commit) in commits.iter().enumerate() {
+            for append in &commit.appends {
+                if seen.insert(&append.aggregate_id) {
+                    lookups.aggregate_ids.push(&append.aggregate_id);
+                }
+                lookups.ids.extend(
+                    append
+                        .events
+                        .iter()
+                        .filter(|e| e.client_event_id)
+                        .map(|e| e.event_id),
+                );
+            }
+            if let Some(condition) = &commit.condition {
+                lookups.conditions.push((
+                    index,
+                    condition_query(&condition.filter, condition.after_position),
+                ));
+            }
+        }
+        lookups
+    }
+
+    fn condition_params(&self) -> Vec<Vec<(&(dyn ToSql + Sync), Type)>> {
+        self.conditions.iter().map(|(_, q)| q.params()).collect()
+    }
+
+    /// The first stored event passing each condition's filter.
+    fn query_conditions<'c>(
+        &'c self,
+        client: &'c Client,
+        params: &'c [Vec<(&'c (dyn ToSql + Sync), Type)>],
+    ) -> impl std::future::Future<Output = Result<Vec<Vec<tokio_postgres::Row>>, tokio_postgres::Error>> + 'c
+    {
+        futures::future::try_join_all(
+            self.conditions
+                .iter()
+                .zip(params)
+                .map(|((_, q), params)| client.query_typed(&q.text, params)),
+        )
+    }
+
+    fn known(
+        &self,
+        stored_rows: &[tokio_postgres::Row],
+        payloads: &Payloads,
+        aggregate_rows: &[tokio_postgres::Row],
+        condition_rows: &[Vec<tokio_postgres::Row>],
+    ) -> Result<Known, PgError> {
+        let mut stored = HashMap::with_capacity(stored_rows.len());
+        for row in stored_rows {
+            let event = event_from_row(row, payloads)?;
+            stored.insert(event.event_id(), event);
+        }
+        let mut states = HashMap::with_capacity(aggregate_rows.len());
+        for row in aggregate_rows {
+            let id: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            let aggregate_type: String = row.try_get(2)?;
+            states.insert(id, (version as u64, aggregate_type));
+        }
+        let mut condition_hits = HashMap::new();
+        for ((index, _), rows) in self.conditions.iter().zip(condition_rows) {
+            if let Some(row) = rows.first() {
+                let position: i64 = row.try_get(0)?;
+                condition_hits.insert(*index, position as u64);
+            }
+        }
+        Ok(Known {
+            stored,
+            states,
+            condition_hits,
+        })
+    }
+}
+
+/// Decides each commit in order against what is known and the group so far.
+fn decide_all(
+    commits: &[&PreparedCommit],
+    known: &Known,
+    pending: &mut Pending,
+    next_position: &mut u64,
+    recorded_at: Timestamp,
+) -> Vec<Result<CommitOutcome, StoreError>> {
+    commits
+        .iter()
+        .enumerate()
+        .map(|(index, commit)| {
+            decide(
+                commit,
+                &known.stored,
+                &known.states,
+                known.condition_hits.get(&index).copied(),
+                pending,
+                next_position,
+                recorded_at,
+            )
+        })
+        .collect()
+}
+
+/// Inserts `events` (at the positions they carry) in one statement.
+async fn insert(
+    client: &Client,
+    statement: &Statement,
+    events: &[Event],
+    recorded_at: Timestamp,
+) -> Result<u64, tokio_postgres::Error> {
+    let positions: Vec<i64> = events.iter().map(|e| e.position() as i64).collect();
+    let event_ids: Vec<Uuid> = events.iter().map(Event::event_id).collect();
+    let aggregates: Vec<&str> = events.iter().map(Event::aggregate_id).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.version() as i64).collect();
+    let aggregate_types: Vec<&str> = events.iter().map(Event::aggregate_type).collect();
+    let event_types: Vec<&str> = events.iter().map(Event::event_type).collect();
+    let event_versions: Vec<i32> = events.iter().map(|e| e.event_version() as i32).collect();
+    let data: Vec<&str> = events.iter().map(Event::event_data).collect();
+    let created_at: Vec<Ts> = events.iter().map(|e| Ts(e.created_at())).collect();
+    let created_by: Vec<Option<&str>> = events.iter().map(Event::created_by).collect();
+    let metadata: Vec<Option<&str>> = events.iter().map(Event::metadata).collect();
+    let correlation: Vec<Option<&str>> = events.iter().map(Event::correlation_id).collect();
+    let causation: Vec<Option<&str>> = events.iter().map(Event::causation_id).collect();
+    let recorded = Ts(recorded_at);
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &positions,
+        &event_ids,
+        &aggregates,
+        &versions,
+        &aggregate_types,
+        &event_types,
+        &event_versions,
+        &data,
+        &created_at,
+        &created_by,
+        &metadata,
+        &correlation,
+        &causation,
+        &recorded,
+    ];
+    client.execute(statement, &params).await
 }
 
 /// Opens the writer's connection: `synchronous_commit` on (a commit is answered only once
@@ -442,21 +705,31 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
         "SELECT {} FROM unnest($1::uuid[]) AS i(id) JOIN events e ON e.event_id = i.id",
         columns.join(", ")
     );
-    let (lock_head, find_ids, aggregates, insert, update_head, notify) = futures::try_join!(
+    let (read_head, lock_head, find_ids, aggregates, insert, update_head, advance_head, notify) = futures::try_join!(
+        client.prepare("SELECT position, recorded_at FROM factstore_head WHERE id = 1"),
         client.prepare("SELECT position, recorded_at FROM factstore_head WHERE id = 1 FOR UPDATE"),
         client.prepare_typed(&find_ids_sql, &[Type::UUID_ARRAY]),
         client.prepare(AGGREGATES),
         client.prepare(INSERT),
         client.prepare("UPDATE factstore_head SET position = $1, recorded_at = $2 WHERE id = 1"),
+        // -1 breaks the row's CHECK (position >= 0): the statement fails and so does the
+        // transaction, where a WHERE clause would only have updated nothing.
+        client.prepare_typed(
+            "UPDATE factstore_head SET position = CASE WHEN position = $1 THEN $2 ELSE -1 END, \
+             recorded_at = $3 WHERE id = 1",
+            &[Type::INT8, Type::INT8, Type::TIMESTAMPTZ]
+        ),
         client.prepare_typed("SELECT pg_notify($1, $2)", &[Type::TEXT, Type::TEXT]),
     )?;
     Ok(Conn {
         client,
+        read_head,
         lock_head,
         find_ids,
         aggregates,
         insert,
         update_head,
+        advance_head,
         notify,
     })
 }

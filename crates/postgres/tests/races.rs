@@ -361,3 +361,100 @@ async fn a_table_that_outgrows_its_statistics_is_analyzed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Groups are inserted while the group before them is still inserting, planned on what it will
+/// have written. When that group fails in PostgreSQL (here a trigger refuses one event type),
+/// every group planned behind it must be planned again: acknowledged commits are all stored,
+/// refused ones are not, and positions and versions stay dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_planned_behind_a_group_that_fails_are_planned_again_without_a_gap() {
+    const TASKS: usize = 6;
+    const COMMITS: usize = 60;
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    schema
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW \
+             WHEN (NEW.event_type = 'Refused') EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .expect("create the trigger");
+
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut refused = 0;
+            for i in 0..COMMITS {
+                let aggregate = format!("agg:{}", (task + i) % 4);
+                let event_type = if task == 0 && i % 6 == 5 {
+                    "Refused"
+                } else {
+                    "Happened"
+                };
+                let events = (0..1 + (i % 4) * 50)
+                    .map(|k| NewEvent::new("Thing", event_type, json!({"task": task, "i": i, "k": k})))
+                    .collect();
+                match store
+                    .commit(Commit::single(&aggregate, ExpectedVersion::Any, events))
+                    .await
+                {
+                    Ok(outcome) => acknowledged.extend(
+                        outcome
+                            .appends
+                            .into_iter()
+                            .flat_map(|a| a.events)
+                            .map(|e| (e.position, e.event_id)),
+                    ),
+                    Err(StoreError::Unavailable(reason)) => {
+                        assert!(reason.contains("refused by the test"), "{reason}");
+                        refused += 1;
+                    }
+                    Err(other) => panic!("unexpected refusal: {other}"),
+                }
+            }
+            (acknowledged, refused)
+        });
+    }
+    let mut acknowledged: HashMap<u64, uuid::Uuid> = HashMap::new();
+    let mut refused = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (events, failed) = result.expect("task");
+        refused += failed;
+        for (position, id) in events {
+            assert!(
+                acknowledged.insert(position, id).is_none(),
+                "position {position} given twice"
+            );
+        }
+    }
+    assert!(refused >= COMMITS / 6, "every refused commit failed ({refused})");
+
+    let stored = subscribe(store.clone(), acknowledged.len()).await;
+    assert_eq!(
+        stored.len(),
+        acknowledged.len(),
+        "only acknowledged events are stored"
+    );
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &stored {
+        assert_eq!(acknowledged.get(&event.position()), Some(&event.event_id()));
+        assert_ne!(event.event_type(), "Refused");
+        let version = versions.entry(event.aggregate_id().to_owned()).or_default();
+        *version += 1;
+        assert_eq!(event.version(), *version, "versions are dense in position order");
+    }
+    let head = store.head().await.expect("head").position;
+    assert_eq!(
+        head,
+        stored.len() as u64,
+        "no position was taken by a refused group"
+    );
+}
