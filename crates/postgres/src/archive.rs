@@ -210,6 +210,12 @@ impl Archive {
         Ok(())
     }
 
+    /// Whether the event in the [`EVENT_COLUMNS`](crate::sql::EVENT_COLUMNS) starting at
+    /// column `at` of `row` is archived (its payloads are in a chunk).
+    pub fn is_archived(row: &Row, at: usize) -> Result<bool, PgError> {
+        Ok(row.try_get::<_, Option<i64>>(at + 14)?.is_some())
+    }
+
     /// The archived chunks named by `rows` (event columns from column `at`) that are not in
     /// the cache, each with the event ids of its rows there.
     pub fn uncached(&self, rows: &[Row], at: usize) -> Result<Vec<(i64, Vec<uuid::Uuid>)>, PgError> {

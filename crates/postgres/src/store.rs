@@ -11,15 +11,15 @@ use factstore_core::{
     EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored,
     StorageStats, StoreError, Timestamp,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use postgres_types::Type;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::{AsyncMessage, Row};
 use uuid::Uuid;
 
 use crate::PgError;
-use crate::archive::{Archive, ArchiveOptions};
+use crate::archive::{Archive, ArchiveOptions, Payloads};
 use crate::chain::Sequencer;
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
@@ -501,26 +501,48 @@ impl EventStore for PgStore {
         let limit_p = read.param(big(limit as u64), Type::INT8);
         read.text
             .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON {upper}"));
-        let (rows, payloads) = {
-            let client = self.client().await?;
-            let rows = client
-                .query_typed(&read.text, &read.params())
-                .await
-                .map_err(PgError::from)?;
-            let payloads = self.inner.archive.payloads(&client, &rows, 1).await?;
-            (rows, payloads)
-        };
-        let head = match rows.first() {
-            Some(row) => row.try_get::<_, i64>(0).map_err(PgError::from)? as u64,
-            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
-        };
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
+        // Rows are decoded as they arrive, while PostgreSQL is still sending the rest of the
+        // page, rather than after the last one. Archived rows wait for their chunks.
+        let client = self.client().await?;
+        let stream = client
+            .query_typed_raw(&read.text, read.params())
+            .await
+            .map_err(PgError::from)?;
+        futures::pin_mut!(stream);
+        let mut head: Option<i64> = None;
+        let mut events: Vec<Option<Event>> = Vec::new();
+        let mut archived: Vec<Row> = Vec::new();
+        let none = Payloads::default();
+        while let Some(row) = stream.try_next().await.map_err(PgError::from)? {
+            if head.is_none() {
+                head = Some(row.try_get(0).map_err(PgError::from)?);
+            }
             // A page with no event is one row of the head and NULLs.
-            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_some() {
-                events.push(event_from_row_at(row, 1, &payloads)?);
+            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_none() {
+                continue;
+            }
+            if Archive::is_archived(&row, 1)? {
+                events.push(None);
+                archived.push(row);
+            } else {
+                events.push(Some(event_from_row_at(&row, 1, &none)?));
             }
         }
+        if !archived.is_empty() {
+            let payloads = self.inner.archive.payloads(&client, &archived, 1).await?;
+            let mut filled = archived.iter().map(|row| event_from_row_at(row, 1, &payloads));
+            for slot in events.iter_mut().filter(|slot| slot.is_none()) {
+                if let Some(event) = filled.next() {
+                    *slot = Some(event?);
+                }
+            }
+        }
+        drop(client);
+        let events: Vec<Event> = events.into_iter().flatten().collect();
+        let head = match head {
+            Some(head) => head as u64,
+            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
+        };
         let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
         let next_after_position = if events.len() >= limit {
             events.last().map_or(range_end, Event::position)

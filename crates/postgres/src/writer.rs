@@ -60,6 +60,8 @@ pub struct GroupLimits {
 /// The writer's connection and its prepared statements.
 struct Conn {
     client: Client,
+    /// `BEGIN` with the lock timeout of a planned group's transaction.
+    begin_planned: String,
     read_head: Statement,
     lock_head: Statement,
     find_ids: Statement,
@@ -369,12 +371,13 @@ impl Writer {
             return Ok(Planned::Answers(answers));
         };
 
-        // Exchange 2: insert. Any lock wait here means another server's rows hold the same
-        // keys (this store's groups in flight never share one): give up soon, rather than
+        // Exchange 2: insert. Any lock wait from here on means another server holds the same
+        // keys or the head (this store's groups in flight never share a key, and the group
+        // before this one has committed before it moves the head): give up soon, rather than
         // wait for a server that may itself be waiting for this one's groups.
         let planned = ticket.planned();
         let inserted = futures::try_join!(
-            client.batch_execute("BEGIN; SET LOCAL lock_timeout = '1s'"),
+            client.batch_execute(&conn.begin_planned),
             insert(client, &conn.insert, &planned.events, planned.recorded_at),
         );
         match inserted {
@@ -692,6 +695,18 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
     client
         .batch_execute("SET plan_cache_mode = force_custom_plan")
         .await?;
+    // A planned group waiting for another server's keys or head gives up after this long. It
+    // must give up before PostgreSQL's deadlock check (`deadlock_timeout`) runs, or the check
+    // may break a wait cycle by aborting the other server's locked group instead.
+    let deadlock_ms: i32 = client
+        .query_one(
+            "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let give_up_ms = (deadlock_ms / 4).clamp(1, 50);
+    let begin_planned = format!("BEGIN; SET LOCAL lock_timeout = '{give_up_ms}ms'");
     let level: String = client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
     if level == "off" || level == "local" {
         // `local` is durable on this server but not on its standbys; `off` is not durable.
@@ -723,6 +738,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
     )?;
     Ok(Conn {
         client,
+        begin_planned,
         read_head,
         lock_head,
         find_ids,
