@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`store`]: [`PgStore`] and [`PgOptions`]: opening (migrations, the pool, the writer, the
 //!   head listener), reads, snapshots.
-//! - `writer`: group commit. One task per store takes every waiting commit, checks them all
-//!   in one transaction that holds the head row's lock, inserts the events that pass at
-//!   consecutive positions, moves the head and commits: one pipelined exchange per group.
+//! - `writer`: group commit. Writer tasks take groups of waiting commits; each group is
+//!   planned behind the groups in flight and inserted while they insert, and holds the head
+//!   row's lock only to move the head and commit (or, when another server interferes, from its
+//!   lookups to its commit).
+//! - `chain`: the groups a store has planned and not seen commit, which later plans count on.
 //! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
 //! - [`lease`]: leadership among the servers on one database (a session advisory lock and an
 //!   epoch that fences state writes): the leader runs projections and persistent subscriptions.
@@ -18,16 +20,20 @@
 //! - `types`: `timestamptz` and `json` in PostgreSQL's binary formats.
 //!
 //! # Invariants (see `docs/postgres.md`)
-//! - A position is taken only by a transaction that holds the lock on the row of
-//!   `factstore_head`, and that same transaction inserts the event and moves the head. So
-//!   positions are assigned in commit order, and a transaction that rolls back leaves no gap:
-//!   it never committed the head it moved.
+//! - A transaction commits events only while moving the head row from the position just
+//!   before them to the last of them (checked by the update itself), and the row lock that
+//!   update takes lasts until it commits. So commits follow each other in position order, each
+//!   one after the last committed position, and a transaction that rolls back leaves no gap:
+//!   its head was never visible.
+//! - A group's answers are given only after its `COMMIT`, and a plan counts only groups that
+//!   commit before it: a group planned behind one that failed is planned again.
 //! - A page is read with the head in one statement, so one snapshot: a commit moves the head
 //!   in the transaction that inserts its events, so the events a reader sees are exactly
 //!   those at or below the head it sees, and a reader that sees position P sees every
 //!   position below P.
-//! - `recorded_at` of a commit is `max(now, recorded_at of the head)`, taken under the lock:
-//!   it never decreases along positions, even across servers whose clocks disagree.
+//! - `recorded_at` of a commit is `max(now, recorded_at of the head, recorded_at of the group
+//!   planned before it)`: it never decreases along positions, even across servers whose
+//!   clocks disagree.
 //!
 //! [`Event`]: factstore_core::Event
 

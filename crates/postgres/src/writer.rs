@@ -2,24 +2,25 @@
 //!
 //! # The write path (see `docs/postgres.md`)
 //! A writer task owns one connection. It takes the first waiting commit and every other
-//! waiting commit (up to the group limits), then, in one pipelined exchange:
-//! 1. `BEGIN`; lock the head row (`SELECT … FOR UPDATE`): from here until `COMMIT` no other
-//!    writer, on this server or another, can take a position;
-//! 2. look up, in the same exchange, everything the checks need: the stored events with the
-//!    group's client-chosen ids, the current version and type of every aggregate the group
-//!    touches, and for each conditional commit the first stored event that passes its filter.
+//! waiting commit (up to the group limits) as one group, and writes it one of two ways.
 //!
-//! Then it decides each commit of the group on its own, in order, against what is stored plus
-//! the commits before it in the group (a failing commit writes nothing and does not fail the
-//! others), and, in a second pipelined exchange, inserts the events that passed (one
-//! multi-row `INSERT … SELECT FROM unnest(…)`), moves the head, sends `NOTIFY` and commits.
-//! Only when `COMMIT` returns (the WAL is flushed, with `synchronous_commit` on) are the
-//! commits answered and the local head published.
+//! **Planned** (the usual way): it looks up everything the checks need (the stored events with
+//! the group's client-chosen ids, the current version and type of every aggregate the group
+//! touches, the first stored event passing each condition) in one read-only snapshot with the
+//! head; plans the group on that snapshot plus the groups this store has in flight
+//! ([`crate::chain`]), each commit decided on its own; inserts its events in a transaction of
+//! its own without the head lock, while the group before it is still inserting or
+//! committing; waits for that group to commit; then moves the head from exactly where the plan
+//! left it (any other head fails the row's CHECK and the transaction), notifies and commits.
 //!
-//! A store runs two writers by default: while one waits for its `COMMIT`, the other has
-//! already queued its group behind the head lock. Their groups still commit one at a time, in
-//! position order, because each takes its positions under the lock; and each sees what the
-//! other committed, because its lookups run (read committed) after it got the lock.
+//! **Locked**: `BEGIN`, lock the head row (`SELECT … FOR UPDATE`), the same lookups, decide,
+//! insert, move the head, notify, commit, in two pipelined exchanges; no other writer, on this
+//! server or another, can commit meanwhile. Used after another server's commit spoiled a plan
+//! (and for the next second), for replays of archived events whose chunks are not cached, and
+//! after a few spoiled plans in a row.
+//!
+//! Either way, only when `COMMIT` returns (the WAL is flushed, with `synchronous_commit` on) are
+//! the commits answered and the local head published.
 //!
 //! A failed exchange answers the whole group `store_unavailable` and drops the connection (the
 //! next group reconnects). When `COMMIT` itself fails the outcome is unknown; a client that
@@ -438,7 +439,9 @@ impl Writer {
         let id_params: [&(dyn ToSql + Sync); 1] = [&lookups.ids];
         let aggregate_params: [&(dyn ToSql + Sync); 1] = [&lookups.aggregate_ids];
         let (_, head_row, stored_rows, aggregate_rows, condition_rows) = futures::try_join!(
-            client.batch_execute("BEGIN"),
+            // Read committed whatever the database's default: the lookups after the lock must
+            // see what the last holder committed.
+            client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
             client.query_one(&conn.lock_head, &[]),
             client.query(&conn.find_ids, &id_params),
             client.query(&conn.aggregates, &aggregate_params),
@@ -706,7 +709,8 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
         .await?
         .get(0);
     let give_up_ms = (deadlock_ms / 4).clamp(1, 50);
-    let begin_planned = format!("BEGIN; SET LOCAL lock_timeout = '{give_up_ms}ms'");
+    let begin_planned =
+        format!("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{give_up_ms}ms'");
     let level: String = client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
     if level == "off" || level == "local" {
         // `local` is durable on this server but not on its standbys; `off` is not durable.
