@@ -16,6 +16,10 @@
 //!   event is always kept.
 //! - A reader that asks for positions below `first` is told so ([`Slice::Evicted`]) and reads
 //!   from the store; the feed never blocks on a reader.
+//! - While nobody subscribes, the feed reads nothing: on each move of the head it empties the
+//!   ring and starts it again after the head. Reading every event once costs little on the
+//!   embedded engine but a second read of every commit on PostgreSQL, for nobody; tail reads
+//!   meanwhile go to the store.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock, Weak};
@@ -139,6 +143,17 @@ impl Feed {
         Slice::Events(ring.events.iter().skip(skip).take(max).cloned().collect())
     }
 
+    /// Empties the ring and starts it again after `head` (nothing up to it will be read).
+    fn skip_to(&self, head: u64) {
+        {
+            let mut ring = self.ring.write();
+            ring.events.clear();
+            ring.bytes = 0;
+            ring.first = head + 1;
+        }
+        self.last.send_replace(head);
+    }
+
     fn push(&self, events: &[Event]) {
         if events.is_empty() {
             return;
@@ -177,6 +192,13 @@ async fn follow(
 ) {
     loop {
         let head = *head_rx.borrow_and_update();
+        if let Some(feed) = feed.upgrade()
+            && last < head
+            && feed.last.receiver_count() == 0
+        {
+            feed.skip_to(head);
+            last = head;
+        }
         while last < head {
             let Some(feed) = feed.upgrade() else { return };
             match store.read_events(EventQuery::all(last, REFILL_PAGE)).await {
@@ -207,5 +229,57 @@ async fn follow(
             changed = head_rx.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factstore_core::{Commit, ExpectedVersion, NewEvent};
+    use factstore_testkit::model::ModelStore;
+
+    async fn append(store: &ModelStore, n: usize) {
+        let events = (0..n)
+            .map(|i| NewEvent::new("Thing", "Happened", serde_json::json!({"i": i})))
+            .collect();
+        store
+            .commit(Commit::single("a", ExpectedVersion::Any, events))
+            .await
+            .expect("commit");
+    }
+
+    async fn settled(feed: &Feed, position: u64) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while feed.last() < position {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the feed reaches the head");
+    }
+
+    #[tokio::test]
+    async fn the_feed_reads_nothing_while_nobody_subscribes_and_follows_once_someone_does() {
+        let store = Arc::new(ModelStore::new());
+        let feed = Feed::start(store.clone(), 1 << 20, CancellationToken::new());
+        append(&store, 3).await;
+        settled(&feed, 3).await;
+        assert!(
+            matches!(feed.after(0, 10), Slice::Evicted),
+            "nothing was read for nobody"
+        );
+        assert!(matches!(feed.after(3, 10), Slice::Events(events) if events.is_empty()));
+
+        let mut subscriber = feed.subscribe();
+        append(&store, 2).await;
+        tokio::time::timeout(Duration::from_secs(5), subscriber.wait_for(|last| *last >= 5))
+            .await
+            .expect("the subscriber hears of the new events")
+            .expect("the feed runs");
+        let Slice::Events(events) = feed.after(3, 10) else {
+            panic!("the feed holds what came after its subscriber arrived");
+        };
+        let positions: Vec<u64> = events.iter().map(|e| e.event.position()).collect();
+        assert_eq!(positions, [4, 5]);
     }
 }
