@@ -116,6 +116,14 @@ struct Lookups<'a> {
     conditions: Vec<(usize, Query)>,
 }
 
+/// The answers to a group's lookups.
+struct Fetched {
+    head: tokio_postgres::Row,
+    stored: Vec<tokio_postgres::Row>,
+    aggregates: Vec<tokio_postgres::Row>,
+    conditions: Vec<Vec<tokio_postgres::Row>>,
+}
+
 /// The stored state the checks of a group are decided against.
 struct Known {
     stored: HashMap<Uuid, Event>,
@@ -328,17 +336,19 @@ impl Writer {
 
         // Exchange 1: the head and the lookups in one read-only snapshot, so they see the
         // store at that head exactly.
-        let condition_params = lookups.condition_params();
-        let id_params: [&(dyn ToSql + Sync); 1] = [&lookups.ids];
-        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&lookups.aggregate_ids];
-        let (_, head_row, stored_rows, aggregate_rows, condition_rows, _) = futures::try_join!(
-            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-            client.query_one(&conn.read_head, &[]),
-            client.query(&conn.find_ids, &id_params),
-            client.query(&conn.aggregates, &aggregate_params),
-            lookups.query_conditions(client, &condition_params),
-            client.batch_execute("COMMIT"),
-        )?;
+        let Fetched {
+            head: head_row,
+            stored: stored_rows,
+            aggregates: aggregate_rows,
+            conditions: condition_rows,
+        } = lookups
+            .fetch(
+                conn,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                &conn.read_head,
+                Some("COMMIT"),
+            )
+            .await?;
         let head_position: i64 = head_row.try_get(0)?;
         let head_recorded: Option<Ts> = head_row.try_get(1)?;
         if !archive.uncached(&stored_rows, 0)?.is_empty() {
@@ -433,20 +443,21 @@ impl Writer {
         let conn = self.connection().await?;
         let client = &conn.client;
 
-        // Exchange 1: begin, lock, look up. Futures polled together are pipelined on one
-        // connection: every statement goes out before the first answer comes back.
-        let condition_params = lookups.condition_params();
-        let id_params: [&(dyn ToSql + Sync); 1] = [&lookups.ids];
-        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&lookups.aggregate_ids];
-        let (_, head_row, stored_rows, aggregate_rows, condition_rows) = futures::try_join!(
-            // Read committed whatever the database's default: the lookups after the lock must
-            // see what the last holder committed.
-            client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
-            client.query_one(&conn.lock_head, &[]),
-            client.query(&conn.find_ids, &id_params),
-            client.query(&conn.aggregates, &aggregate_params),
-            lookups.query_conditions(client, &condition_params),
-        )?;
+        // Exchange 1: begin, lock, look up. Read committed whatever the database's default: the
+        // lookups after the lock must see what the last holder committed.
+        let Fetched {
+            head: head_row,
+            stored: stored_rows,
+            aggregates: aggregate_rows,
+            conditions: condition_rows,
+        } = lookups
+            .fetch(
+                conn,
+                "BEGIN ISOLATION LEVEL READ COMMITTED",
+                &conn.lock_head,
+                None,
+            )
+            .await?;
         let head_position: i64 = head_row.try_get(0)?;
         let head_recorded: Option<Ts> = head_row.try_get(1)?;
         let recorded_at = head_recorded.map_or(Timestamp::now(), |last| Timestamp::now().max(last.0));
@@ -563,23 +574,46 @@ impl<'a> Lookups<'a> {
         lookups
     }
 
-    fn condition_params(&self) -> Vec<Vec<(&(dyn ToSql + Sync), Type)>> {
-        self.conditions.iter().map(|(_, q)| q.params()).collect()
-    }
-
-    /// The first stored event passing each condition's filter.
-    fn query_conditions<'c>(
-        &'c self,
-        client: &'c Client,
-        params: &'c [Vec<(&'c (dyn ToSql + Sync), Type)>],
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<tokio_postgres::Row>>, tokio_postgres::Error>> + 'c
-    {
-        futures::future::try_join_all(
+    /// `begin`, the head row (`head`), the lookups and `end`, in one pipelined exchange:
+    /// futures polled together on one connection send every statement before the first
+    /// answer comes back.
+    async fn fetch(
+        &self,
+        conn: &Conn,
+        begin: &str,
+        head: &Statement,
+        end: Option<&str>,
+    ) -> Result<Fetched, tokio_postgres::Error> {
+        let client = &conn.client;
+        let condition_params: Vec<_> = self.conditions.iter().map(|(_, q)| q.params()).collect();
+        let id_params: [&(dyn ToSql + Sync); 1] = [&self.ids];
+        let aggregate_params: [&(dyn ToSql + Sync); 1] = [&self.aggregate_ids];
+        let conditions = futures::future::try_join_all(
             self.conditions
                 .iter()
-                .zip(params)
+                .zip(&condition_params)
                 .map(|((_, q), params)| client.query_typed(&q.text, params)),
-        )
+        );
+        let end = async {
+            match end {
+                Some(end) => client.batch_execute(end).await,
+                None => Ok(()),
+            }
+        };
+        let (_, head, stored, aggregates, conditions, _) = futures::try_join!(
+            client.batch_execute(begin),
+            client.query_one(head, &[]),
+            client.query(&conn.find_ids, &id_params),
+            client.query(&conn.aggregates, &aggregate_params),
+            conditions,
+            end,
+        )?;
+        Ok(Fetched {
+            head,
+            stored,
+            aggregates,
+            conditions,
+        })
     }
 
     fn known(

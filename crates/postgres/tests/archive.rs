@@ -204,6 +204,14 @@ async fn archived_rows(schema: &TestSchema) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// A cold store in a temporary folder, and a store on `schema` archiving to it.
+async fn on_cold_folder(schema: &TestSchema) -> (tempfile::TempDir, Arc<dyn ColdStore>, PgStore) {
+    let cold_dir = tempfile::tempdir().expect("tempdir");
+    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
+    let store = open_with(schema, Some(cold.clone())).await.expect("open");
+    (cold_dir, cold, store)
+}
+
 /// Appends events, then more after a split time; returns the split and the early commits.
 async fn two_rounds(store: &PgStore) -> (Timestamp, Vec<(Commit, CommitOutcome)>) {
     let early = append(store, 0, 30).await;
@@ -219,9 +227,7 @@ async fn archived_events_read_and_count_as_before() {
     let Some(schema) = TestSchema::create().await else {
         return;
     };
-    let cold_dir = tempfile::tempdir().expect("tempdir");
-    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
-    let store = open_with(&schema, Some(cold.clone())).await.expect("open");
+    let (_cold_dir, cold, store) = on_cold_folder(&schema).await;
     let (split, early) = two_rounds(&store).await;
     let before = reads(&store, split).await;
     let early_events = store
@@ -350,9 +356,7 @@ async fn a_corrupt_or_missing_chunk_fails_its_reads() {
     let Some(schema) = TestSchema::create().await else {
         return;
     };
-    let cold_dir = tempfile::tempdir().expect("tempdir");
-    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
-    let store = open_with(&schema, Some(cold.clone())).await.expect("open");
+    let (cold_dir, cold, store) = on_cold_folder(&schema).await;
     let (split, _) = two_rounds(&store).await;
     let all = store
         .read_events(EventQuery::all(0, 10_000))
@@ -563,9 +567,7 @@ async fn a_replay_of_archived_events_waits_for_cold_storage_alone() {
     let Some(schema) = TestSchema::create().await else {
         return;
     };
-    let cold_dir = tempfile::tempdir().expect("tempdir");
-    let cold: Arc<dyn ColdStore> = Arc::new(cold_at(cold_dir.path()));
-    let store = open_with(&schema, Some(cold.clone())).await.expect("open");
+    let (cold_dir, cold, store) = on_cold_folder(&schema).await;
     let (split, early) = two_rounds(&store).await;
     store.archive(split).await.expect("archive");
     // A fresh store (nothing cached) while the first chunk's object is out of reach.
