@@ -41,6 +41,7 @@ pub mod archive;
 mod chain;
 pub mod lease;
 pub mod migrate;
+mod read_ahead;
 mod sql;
 pub mod state;
 pub mod store;

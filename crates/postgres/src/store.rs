@@ -1,6 +1,6 @@
 //! [`PgStore`]: the [`EventStore`] on PostgreSQL.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::PgError;
 use crate::archive::{Archive, ArchiveOptions, Payloads};
 use crate::chain::Sequencer;
+use crate::read_ahead::{ReadAhead, continuation};
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
 use crate::writer::{GroupLimits, WriteRequest, Writer};
@@ -49,6 +50,10 @@ pub struct PgOptions {
     /// inserts while the group before it inserts or commits. More than 2 measured no better
     /// on 2 cores (the inserts are PostgreSQL's CPU).
     pub writers: usize,
+    /// Groups of fewer events look their events' ids up before they are planned; larger ones
+    /// count on the primary key to refuse a stored id (a retried commit), which sends the
+    /// group the locking way. Only tests change it, to take either way with any commit.
+    pub look_up_ids_below: usize,
     pub limits: Limits,
     /// Archiving: the cold store (none: not configured), the read cache, the chunk sizes.
     pub archive: ArchiveOptions,
@@ -64,8 +69,34 @@ impl PgOptions {
             head_poll: Duration::from_millis(500),
             group_events_max: 20_000,
             writers: 2,
+            look_up_ids_below: crate::writer::LOOK_UP_IDS_BELOW,
             limits: Limits::default(),
             archive: ArchiveOptions::default(),
+        }
+    }
+}
+
+/// Reads pages from `query` on, each continuing the one before, and sends them to `pages`
+/// until one is not full or below the head, a read fails, or the reader or the store is gone.
+/// The channel holds one page, and the page read after it waits for room: two ahead at most.
+/// The store is held only while a page is read, so that waiting for room never keeps it open.
+async fn read_ahead(store: Weak<Inner>, mut query: EventQuery, pages: mpsc::Sender<EventPage>) {
+    loop {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        // A page that fails to be read ahead is read again when asked for, and fails then
+        // with its reader's request.
+        let Ok(page) = (PgStore { inner }).read_page(&query).await else {
+            return;
+        };
+        let next = continuation(&query, &page);
+        if pages.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(next) => query = next,
+            None => return,
         }
     }
 }
@@ -122,6 +153,7 @@ struct Inner {
     channel: String,
     tasks: Vec<AbortHandle>,
     archive: Arc<Archive>,
+    read_ahead: ReadAhead,
 }
 
 impl Drop for Inner {
@@ -186,6 +218,7 @@ impl PgStore {
                 GroupLimits {
                     events_max: options.group_events_max.max(1),
                     bytes_max: 64 << 20,
+                    look_up_ids_below: options.look_up_ids_below,
                 },
                 archive.clone(),
                 sequencer.clone(),
@@ -204,6 +237,7 @@ impl PgStore {
                 channel,
                 tasks,
                 archive,
+                read_ahead: ReadAhead::default(),
             }),
         })
     }
@@ -217,6 +251,91 @@ impl PgStore {
     /// The NOTIFY channel commits to this schema are announced on.
     pub fn channel(&self) -> &str {
         &self.inner.channel
+    }
+
+    /// One page of `GET /v1/events`, read now.
+    async fn read_page(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        // The head and the page in one statement, so one snapshot: the events it sees are
+        // exactly those at or below the head it sees (a commit moves the head in the same
+        // transaction as its inserts, under the head lock), a prefix of the positions. One
+        // round trip per page.
+        //
+        // The page is bounded below only (`position > after`), and `to_position` is applied to
+        // the page afterwards: among the first `limit` events after `after`, those at or below
+        // `to` are the first `limit` of (after, to]. A range with two bounds is estimated at
+        // 0.5% of the table when statistics are missing or stale (a table that just grew), and
+        // the planner then sorts the whole range instead of walking the position index.
+        let after = query.after_position;
+        let limit = query.limit.max(1);
+        let mut read = Query::new("");
+        let after_p = read.param(big(after), Type::INT8);
+        let upper = match query.to_position {
+            Some(to) => format!("e.position <= {}", read.param(big(to), Type::INT8)),
+            None => "true".to_owned(),
+        };
+        read.text = format!(
+            "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
+             SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+             WHERE position > {after_p}"
+        );
+        read.filter(&query.filter);
+        read.time_bounds(query.from, query.to, query.as_of);
+        let limit_p = read.param(big(limit as u64), Type::INT8);
+        read.text
+            .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON {upper}"));
+        // Rows are decoded as they arrive, while PostgreSQL is still sending the rest of the
+        // page, rather than after the last one. Archived rows wait for their chunks.
+        let client = self.client().await?;
+        let stream = client
+            .query_typed_raw(&read.text, read.params())
+            .await
+            .map_err(PgError::from)?;
+        futures::pin_mut!(stream);
+        let mut head: Option<i64> = None;
+        let mut events: Vec<Option<Event>> = Vec::new();
+        let mut archived: Vec<Row> = Vec::new();
+        let none = Payloads::default();
+        while let Some(row) = stream.try_next().await.map_err(PgError::from)? {
+            if head.is_none() {
+                head = Some(row.try_get(0).map_err(PgError::from)?);
+            }
+            // A page with no event is one row of the head and NULLs.
+            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_none() {
+                continue;
+            }
+            if Archive::is_archived(&row, 1)? {
+                events.push(None);
+                archived.push(row);
+            } else {
+                events.push(Some(event_from_row_at(&row, 1, &none)?));
+            }
+        }
+        if !archived.is_empty() {
+            let payloads = self.inner.archive.payloads(&client, &archived, 1).await?;
+            let mut filled = archived.iter().map(|row| event_from_row_at(row, 1, &payloads));
+            for slot in events.iter_mut().filter(|slot| slot.is_none()) {
+                if let Some(event) = filled.next() {
+                    *slot = Some(event?);
+                }
+            }
+        }
+        drop(client);
+        let events: Vec<Event> = events.into_iter().flatten().collect();
+        let head = match head {
+            Some(head) => head as u64,
+            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
+        };
+        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
+        let next_after_position = if events.len() >= limit {
+            events.last().map_or(range_end, Event::position)
+        } else {
+            range_end.max(after)
+        };
+        Ok(EventPage {
+            events,
+            next_after_position,
+            head_position: head,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -473,87 +592,27 @@ impl EventStore for PgStore {
     }
 
     async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
-        // The head and the page in one statement, so one snapshot: the events it sees are
-        // exactly those at or below the head it sees (a commit moves the head in the same
-        // transaction as its inserts, under the head lock), a prefix of the positions. One
-        // round trip per page.
-        //
-        // The page is bounded below only (`position > after`), and `to_position` is applied to
-        // the page afterwards: among the first `limit` events after `after`, those at or below
-        // `to` are the first `limit` of (after, to]. A range with two bounds is estimated at
-        // 0.5% of the table when statistics are missing or stale (a table that just grew), and
-        // the planner then sorts the whole range instead of walking the position index.
-        let after = query.after_position;
-        let limit = query.limit.max(1);
-        let mut read = Query::new("");
-        let after_p = read.param(big(after), Type::INT8);
-        let upper = match query.to_position {
-            Some(to) => format!("e.position <= {}", read.param(big(to), Type::INT8)),
-            None => "true".to_owned(),
-        };
-        read.text = format!(
-            "WITH h AS (SELECT position AS head FROM factstore_head WHERE id = 1) \
-             SELECT h.head, e.* FROM h LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
-             WHERE position > {after_p}"
-        );
-        read.filter(&query.filter);
-        read.time_bounds(query.from, query.to, query.as_of);
-        let limit_p = read.param(big(limit as u64), Type::INT8);
-        read.text
-            .push_str(&format!(" ORDER BY position LIMIT {limit_p}) e ON {upper}"));
-        // Rows are decoded as they arrive, while PostgreSQL is still sending the rest of the
-        // page, rather than after the last one. Archived rows wait for their chunks.
-        let client = self.client().await?;
-        let stream = client
-            .query_typed_raw(&read.text, read.params())
-            .await
-            .map_err(PgError::from)?;
-        futures::pin_mut!(stream);
-        let mut head: Option<i64> = None;
-        let mut events: Vec<Option<Event>> = Vec::new();
-        let mut archived: Vec<Row> = Vec::new();
-        let none = Payloads::default();
-        while let Some(row) = stream.try_next().await.map_err(PgError::from)? {
-            if head.is_none() {
-                head = Some(row.try_get(0).map_err(PgError::from)?);
-            }
-            // A page with no event is one row of the head and NULLs.
-            if row.try_get::<_, Option<i64>>(1).map_err(PgError::from)?.is_none() {
-                continue;
-            }
-            if Archive::is_archived(&row, 1)? {
-                events.push(None);
-                archived.push(row);
-            } else {
-                events.push(Some(event_from_row_at(&row, 1, &none)?));
-            }
+        let mut scan = self.inner.read_ahead.take(&query);
+        let mut page = None;
+        if let Some(ahead) = scan.as_mut()
+            && let Some(mut ahead) = ahead.page().await
+            && continuation(&query, &ahead).is_some()
+        {
+            ahead.head_position = ahead.head_position.max(*self.inner.head.borrow());
+            page = Some(ahead);
         }
-        if !archived.is_empty() {
-            let payloads = self.inner.archive.payloads(&client, &archived, 1).await?;
-            let mut filled = archived.iter().map(|row| event_from_row_at(row, 1, &payloads));
-            for slot in events.iter_mut().filter(|slot| slot.is_none()) {
-                if let Some(event) = filled.next() {
-                    *slot = Some(event?);
-                }
+        let page = match page {
+            Some(page) => page,
+            None => {
+                // The reader is given fresh pages from here on.
+                scan = None;
+                self.read_page(&query).await?
             }
+        };
+        if let Some((next, pages)) = self.inner.read_ahead.served(&query, &page, scan) {
+            tokio::spawn(read_ahead(Arc::downgrade(&self.inner), next, pages));
         }
-        drop(client);
-        let events: Vec<Event> = events.into_iter().flatten().collect();
-        let head = match head {
-            Some(head) => head as u64,
-            None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
-        };
-        let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
-        let next_after_position = if events.len() >= limit {
-            events.last().map_or(range_end, Event::position)
-        } else {
-            range_end.max(after)
-        };
-        Ok(EventPage {
-            events,
-            next_after_position,
-            head_position: head,
-        })
+        Ok(page)
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Event, StoreError> {

@@ -156,6 +156,16 @@ impl SchemaStore {
     pub async fn open_dyn() -> Option<Arc<dyn EventStore>> {
         Some(Arc::new(SchemaStore::open().await?))
     }
+
+    /// A store that never looks ids up before it plans a group: every retried commit is
+    /// found by the primary key, or by planning again after a refusal.
+    pub async fn open_dyn_without_id_lookups() -> Option<Arc<dyn EventStore>> {
+        let schema = TestSchema::create().await?;
+        let mut options = schema.options();
+        options.look_up_ids_below = 0;
+        let store = PgStore::open(options).await.expect("open the store");
+        Some(Arc::new(SchemaStore { store, schema }))
+    }
 }
 
 #[async_trait]
