@@ -21,8 +21,8 @@
 //!   ahead.
 //! - Reading ahead starts only for a reader that has already asked for the page following a
 //!   full one, so a reader of one page costs one read; a reader that stops mid-way wastes at
-//!   most two pages. At most [`SCANS`] readers are followed, and their pages are dropped when
-//!   not asked for within [`KEEP`].
+//!   most two pages. At most [`SCANS`] readers are followed, only while their pages stay under
+//!   [`PAGE_BYTES`], and their pages are dropped when not asked for within [`KEEP`].
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -32,7 +32,10 @@ use factstore_core::{EventPage, EventQuery};
 use tokio::sync::mpsc;
 
 /// Readers followed at once.
-const SCANS: usize = 8;
+const SCANS: usize = 4;
+/// A reader whose pages hold more than this (the binary events) is not read ahead of: with
+/// [`SCANS`] readers and two pages each, pages read ahead hold at most 64 MiB.
+const PAGE_BYTES: usize = 8 << 20;
 /// How long pages read ahead wait for their reader.
 const KEEP: Duration = Duration::from_secs(10);
 /// Queries remembered as the continuation of a full page, to recognise a reader paging.
@@ -92,6 +95,9 @@ impl ReadAhead {
         scan: Option<Scan>,
     ) -> Option<(EventQuery, mpsc::Sender<EventPage>)> {
         let next = continuation(query, page)?;
+        if !small(page) {
+            return None;
+        }
         let now = Instant::now();
         let mut state = self.lock();
         state.scans.retain(|scan| now.duration_since(scan.used) < KEEP);
@@ -132,6 +138,11 @@ impl ReadAhead {
     }
 }
 
+/// Whether `page` is small enough to be read ahead of ([`PAGE_BYTES`]).
+pub fn small(page: &EventPage) -> bool {
+    page.events.iter().map(|e| e.as_bytes().len()).sum::<usize>() <= PAGE_BYTES
+}
+
 /// The query for the page after `page`, when `page` is full and ends below the head and the
 /// query's end, so that its reader will ask for it; such a page read ahead may be served.
 pub fn continuation(query: &EventQuery, page: &EventPage) -> Option<EventQuery> {
@@ -152,6 +163,10 @@ mod tests {
     use super::*;
 
     fn page(after: u64, limit: u64, head: u64) -> EventPage {
+        page_of(after, limit, head, "{}")
+    }
+
+    fn page_of(after: u64, limit: u64, head: u64, event_data: &str) -> EventPage {
         let events: Vec<Event> = (after + 1..=(after + limit).min(head))
             .map(|position| {
                 Event::from_fields(&EventFields {
@@ -162,7 +177,7 @@ mod tests {
                     aggregate_type: "A",
                     event_type: "E",
                     event_version: 1,
-                    event_data: "{}",
+                    event_data,
                     metadata: None,
                     created_at: Timestamp::from_micros(0),
                     recorded_at: Timestamp::from_micros(0),
@@ -246,6 +261,32 @@ mod tests {
         );
         assert!(continuation(&EventQuery::all(10, 10), &page(10, 10, 20)).is_none());
         assert!(continuation(&EventQuery::all(10, 10), &page(10, 10, 21)).is_some());
+    }
+
+    #[test]
+    fn a_reader_of_large_pages_is_not_read_ahead_of() {
+        let ahead = ReadAhead::default();
+        let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(1 << 20));
+        assert!(
+            ahead
+                .served(&EventQuery::all(0, 10), &page_of(0, 10, 100, &data), None)
+                .is_none()
+        );
+        assert!(
+            ahead
+                .served(&EventQuery::all(10, 10), &page_of(10, 10, 100, &data), None)
+                .is_none()
+        );
+        assert!(
+            ahead
+                .served(&EventQuery::all(20, 10), &page(20, 10, 100), None)
+                .is_none()
+        );
+        assert!(
+            ahead
+                .served(&EventQuery::all(30, 10), &page(30, 10, 100), None)
+                .is_some()
+        );
     }
 
     #[test]

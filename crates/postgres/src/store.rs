@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::PgError;
 use crate::archive::{Archive, ArchiveOptions, Payloads};
 use crate::chain::Sequencer;
-use crate::read_ahead::{ReadAhead, continuation};
+use crate::read_ahead::{ReadAhead, continuation, small};
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
 use crate::writer::{GroupLimits, WriteRequest, Writer};
@@ -77,7 +77,8 @@ impl PgOptions {
 }
 
 /// Reads pages from `query` on, each continuing the one before, and sends them to `pages`
-/// until one is not full or below the head, a read fails, or the reader or the store is gone.
+/// until one is not full or below the head or is too large, a read fails, or the reader or the
+/// store is gone.
 /// The channel holds one page, and the page read after it waits for room: two ahead at most.
 /// The store is held only while a page is read, so that waiting for room never keeps it open.
 async fn read_ahead(store: Weak<Inner>, mut query: EventQuery, pages: mpsc::Sender<EventPage>) {
@@ -90,7 +91,7 @@ async fn read_ahead(store: Weak<Inner>, mut query: EventQuery, pages: mpsc::Send
         let Ok(page) = (PgStore { inner }).read_page(&query).await else {
             return;
         };
-        let next = continuation(&query, &page);
+        let next = continuation(&query, &page).filter(|_| small(&page));
         if pages.send(page).await.is_err() {
             return;
         }
