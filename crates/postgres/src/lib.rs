@@ -9,6 +9,8 @@
 //!   row's lock only to move the head and commit (or, when another server interferes, from its
 //!   lookups to its commit).
 //! - `chain`: the groups a store has planned and not seen commit, which later plans count on.
+//! - `read_ahead`: the next pages of a reader paging through the store, read while the page it
+//!   asked for is sent.
 //! - `sql`: the read queries (filters to SQL) and the decoding of rows into [`Event`]s.
 //! - [`lease`]: leadership among the servers on one database (a session advisory lock and an
 //!   epoch that fences state writes): the leader runs projections and persistent subscriptions.
@@ -31,6 +33,9 @@
 //!   in the transaction that inserts its events, so the events a reader sees are exactly
 //!   those at or below the head it sees, and a reader that sees position P sees every
 //!   position below P.
+//! - A page read ahead is served only when it is full and ends below the head it was read at:
+//!   then it is what a fresh read returns (but for the head, raised to the server's). The last
+//!   page of a reader's pass is always read at its request.
 //! - `recorded_at` of a commit is `max(now, recorded_at of the head, recorded_at of the group
 //!   planned before it)`: it never decreases along positions, even across servers whose
 //!   clocks disagree.

@@ -228,7 +228,7 @@ impl PgStore {
         }
         tasks.push(tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle());
         tasks.push(tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle());
-        tasks.push(tokio::spawn(keep_statistics(pool.clone(), head.subscribe())).abort_handle());
+        tasks.push(tokio::spawn(maintain_events(pool.clone(), head.subscribe())).abort_handle());
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -459,13 +459,21 @@ async fn poll_head(pool: Pool, head: Arc<watch::Sender<u64>>, every: Duration) {
     }
 }
 
-/// Analyzes `events` whenever it has grown to more than twice what the planner's statistics
-/// say (or has none yet), checked every 5 s. Autovacuum analyzes too, but only after its own
-/// delay: a table filled fast (an import, a load test, a new database) is meanwhile planned as
+/// Every 5 s, once the table has 10,000 events: summarizes the block ranges the
+/// `created_at` and `recorded_at` BRIN indexes have not summarized yet, and analyzes `events`
+/// whenever it has grown to more than twice what the planner's statistics say (or has none).
+///
+/// A BRIN index summarizes a range of blocks only when asked (autovacuum asks only when it
+/// runs and the index has `autosummarize`); until then every read by time scans the whole
+/// unsummarized part (0.65 s for a 0.1 s window of 1.3 million events, 3 ms once summarized).
+/// Summarizing the new ranges reads only those. Concurrent summarizing (another server,
+/// a vacuum) waits for the lock at most a second here, and is tried again at the next tick.
+///
+/// Statistics: autovacuum analyzes too, but only after its own delay: a table filled fast (an import, a load test, a new database) is meanwhile planned as
 /// if it were small, and a page whose filter the planner misjudges is then read by sorting
 /// every matching row rather than walking an index in position order (a second per page at a
 /// million events). The decision reads the database, so any number of servers agree on it.
-async fn keep_statistics(pool: Pool, mut head: watch::Receiver<u64>) {
+async fn maintain_events(pool: Pool, mut head: watch::Receiver<u64>) {
     const ROWS_MIN: f32 = 10_000.0;
     let mut ticks = tokio::time::interval(Duration::from_secs(5));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -476,6 +484,17 @@ async fn keep_statistics(pool: Pool, mut head: watch::Receiver<u64>) {
             continue;
         }
         let Ok(client) = pool.get().await else { continue };
+        if let Err(error) = client
+            .batch_execute(
+                "BEGIN; SET LOCAL lock_timeout = '1s'; \
+                 SELECT brin_summarize_new_values('events_created_at_idx'), \
+                 brin_summarize_new_values('events_recorded_at_idx'); COMMIT",
+            )
+            .await
+        {
+            let _ = client.batch_execute("ROLLBACK").await;
+            tracing::debug!(error = %crate::describe(&error), "summarizing the time indexes waits for the next tick");
+        }
         let Ok(row) = client
             .query_one(
                 "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass",

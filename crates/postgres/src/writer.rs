@@ -5,9 +5,9 @@
 //! waiting commit (up to the group limits) as one group, and writes it one of two ways.
 //!
 //! **Planned** (the usual way): it looks up everything the checks need (the stored events with
-//! the group's client-chosen ids, the current version and type of every aggregate the group
-//! touches, the first stored event passing each condition) in one read-only snapshot with the
-//! head; plans the group on that snapshot plus the groups this store has in flight
+//! the group's client-chosen ids, unless the group is large: [`LOOK_UP_IDS_BELOW`]; the current
+//! version and type of every aggregate the group touches; the first stored event passing each
+//! condition) in one read-only snapshot with the head; plans the group on that snapshot plus the groups this store has in flight
 //! ([`crate::chain`]), each commit decided on its own; inserts its events in a transaction of
 //! its own without the head lock, while the group before it is still inserting or
 //! committing; waits for that group to commit; then moves the head from exactly where the plan

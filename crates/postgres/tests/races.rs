@@ -326,14 +326,14 @@ async fn pages_read_through_a_server_that_heard_nothing_carry_the_head_of_now() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_that_outgrows_its_statistics_is_analyzed() {
+async fn a_table_that_outgrows_its_statistics_is_analyzed_and_its_time_indexes_summarized() {
     let Some(schema) = TestSchema::create().await else {
         return;
     };
     let store = schema.open().await;
     let events = |n: usize| {
         (0..n)
-            .map(|k| NewEvent::new("Thing", "Happened", json!({"k": k})))
+            .map(|k| NewEvent::new("Thing", "Happened", json!({"k": k, "pad": "x".repeat(400)})))
             .collect::<Vec<_>>()
     };
     for i in 0..12 {
@@ -357,6 +357,61 @@ async fn a_table_that_outgrows_its_statistics_is_analyzed() {
         assert!(
             std::time::Instant::now() < deadline,
             "12,000 events and the planner still thinks there are {planned}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Reads by time use the BRIN indexes only where their ranges are summarized: a window of
+    // the first commit must read a few ranges, not every block of the table.
+    db.batch_execute("SET enable_seqscan = off; SET enable_indexscan = off")
+        .await
+        .expect("force the bitmap scan");
+    let first: Vec<factstore_core::Timestamp> = store
+        .read_events(EventQuery::all(0, 1))
+        .await
+        .expect("read")
+        .events
+        .iter()
+        .map(|e| e.created_at())
+        .collect();
+    let at = first[0].to_string();
+    let blocks: i64 = db
+        .query_one(
+            "SELECT relpages::bigint FROM pg_class WHERE oid = 'events'::regclass",
+            &[],
+        )
+        .await
+        .expect("relpages")
+        .get(0);
+    assert!(
+        blocks > 4 * 128,
+        "the table spans several BRIN ranges ({blocks} blocks)"
+    );
+    loop {
+        let messages = db
+            .simple_query(&format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT position FROM events \
+                 WHERE created_at >= '{at}' AND created_at <= '{at}'"
+            ))
+            .await
+            .expect("explain");
+        let plan = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .expect("a plan");
+        let lossy: i64 =
+            serde_json::from_str::<serde_json::Value>(&plan).expect("json")[0]["Plan"]["Lossy Heap Blocks"]
+                .as_i64()
+                .expect("a bitmap heap scan");
+        if lossy <= 2 * 128 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a window of one commit still reads {lossy} of {blocks} blocks: the time index is not summarized"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
