@@ -140,6 +140,24 @@ pub struct EventPage {
     pub head_position: u64,
 }
 
+impl EventPage {
+    /// The page of `events` (at most `limit`) matching a query after position `after`, in the
+    /// range that ends at `range_end` (the head, or `to_position` below it): a full page goes
+    /// on after its last event, a shorter one reached the end of the range.
+    pub fn ending(events: Vec<Event>, after: u64, limit: usize, range_end: u64, head: u64) -> EventPage {
+        let next_after_position = if events.len() >= limit {
+            events.last().map_or(range_end, Event::position)
+        } else {
+            range_end.max(after)
+        };
+        EventPage {
+            events,
+            next_after_position,
+            head_position: head,
+        }
+    }
+}
+
 /// The direction of an aggregate read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

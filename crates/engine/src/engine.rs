@@ -176,16 +176,7 @@ impl Shared {
                 self.scan_driven(query, after, end, limit, &mut events)?;
             }
         }
-        let next_after_position = if events.len() >= limit {
-            events.last().map_or(range_end, Event::position)
-        } else {
-            range_end.max(after)
-        };
-        Ok(EventPage {
-            events,
-            next_after_position,
-            head_position: head,
-        })
+        Ok(EventPage::ending(events, after, limit, range_end, head))
     }
 
     /// Reads one aggregate's events in position order from its index entries: finds the first

@@ -327,16 +327,7 @@ impl PgStore {
             None => return Err(PgError::Corrupt("the head row is missing".into()).into()),
         };
         let range_end = head.min(query.to_position.unwrap_or(u64::MAX));
-        let next_after_position = if events.len() >= limit {
-            events.last().map_or(range_end, Event::position)
-        } else {
-            range_end.max(after)
-        };
-        Ok(EventPage {
-            events,
-            next_after_position,
-            head_position: head,
-        })
+        Ok(EventPage::ending(events, after, limit, range_end, head))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
