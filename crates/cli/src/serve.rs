@@ -395,8 +395,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// The URL other servers forward to: the one given, or this server's own address.
 fn advertise_url(given: Option<&str>, scheme: &str, local: SocketAddr) -> anyhow::Result<String> {
     match given {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(url.to_owned()),
-        Some(url) => bail!("--advertise-url must be an http:// or https:// URL, not '{url}'"),
+        Some(url) => {
+            let parsed: Option<hyper::Uri> = url.parse().ok();
+            let usable = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|host| !host.is_empty())
+                    && uri
+                        .path_and_query()
+                        .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+            });
+            if !usable {
+                bail!(
+                    "--advertise-url must be an http:// or https:// URL with a host and no path \
+                     (as http://10.0.0.5:6180), not '{url}'"
+                );
+            }
+            Ok(url.trim_end_matches('/').to_owned())
+        }
         None if local.ip().is_unspecified() || local.port() == 0 => bail!(
             "--listen {local} is not an address other servers can connect to: give --advertise-url \
              (the URL at which they reach this server)"
@@ -502,5 +517,44 @@ mod tests {
         assert!(parse_size("-1").is_err());
         assert!(parse_size("1.5MiB").is_err());
         assert!(parse_size("1MB").is_err());
+    }
+
+    #[test]
+    fn the_advertised_url_is_one_other_servers_can_reach() {
+        let any: SocketAddr = "0.0.0.0:6180".parse().expect("address");
+        let local: SocketAddr = "10.0.0.5:6180".parse().expect("address");
+        assert_eq!(
+            advertise_url(Some("http://10.0.0.5:6180"), "http", any).expect("given"),
+            "http://10.0.0.5:6180"
+        );
+        assert_eq!(
+            advertise_url(Some("https://node-1.internal:6180/"), "https", any).expect("given"),
+            "https://node-1.internal:6180"
+        );
+        assert_eq!(
+            advertise_url(None, "http", local).expect("own address"),
+            "http://10.0.0.5:6180"
+        );
+        for bad in [
+            "10.0.0.5:6180",
+            "ftp://10.0.0.5",
+            "http://",
+            "http://10.0.0.5:6180/v1",
+            "not a url",
+        ] {
+            let error = advertise_url(Some(bad), "http", any).expect_err(bad).to_string();
+            assert!(
+                error.contains("--advertise-url") && error.contains(bad),
+                "{error}"
+            );
+        }
+        let error = advertise_url(None, "http", any)
+            .expect_err("unspecified")
+            .to_string();
+        assert!(error.contains("give --advertise-url"), "{error}");
+        let error = advertise_url(None, "http", "10.0.0.5:0".parse().expect("address"))
+            .expect_err("port 0")
+            .to_string();
+        assert!(error.contains("give --advertise-url"), "{error}");
     }
 }
