@@ -164,6 +164,9 @@ pub struct Archive {
     /// Chunk rows never change once committed: kept once read.
     rows: Mutex<HashMap<i64, ChunkRow>>,
     cache: Mutex<Cache>,
+    /// A gate per chunk being fetched: readers of one uncached chunk take turns, so the first
+    /// fetches it and the others find it cached.
+    fetching: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Archive {
@@ -184,6 +187,7 @@ impl Archive {
             options,
             rows: Mutex::new(HashMap::new()),
             cache: Mutex::new(Cache::default()),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -263,6 +267,23 @@ impl Archive {
         if let Some(chunk) = self.cached(chunk_id) {
             return Ok(chunk);
         }
+        let gate = self.fetching.lock().entry(chunk_id).or_default().clone();
+        let chunk = {
+            let _turn = gate.lock().await;
+            match self.cached(chunk_id) {
+                Some(chunk) => Ok(chunk),
+                None => self.fetch_chunk(client, chunk_id).await,
+            }
+        };
+        let mut fetching = self.fetching.lock();
+        // Only the map and this reader hold the gate: nobody waits at it.
+        if Arc::strong_count(&gate) == 2 {
+            fetching.remove(&chunk_id);
+        }
+        chunk
+    }
+
+    async fn fetch_chunk(&self, client: &Client, chunk_id: i64) -> Result<Arc<Chunk>, PgError> {
         let row = self.chunk_row(client, chunk_id).await?;
         let Some(cold) = self.options.cold.clone() else {
             return Err(PgError::Archive(format!(

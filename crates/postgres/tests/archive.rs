@@ -607,3 +607,67 @@ async fn a_replay_of_archived_events_waits_for_cold_storage_alone() {
     assert_eq!(fresh.head().await.expect("head").position, head);
     drop_off_runtime(cold);
 }
+
+/// A cold store that counts the objects read from it, and makes each read slow enough for
+/// readers to meet.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ColdStore>,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl ColdStore for Counting {
+    fn put(&self, key: &str, bytes: Bytes) -> io::Result<()> {
+        self.inner.put(key, bytes)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Bytes> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        self.inner.get(key)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_one_uncached_chunk_fetch_it_once() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let (_cold_dir, cold, store) = on_cold_folder(&schema).await;
+    let (split, _) = two_rounds(&store).await;
+    store.archive(split).await.expect("archive");
+    drop(store);
+
+    // A server started afresh: nothing cached. Eight readers of the first archived events.
+    let counting = Arc::new(Counting {
+        inner: cold.clone(),
+        gets: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let fresh = open_with(&schema, Some(counting.clone())).await.expect("open");
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let fresh = fresh.clone();
+        readers.spawn(async move { fresh.read_events(EventQuery::all(0, 5)).await });
+    }
+    let mut pages = Vec::new();
+    while let Some(page) = readers.join_next().await {
+        pages.push(page.expect("reader").expect("read"));
+    }
+    assert!(
+        pages
+            .iter()
+            .all(|page| page.events.len() == 5 && page.events == pages[0].events)
+    );
+    assert_eq!(
+        counting.gets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first five events are in one chunk, fetched once for eight readers"
+    );
+    drop(fresh);
+    drop_off_runtime(counting);
+    drop_off_runtime(cold);
+}
