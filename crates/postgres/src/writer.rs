@@ -126,7 +126,8 @@ struct Lookups<'a> {
 
 /// The answers to a group's lookups.
 struct Fetched {
-    head: tokio_postgres::Row,
+    head_position: i64,
+    head_recorded: Option<Ts>,
     stored: Vec<tokio_postgres::Row>,
     aggregates: Vec<tokio_postgres::Row>,
     conditions: Vec<Vec<tokio_postgres::Row>>,
@@ -368,12 +369,7 @@ impl Writer {
 
         // Exchange 1: the head and the lookups in one read-only snapshot, so they see the
         // store at that head exactly.
-        let Fetched {
-            head: head_row,
-            stored: stored_rows,
-            aggregates: aggregate_rows,
-            conditions: condition_rows,
-        } = lookups
+        let fetched = lookups
             .fetch(
                 conn,
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
@@ -381,13 +377,12 @@ impl Writer {
                 Some("COMMIT"),
             )
             .await?;
-        let head_position: i64 = head_row.try_get(0)?;
-        let head_recorded: Option<Ts> = head_row.try_get(1)?;
-        if !archive.uncached(&stored_rows, 0)?.is_empty() {
+        if !archive.uncached(&fetched.stored, 0)?.is_empty() {
             return Ok(Planned::Locking);
         }
-        let payloads = archive.payloads(client, &stored_rows, 0).await?;
-        let known = lookups.known(&stored_rows, &payloads, &aggregate_rows, &condition_rows)?;
+        let payloads = archive.payloads(client, &fetched.stored, 0).await?;
+        let known = lookups.known(&fetched, &payloads)?;
+        let (head_position, head_recorded) = (fetched.head_position, fetched.head_recorded);
 
         let plan = sequencer.plan(
             head_position as u64,
@@ -489,12 +484,7 @@ impl Writer {
 
         // Exchange 1: begin, lock, look up. Read committed whatever the database's default: the
         // lookups after the lock must see what the last holder committed.
-        let Fetched {
-            head: head_row,
-            stored: stored_rows,
-            aggregates: aggregate_rows,
-            conditions: condition_rows,
-        } = lookups
+        let fetched = lookups
             .fetch(
                 conn,
                 "BEGIN ISOLATION LEVEL READ COMMITTED",
@@ -502,18 +492,17 @@ impl Writer {
                 None,
             )
             .await?;
-        let head_position: i64 = head_row.try_get(0)?;
-        let head_recorded: Option<Ts> = head_row.try_get(1)?;
+        let (head_position, head_recorded) = (fetched.head_position, fetched.head_recorded);
         let recorded_at = head_recorded.map_or(Timestamp::now(), |last| Timestamp::now().max(last.0));
         if !fetch_under_lock {
-            let needs = archive.uncached(&stored_rows, 0)?;
+            let needs = archive.uncached(&fetched.stored, 0)?;
             if !needs.is_empty() {
                 client.batch_execute("ROLLBACK").await?;
                 return Ok(Written::NeedChunks(needs));
             }
         }
-        let payloads = archive.payloads(client, &stored_rows, 0).await?;
-        let known = lookups.known(&stored_rows, &payloads, &aggregate_rows, &condition_rows)?;
+        let payloads = archive.payloads(client, &fetched.stored, 0).await?;
+        let known = lookups.known(&fetched, &payloads)?;
 
         // Decide each commit in order against the store and the group so far.
         let mut pending = Pending::default();
@@ -671,20 +660,21 @@ impl<'a> Lookups<'a> {
             end,
         )?;
         Ok(Fetched {
-            head,
+            head_position: head.try_get(0)?,
+            head_recorded: head.try_get(1)?,
             stored,
             aggregates,
             conditions,
         })
     }
 
-    fn known(
-        &self,
-        stored_rows: &[tokio_postgres::Row],
-        payloads: &Payloads,
-        aggregate_rows: &[tokio_postgres::Row],
-        condition_rows: &[Vec<tokio_postgres::Row>],
-    ) -> Result<Known, PgError> {
+    fn known(&self, fetched: &Fetched, payloads: &Payloads) -> Result<Known, PgError> {
+        let Fetched {
+            stored: stored_rows,
+            aggregates: aggregate_rows,
+            conditions: condition_rows,
+            ..
+        } = fetched;
         let mut stored = HashMap::with_capacity(stored_rows.len());
         for row in stored_rows {
             let event = event_from_row(row, payloads)?;
