@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{Event, EventFields};
-use crate::json::{JSON_DEPTH_MAX, compact_json, compact_json_owned, nests_deeper_than};
+use crate::json::stored_object;
 use crate::limits::Limits;
 use crate::query::EventFilter;
 use crate::time::Timestamp;
@@ -317,6 +317,13 @@ fn identifier_problem(value: &str, max: usize) -> Option<String> {
     if value.is_empty() {
         return Some("must not be empty".to_owned());
     }
+    text_problem(value, max)
+}
+
+/// What is wrong with a short text field kept beside the payload (`created_by`,
+/// `correlation_id`, `causation_id`, and identifiers), if anything: more than `max` bytes, or a
+/// control character, which would break the lines of logs, headers and CSV exports that show it.
+fn text_problem(value: &str, max: usize) -> Option<String> {
     if value.len() > max {
         return Some(format!("may be at most {max} bytes, got {}", value.len()));
     }
@@ -459,51 +466,18 @@ impl PreparedEvent {
                 )));
             }
         };
-        if let Some(by) = event
+        if let Some(problem) = event
             .created_by
-            .as_ref()
-            .filter(|by| by.len() > limits.created_by_bytes_max)
+            .as_deref()
+            .and_then(|by| text_problem(by, limits.created_by_bytes_max))
         {
-            return Err(StoreError::invalid(format!(
-                "{} may be at most {} bytes, got {}",
-                at("created_by"),
-                limits.created_by_bytes_max,
-                by.len()
-            )));
+            return Err(StoreError::invalid(format!("{} {problem}", at("created_by"))));
         }
-        for (field, raw) in [
-            ("event_data", Some(&event.event_data)),
-            ("metadata", event.metadata.as_ref()),
-        ] {
-            if let Some(raw) = raw
-                && nests_deeper_than(raw.get().as_bytes(), JSON_DEPTH_MAX)
-            {
-                return Err(StoreError::invalid(format!(
-                    "{} nests arrays and objects more than {JSON_DEPTH_MAX} levels deep",
-                    at(field)
-                )));
-            }
-        }
-        let event_data = compact_json_owned(event.event_data.into());
-        if !event_data.starts_with('{') {
-            return Err(StoreError::invalid(format!(
-                "{} must be a JSON object",
-                at("event_data")
-            )));
-        }
-        let metadata = match &event.metadata {
+        let event_data = stored_object(&at("event_data"), event.event_data.into())?;
+        let metadata = match event.metadata {
             None => None,
             Some(raw) if raw.get().trim() == "null" => None,
-            Some(raw) => {
-                let compact = compact_json(raw.get());
-                if !compact.starts_with('{') {
-                    return Err(StoreError::invalid(format!(
-                        "{} must be a JSON object",
-                        at("metadata")
-                    )));
-                }
-                Some(compact.into_owned())
-            }
+            Some(raw) => Some(stored_object(&at("metadata"), raw.into())?),
         };
         let payload = event_data.len() + metadata.as_ref().map_or(0, String::len);
         if payload > limits.event_payload_bytes_max {
@@ -525,13 +499,13 @@ impl PreparedEvent {
                 let check = |name: &str, value: Option<Cow<'_, str>>| -> Result<Option<String>, StoreError> {
                     match value {
                         None => Ok(None),
-                        Some(v) if v.len() > limits.link_id_bytes_max => Err(StoreError::invalid(format!(
-                            "{} may be at most {} bytes, got {}",
-                            at(&format!("metadata.{name}")),
-                            limits.link_id_bytes_max,
-                            v.len()
-                        ))),
-                        Some(v) => Ok(Some(v.into_owned())),
+                        Some(v) => match text_problem(&v, limits.link_id_bytes_max) {
+                            Some(problem) => Err(StoreError::invalid(format!(
+                                "{} {problem}",
+                                at(&format!("metadata.{name}"))
+                            ))),
+                            None => Ok(Some(v.into_owned())),
+                        },
                     }
                 };
                 (
@@ -716,6 +690,64 @@ mod tests {
         let err =
             Commit::single("a", ExpectedVersion::Any, vec![event.clone(), event]).prepare(&Limits::default());
         assert!(matches!(err, Err(StoreError::InvalidRequest(m)) if m.contains("more than once")));
+    }
+
+    /// An event as a client sends it, as text: `serde_json::Value` cannot hold what a hostile
+    /// client can write.
+    fn prepare_text(event: &str) -> Result<PreparedCommit, StoreError> {
+        let event: NewEvent = serde_json::from_str(event).map_err(|e| StoreError::invalid(e.to_string()))?;
+        Commit::single("account:1", ExpectedVersion::Any, vec![event]).prepare(&Limits::default())
+    }
+
+    #[test]
+    fn payloads_that_readers_cannot_parse_back_are_refused_naming_the_field() {
+        let event = |data: &str, metadata: &str| {
+            format!(r#"{{"aggregate_type": "A", "event_type": "E", "event_data": {data}, "metadata": {metadata}}}"#)
+        };
+        for (text, field) in [
+            (event(r#"{"s": "\ud800"}"#, "null"), "events[0].event_data"),
+            (event(r#"{"n": 1e400}"#, "null"), "events[0].event_data"),
+            (event(r#"{"a": 1, "a": 2}"#, "null"), "events[0].event_data"),
+            (event("{}", r#"{"s": "\udfff"}"#), "events[0].metadata"),
+            (event("{}", r#"{"n": [-1e309]}"#), "events[0].metadata"),
+        ] {
+            match prepare_text(&text) {
+                Err(StoreError::InvalidRequest(message)) => {
+                    assert!(message.starts_with(field), "{text}: {message}");
+                }
+                other => panic!("{text} was not refused: {other:?}"),
+            }
+        }
+        let fine = prepare_text(&event(r#"{"s": "\ud83d\ude00", "n": 1e300}"#, r#"{"k": "\u00e9"}"#));
+        assert!(fine.is_ok(), "{fine:?}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        for (event, field) in [
+            (
+                json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "created_by": "a\u{0}b"}),
+                "created_by",
+            ),
+            (
+                json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "metadata": {"correlation_id": "c\n1"}}),
+                "metadata.correlation_id",
+            ),
+            (
+                json!({"aggregate_type": "A", "event_type": "E", "event_data": {}, "metadata": {"causation_id": "\u{7f}"}}),
+                "metadata.causation_id",
+            ),
+        ] {
+            match prepare_one(event) {
+                Err(StoreError::InvalidRequest(message)) => {
+                    assert!(message.contains(field) && message.contains("control"), "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let fine = prepare_one(json!({"aggregate_type": "A", "event_type": "E", "event_data": {},
+            "created_by": "Zoë", "metadata": {"correlation_id": "c-ü"}}));
+        assert!(fine.is_ok(), "{fine:?}");
     }
 
     #[test]

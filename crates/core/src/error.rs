@@ -66,18 +66,6 @@ pub enum StoreError {
     /// version. Lists every failing field of every such event; nothing was written.
     #[error("{}", describe_violations(violations))]
     SchemaViolation { violations: Vec<SchemaViolation> },
-    /// A stored event cannot be brought to the newest version of its type by the registered
-    /// upcasters. Names the event: a read never skips it silently.
-    #[error(
-        "event {event_id} at position {position} ({event_type}, event_version {event_version}) cannot be upcast: {reason}"
-    )]
-    UpcastFailed {
-        event_id: Uuid,
-        position: u64,
-        event_type: String,
-        event_version: u32,
-        reason: String,
-    },
     /// Archiving was asked of a store that has no cold storage configured (`--archive-url`).
     #[error("archiving is not configured: start the server with --archive-url")]
     ArchiveNotConfigured,

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::append::{validate_aggregate_id, validate_identifier};
 use crate::error::StoreError;
 use crate::event::write_json_str;
-use crate::json::{JSON_DEPTH_MAX, compact_json_owned, nests_deeper_than};
+use crate::json::stored_object;
 use crate::limits::Limits;
 use crate::time::Timestamp;
 
@@ -87,15 +87,7 @@ impl PutSnapshot {
                 )));
             }
         };
-        if nests_deeper_than(self.state.get().as_bytes(), JSON_DEPTH_MAX) {
-            return Err(StoreError::invalid(format!(
-                "state nests arrays and objects more than {JSON_DEPTH_MAX} levels deep"
-            )));
-        }
-        let state = compact_json_owned(self.state.into());
-        if !state.starts_with('{') {
-            return Err(StoreError::invalid("state must be a JSON object"));
-        }
+        let state = stored_object("state", self.state.into())?;
         if state.len() > limits.event_payload_bytes_max {
             return Err(StoreError::too_large(format!(
                 "state may hold at most {} bytes, got {}",

@@ -16,6 +16,11 @@
 //!   index that does not exist fails.
 //! - A key from a JSON Pointer is the string there, or a number's or boolean's JSON text;
 //!   nothing (or `null`, an object, an array) there makes the event unkeyed.
+//! - An `event_data` or `metadata` that does not parse has no values: a pointer into it finds
+//!   nothing, as a pointer into a payload that is not JSON does. Only a store written before
+//!   payloads were checked strictly can hold one (`factstore_core::json::stored_object`); the
+//!   event is then keyed and folded like any event missing those values, and an operation that
+//!   needs one fails naming why, rather than the parse failing every operation of the event.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -35,10 +40,13 @@ pub struct FoldError(pub String);
 #[derive(Debug)]
 pub struct EventView<'e> {
     event: &'e Event,
-    data: OnceCell<Value>,
-    metadata: OnceCell<Value>,
-    whole: OnceCell<Value>,
+    data: OnceCell<Parsed>,
+    metadata: OnceCell<Parsed>,
+    whole: OnceCell<Parsed>,
 }
+
+/// A JSON part of the event, parsed; or why it does not parse.
+type Parsed = Result<Value, String>;
 
 impl<'e> EventView<'e> {
     pub fn new(event: &'e Event) -> EventView<'e> {
@@ -54,30 +62,40 @@ impl<'e> EventView<'e> {
         self.event
     }
 
-    fn parsed<'s>(cell: &'s OnceCell<Value>, bytes: &[u8], what: &str) -> Result<&'s Value, FoldError> {
-        if let Some(value) = cell.get() {
-            return Ok(value);
+    fn parsed<'s>(cell: &'s OnceCell<Parsed>, bytes: &[u8]) -> &'s Parsed {
+        cell.get_or_init(|| serde_json::from_slice(bytes).map_err(|e| e.to_string()))
+    }
+
+    /// Why a pointer found nothing because the part it points into does not parse; `None`
+    /// when that part parsed (or was never read).
+    pub fn unreadable(&self, pointer: &EventPointer) -> Option<String> {
+        let (cell, what) = match pointer.field {
+            None => (&self.whole, "the event"),
+            Some(EventField::EventData) => (&self.data, "event_data"),
+            Some(EventField::Metadata) => (&self.metadata, "metadata"),
+            Some(_) => return None,
+        };
+        match cell.get() {
+            Some(Err(e)) => Some(format!("{what} does not parse as JSON: {e}")),
+            _ => None,
         }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| FoldError(format!("the event's {what} is not valid JSON: {e}")))?;
-        Ok(cell.get_or_init(|| value))
     }
 
     /// The value a pointer finds in the event, `None` when there is nothing there.
     pub fn resolve(&self, pointer: &EventPointer) -> Result<Option<Cow<'_, Value>>, FoldError> {
         let event = self.event;
         let (root, rest): (&Value, &[String]) = match pointer.field {
-            None => {
-                let whole = Self::parsed(&self.whole, event.to_json().as_bytes(), "JSON")?;
-                (whole, &pointer.rest)
-            }
-            Some(EventField::EventData) => (
-                Self::parsed(&self.data, event.event_data_bytes(), "event_data")?,
-                &pointer.rest,
-            ),
-            Some(EventField::Metadata) => match event.metadata_bytes() {
-                None => return Ok(None),
-                Some(bytes) => (Self::parsed(&self.metadata, bytes, "metadata")?, &pointer.rest),
+            None => match Self::parsed(&self.whole, event.to_json().as_bytes()) {
+                Ok(whole) => (whole, &pointer.rest),
+                Err(_) => return Ok(None),
+            },
+            Some(EventField::EventData) => match Self::parsed(&self.data, event.event_data_bytes()) {
+                Ok(data) => (data, &pointer.rest),
+                Err(_) => return Ok(None),
+            },
+            Some(EventField::Metadata) => match event.metadata_bytes().map(|b| Self::parsed(&self.metadata, b)) {
+                Some(Ok(metadata)) => (metadata, &pointer.rest),
+                None | Some(Err(_)) => return Ok(None),
             },
             Some(field) => {
                 let value = match field {
@@ -168,7 +186,12 @@ fn apply_op(op: &Op, state: &mut Value, view: &EventView<'_>) -> Result<(), Fold
         Operand::From { pointer, optional } => match view.resolve(pointer).map_err(|e| fail(e.0))? {
             Some(value) => Some(value),
             None if *optional => return Ok(()),
-            None => return Err(fail(format!("the event has no value at {}", pointer.text))),
+            None => {
+                return Err(fail(match view.unreadable(pointer) {
+                    Some(why) => format!("the event has no value at {}: its {why}", pointer.text),
+                    None => format!("the event has no value at {}", pointer.text),
+                }));
+            }
         },
     };
     if op.kind == OpKind::Unset {
@@ -433,6 +456,29 @@ mod tests {
         let optional = compiled(json!({"key": "all", "on": {"*": [
             {"op": "add", "path": "/n", "from": "/event_data/amount", "optional": true}]}}));
         assert_eq!(fold(&optional, &[event(1, "X", "{}")]).expect("folds"), json!({}));
+    }
+
+    /// Payloads only an older, less strict store can hold: they have no values, and the rest
+    /// of the event still folds.
+    #[test]
+    fn an_event_data_that_does_not_parse_has_no_values() {
+        for data in [r#"{"s":"\ud800","amount":5}"#, r#"{"amount":1e400}"#] {
+            let counting = compiled(json!({"key": "aggregate_id", "on": {"*": [
+                {"op": "inc", "path": "/n"},
+                {"op": "add", "path": "/amount", "from": "/event_data/amount", "optional": true},
+                {"op": "set", "path": "/type", "from": "/event_type"}]}}));
+            let folded = fold(&counting, &[event(1, "X", data), event(2, "X", r#"{"amount":2}"#)]);
+            assert_eq!(folded.expect("folds"), json!({"n": 2, "amount": 2, "type": "X"}));
+            let error = fold(&bank(), &[event(1, "MoneyDeposited", data)]).expect_err("fails");
+            assert!(
+                error.0.starts_with(
+                    "on.MoneyDeposited[0] (add /balance): the event has no value at /event_data/amount: \
+                     its event_data does not parse as JSON: "
+                ),
+                "{}",
+                error.0
+            );
+        }
     }
 
     #[test]

@@ -428,29 +428,59 @@ impl SchemaRegistry {
     }
 
     /// Brings each event to the newest version its upcasters reach. Events of a type and
-    /// version without an upcaster are returned as they are, at the cost of one lookup.
-    pub fn upcast_all(&self, events: &mut [Event]) -> Result<(), StoreError> {
+    /// version without an upcaster are returned as they are, at the cost of one lookup; so
+    /// are events an upcaster fails on ([`SchemaRegistry::upcast`]).
+    pub fn upcast_all(&self, events: &mut [Event]) {
         let catalog = self.catalog();
         if !catalog.any_upcaster {
-            return Ok(());
+            return;
         }
         for event in events.iter_mut() {
-            if let Some(upcast) = upcast_one(&catalog, event)? {
+            if let Some(upcast) = upcast_or_report(&catalog, event) {
                 *event = upcast;
             }
         }
-        Ok(())
     }
 
     /// One event, upcast.
-    pub fn upcast(&self, event: Event) -> Result<Event, StoreError> {
+    ///
+    /// An event its upcasters cannot bring up (an upcaster registered later that does not fit
+    /// it, or a payload that does not parse, which only a store written before payloads were
+    /// checked strictly can hold) is returned as stored, with its stored `event_version`, and
+    /// the failure is logged and counted (`factstore_upcast_failures_total`). Failing the read
+    /// instead would fail every page, stream and subscription that reaches the event, for
+    /// good, since events never change; this way only the one event is not upcast, and its
+    /// version says so.
+    pub fn upcast(&self, event: Event) -> Event {
         let catalog = self.catalog();
-        Ok(upcast_one(&catalog, &event)?.unwrap_or(event))
+        upcast_or_report(&catalog, &event).unwrap_or(event)
     }
 }
 
-/// The upcast form of `event`, or `None` when no upcaster applies to it.
-fn upcast_one(catalog: &Catalog, event: &Event) -> Result<Option<Event>, StoreError> {
+/// The metric counting events returned as stored because their upcasters failed on them.
+pub const UPCAST_FAILURES: &str = "factstore_upcast_failures_total";
+
+/// [`upcast_one`], with a failure logged and counted and `None` returned for it.
+fn upcast_or_report(catalog: &Catalog, event: &Event) -> Option<Event> {
+    match upcast_one(catalog, event) {
+        Ok(upcast) => upcast,
+        Err(reason) => {
+            tracing::warn!(
+                position = event.position(),
+                event_id = %event.event_id(),
+                event_type = event.event_type(),
+                event_version = event.event_version(),
+                %reason,
+                "an event could not be upcast; it is read as stored"
+            );
+            metrics::counter!(UPCAST_FAILURES).increment(1);
+            None
+        }
+    }
+}
+
+/// The upcast form of `event`, `None` when no upcaster applies to it, or why it failed.
+fn upcast_one(catalog: &Catalog, event: &Event) -> Result<Option<Event>, String> {
     let Some(entry) = catalog.types.get(event.event_type()) else {
         return Ok(None);
     };
@@ -458,24 +488,17 @@ fn upcast_one(catalog: &Catalog, event: &Event) -> Result<Option<Event>, StoreEr
     if !entry.upcasters.contains_key(&version) {
         return Ok(None);
     }
-    let failed = |reason: String| StoreError::UpcastFailed {
-        event_id: event.event_id(),
-        position: event.position(),
-        event_type: event.event_type().to_owned(),
-        event_version: event.event_version(),
-        reason,
-    };
     let mut data: Value = serde_json::from_str(event.event_data())
-        .map_err(|e| failed(format!("its event_data is not JSON: {e}")))?;
+        .map_err(|e| format!("its event_data is not JSON: {e}"))?;
     // Each step raises the version, so the chain ends.
     while let Some(upcaster) = entry.upcasters.get(&version) {
         upcaster
             .def
             .apply(&mut data)
-            .map_err(|e| failed(format!("the upcaster from version {version}: {e}")))?;
+            .map_err(|e| format!("the upcaster from version {version}: {e}"))?;
         version = upcaster.def.to_version;
     }
-    let text = serde_json::to_string(&data).map_err(|e| failed(e.to_string()))?;
+    let text = serde_json::to_string(&data).map_err(|e| e.to_string())?;
     let mut fields = event.fields();
     fields.event_data = &text;
     fields.event_version = version;

@@ -59,19 +59,19 @@ impl EventStore for SchemaStore {
 
     async fn read_aggregate(&self, query: AggregateQuery) -> Result<AggregatePage, StoreError> {
         let mut page = self.inner.read_aggregate(query).await?;
-        self.registry.upcast_all(&mut page.events)?;
+        self.registry.upcast_all(&mut page.events);
         Ok(page)
     }
 
     async fn read_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
         let mut page = self.inner.read_events(query).await?;
-        self.registry.upcast_all(&mut page.events)?;
+        self.registry.upcast_all(&mut page.events);
         Ok(page)
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Event, StoreError> {
         let event = self.inner.get_event(event_id).await?;
-        self.registry.upcast(event)
+        Ok(self.registry.upcast(event))
     }
 
     async fn head(&self) -> Result<Head, StoreError> {

@@ -142,19 +142,6 @@ impl ApiError {
                 detail("violations", json!(violations));
                 (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation")
             }
-            ApiError::Store(StoreError::UpcastFailed {
-                event_id,
-                position,
-                event_type,
-                event_version,
-                ..
-            }) => {
-                detail("event_id", json!(event_id));
-                detail("position", json!(position));
-                detail("event_type", json!(event_type));
-                detail("event_version", json!(event_version));
-                (StatusCode::INTERNAL_SERVER_ERROR, "upcast_failed")
-            }
             ApiError::Schema(SchemaError::InvalidRequest(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Schema(SchemaError::SchemaNotFound { event_type }) => {
                 detail("event_type", json!(event_type));

@@ -95,7 +95,6 @@ pub enum ErrorCode {
     SchemaNotFound,
     SchemaExists,
     IncompatibleSchema,
-    UpcastFailed,
     SubscriptionNotFound,
     ProjectionNotFound,
     KeyNotFound,
@@ -107,7 +106,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -127,7 +126,6 @@ impl ErrorCode {
         ErrorCode::SchemaNotFound,
         ErrorCode::SchemaExists,
         ErrorCode::IncompatibleSchema,
-        ErrorCode::UpcastFailed,
         ErrorCode::SubscriptionNotFound,
         ErrorCode::ProjectionNotFound,
         ErrorCode::KeyNotFound,
@@ -160,7 +158,6 @@ impl ErrorCode {
             ErrorCode::SchemaNotFound => "schema_not_found",
             ErrorCode::SchemaExists => "schema_exists",
             ErrorCode::IncompatibleSchema => "incompatible_schema",
-            ErrorCode::UpcastFailed => "upcast_failed",
             ErrorCode::SubscriptionNotFound => "subscription_not_found",
             ErrorCode::ProjectionNotFound => "projection_not_found",
             ErrorCode::KeyNotFound => "key_not_found",
@@ -200,7 +197,7 @@ impl ErrorCode {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::NotYetMaterialized => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal | ErrorCode::UpcastFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -269,11 +266,6 @@ impl ErrorCode {
                 "the schema is not backward compatible with the previous version (a property \
                  removed or retyped, or a required one added), or the previous version is not \
                  registered (`event_type`, `version`, `reason`)"
-            }
-            ErrorCode::UpcastFailed => {
-                "a stored event cannot be upcast by the registered upcasters; the read stops \
-                 there rather than skip it (`event_id`, `position`, `event_type`, \
-                 `event_version`); `raw=true` reads it as stored"
             }
             ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
             ErrorCode::KeyNotFound => {
@@ -508,7 +500,7 @@ use ErrorCode::{
     EventNotFound, Forbidden, IncompatibleSchema, Internal, InvalidProjection, InvalidRequest,
     InvalidSnapshot, KeyNotFound, NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists,
     SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized,
-    UnsupportedMediaType, UpcastFailed, WrongExpectedVersion,
+    UnsupportedMediaType, WrongExpectedVersion,
 };
 
 /// The path parameter of the aggregate endpoints.
@@ -633,7 +625,6 @@ fn read_aggregate() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
-        UpcastFailed,
         Internal,
     ]
 }
@@ -650,7 +641,7 @@ empty and still not be the end: the end is `next_after_position` = `head_positio
     responses((status = 200, description = "A page of events.", body = EventPage))
 )]
 fn read_events() -> &'static [ErrorCode] {
-    &[InvalidRequest, Unauthorized, Forbidden, UpcastFailed, Internal]
+    &[InvalidRequest, Unauthorized, Forbidden, Internal]
 }
 
 #[utoipa::path(
@@ -670,7 +661,6 @@ fn get_event() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         EventNotFound,
-        UpcastFailed,
         Internal,
     ]
 }
@@ -779,7 +769,6 @@ fn load() -> &'static [ErrorCode] {
         Unauthorized,
         Forbidden,
         AggregateNotFound,
-        UpcastFailed,
         Internal,
     ]
 }
@@ -1387,7 +1376,8 @@ in order: `default` (put `value` at `path` when nothing is there), `set` (put `v
 is an error), `unset` (remove `path`). Paths are JSON Pointers into `event_data`. Upcasters chain \
 version to version: every read, query, subscription and projection sees events upcast to the \
 newest version the chain reaches; `raw=true` reads them as stored, and stored bytes never change. \
-An event an upcaster cannot apply to fails the read that meets it (500 `upcast_failed`). \
+An event an upcaster cannot apply to is read as stored, with its stored `event_version`, and \
+counted in `factstore_upcast_failures_total`; the events around it are read upcast. \
 A new upcaster is 201, replacing one 200. Needs the admin role. Takes no query parameters.",
     params(
         ("event_type" = String, Path, description = EVENT_TYPE),
@@ -1789,7 +1779,7 @@ mod schemas {
         #[schema(nullable = false)]
         conflicting_position: Option<u64>,
         /// `duplicate_event_id`: the first id of the request already stored;
-        /// `event_not_found`: the id asked for; `upcast_failed`: the event.
+        /// `event_not_found`: the id asked for.
         #[schema(nullable = false)]
         event_id: Option<Uuid>,
         /// `aggregate_type_mismatch`: the aggregate's type.
@@ -1798,15 +1788,10 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
-        /// `schema_not_found`, `schema_exists`, `incompatible_schema`, `upcast_failed`: the
-        /// event type.
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`: the event type.
         #[schema(nullable = false)]
         event_type: Option<String>,
-        /// `upcast_failed`: the stored version of the event.
-        #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
-        event_version: Option<u32>,
-        /// `upcast_failed`: the event's position; `not_yet_materialized`: where the
-        /// projection is.
+        /// `not_yet_materialized`: where the projection is.
         #[schema(nullable = false)]
         position: Option<u64>,
         /// `incompatible_schema`: why the schema cannot follow the previous version.
@@ -2142,13 +2127,6 @@ mod tests {
             }),
             ApiError::Store(StoreError::SchemaViolation {
                 violations: Vec::new(),
-            }),
-            ApiError::Store(StoreError::UpcastFailed {
-                event_id: Uuid::nil(),
-                position: 1,
-                event_type: "T".into(),
-                event_version: 1,
-                reason: "r".into(),
             }),
             ApiError::Schema(factstore_schemas::SchemaError::SchemaNotFound {
                 event_type: "T".into(),

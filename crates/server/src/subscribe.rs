@@ -254,7 +254,7 @@ impl Subscription {
                         match &self.upcast {
                             Some(registry) if registry.needs_upcast(&event.event) => {
                                 upcast_json.clear();
-                                registry.upcast(event.event.clone())?.write_json(&mut upcast_json);
+                                registry.upcast(event.event.clone()).write_json(&mut upcast_json);
                                 write_event(out, event.event.position(), &upcast_json);
                             }
                             _ => write_event(out, event.event.position(), event.json()),
