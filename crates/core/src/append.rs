@@ -114,17 +114,19 @@ pub struct NewEvent {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2147483647))]
     pub event_version: Option<i64>,
-    /// The fact itself: a JSON object. With `metadata`, at most 1 MiB (by default).
+    /// The fact itself: a JSON object. With `metadata`, at most 1 MiB (by default). Strict
+    /// JSON (I-JSON): no escaped lone surrogate, no number beyond a double's range, no name
+    /// twice in one object; anything else is 400.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event_data: Box<RawValue>,
-    /// Who caused the event, at most 255 bytes.
+    /// Who caused the event, at most 255 bytes, no control characters.
     #[serde(default)]
     pub created_by: Option<String>,
     /// When the fact happened; the commit time when absent.
     #[serde(default)]
     pub created_at: Option<Timestamp>,
-    /// A JSON object. Its `correlation_id` and `causation_id` (strings of at most 255 bytes)
-    /// are indexed.
+    /// A JSON object, strict as `event_data`. Its `correlation_id` and `causation_id` (strings
+    /// of at most 255 bytes, no control characters) are indexed.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Box<RawValue>>,
@@ -702,7 +704,9 @@ mod tests {
     #[test]
     fn payloads_that_readers_cannot_parse_back_are_refused_naming_the_field() {
         let event = |data: &str, metadata: &str| {
-            format!(r#"{{"aggregate_type": "A", "event_type": "E", "event_data": {data}, "metadata": {metadata}}}"#)
+            format!(
+                r#"{{"aggregate_type": "A", "event_type": "E", "event_data": {data}, "metadata": {metadata}}}"#
+            )
         };
         for (text, field) in [
             (event(r#"{"s": "\ud800"}"#, "null"), "events[0].event_data"),
@@ -718,7 +722,10 @@ mod tests {
                 other => panic!("{text} was not refused: {other:?}"),
             }
         }
-        let fine = prepare_text(&event(r#"{"s": "\ud83d\ude00", "n": 1e300}"#, r#"{"k": "\u00e9"}"#));
+        let fine = prepare_text(&event(
+            r#"{"s": "\ud83d\ude00", "n": 1e300}"#,
+            r#"{"k": "\u00e9"}"#,
+        ));
         assert!(fine.is_ok(), "{fine:?}");
     }
 
@@ -740,7 +747,10 @@ mod tests {
         ] {
             match prepare_one(event) {
                 Err(StoreError::InvalidRequest(message)) => {
-                    assert!(message.contains(field) && message.contains("control"), "{message}");
+                    assert!(
+                        message.contains(field) && message.contains("control"),
+                        "{message}"
+                    );
                 }
                 other => panic!("{field}: {other:?}"),
             }

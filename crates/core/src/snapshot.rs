@@ -34,7 +34,8 @@ pub struct PutSnapshot {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2147483647))]
     pub snapshot_version: Option<i64>,
-    /// The state: a JSON object, at most 1 MiB (by default, the event payload limit).
+    /// The state: a JSON object, at most 1 MiB (by default, the event payload limit), strict
+    /// JSON as `event_data` is.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub state: Box<RawValue>,
 }

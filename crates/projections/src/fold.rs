@@ -93,10 +93,12 @@ impl<'e> EventView<'e> {
                 Ok(data) => (data, &pointer.rest),
                 Err(_) => return Ok(None),
             },
-            Some(EventField::Metadata) => match event.metadata_bytes().map(|b| Self::parsed(&self.metadata, b)) {
-                Some(Ok(metadata)) => (metadata, &pointer.rest),
-                None | Some(Err(_)) => return Ok(None),
-            },
+            Some(EventField::Metadata) => {
+                match event.metadata_bytes().map(|b| Self::parsed(&self.metadata, b)) {
+                    Some(Ok(metadata)) => (metadata, &pointer.rest),
+                    None | Some(Err(_)) => return Ok(None),
+                }
+            }
             Some(field) => {
                 let value = match field {
                     EventField::EventId => Value::from(event.event_id().to_string()),
@@ -467,7 +469,10 @@ mod tests {
                 {"op": "inc", "path": "/n"},
                 {"op": "add", "path": "/amount", "from": "/event_data/amount", "optional": true},
                 {"op": "set", "path": "/type", "from": "/event_type"}]}}));
-            let folded = fold(&counting, &[event(1, "X", data), event(2, "X", r#"{"amount":2}"#)]);
+            let folded = fold(
+                &counting,
+                &[event(1, "X", data), event(2, "X", r#"{"amount":2}"#)],
+            );
             assert_eq!(folded.expect("folds"), json!({"n": 2, "amount": 2, "type": "X"}));
             let error = fold(&bank(), &[event(1, "MoneyDeposited", data)]).expect_err("fails");
             assert!(

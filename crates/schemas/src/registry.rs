@@ -488,8 +488,8 @@ fn upcast_one(catalog: &Catalog, event: &Event) -> Result<Option<Event>, String>
     if !entry.upcasters.contains_key(&version) {
         return Ok(None);
     }
-    let mut data: Value = serde_json::from_str(event.event_data())
-        .map_err(|e| format!("its event_data is not JSON: {e}"))?;
+    let mut data: Value =
+        serde_json::from_str(event.event_data()).map_err(|e| format!("its event_data is not JSON: {e}"))?;
     // Each step raises the version, so the chain ends.
     while let Some(upcaster) = entry.upcasters.get(&version) {
         upcaster

@@ -22,6 +22,7 @@
 //! | `factstore_fsync_duration_seconds` | histogram | | the engine's data sync of a commit group |
 //! | `factstore_subscribers` | gauge | | open live subscriptions |
 //! | `factstore_head_position` | gauge | | the last committed position, at scrape time |
+//! | `factstore_upcast_failures_total` | counter | | events read as stored because an upcaster failed on them (recorded by `factstore-schemas`) |
 //!
 //! `route` is the route's pattern (`/v1/aggregates/{aggregate_id}/events`), never the raw path,
 //! so ids do not create series; requests no route matched count as `unmatched`.

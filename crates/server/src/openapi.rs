@@ -656,13 +656,7 @@ fn read_events() -> &'static [ErrorCode] {
     responses((status = 200, description = "The event.", body = Event))
 )]
 fn get_event() -> &'static [ErrorCode] {
-    &[
-        InvalidRequest,
-        Unauthorized,
-        Forbidden,
-        EventNotFound,
-        Internal,
-    ]
+    &[InvalidRequest, Unauthorized, Forbidden, EventNotFound, Internal]
 }
 
 #[utoipa::path(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use factstore_core::{Commit, EventStore, ExpectedVersion, Limits, NewEvent};
 use factstore_server::app;
 use factstore_testkit::model::ModelStore;
 use http_body_util::BodyExt;
@@ -212,7 +213,12 @@ async fn an_event_an_upcaster_cannot_apply_to_is_read_as_stored_and_the_rest_upc
     let (status, _) = call(&router, "PUT", "/v1/upcasters/MoneyDeposited/1", Some(upcaster)).await;
     assert_eq!(status, StatusCode::CREATED);
     let versions = |events: &Value| -> Vec<u64> {
-        events.as_array().unwrap().iter().map(|e| e["event_version"].as_u64().unwrap()).collect()
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_version"].as_u64().unwrap())
+            .collect()
     };
     let (status, page) = call(&router, "GET", "/v1/events", None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
@@ -291,4 +297,113 @@ async fn projections_and_persistent_subscriptions_see_upcast_events() {
     assert_eq!(first["event_version"], 2);
     assert_eq!(first["event_data"], json!({"amount": 500}));
     assert_eq!(first["attempt"], 1);
+}
+
+/// A store written before payloads were checked strictly may hold an event whose `event_data`
+/// does not parse. Every reader goes past it: reads return it as stored (no upcast), the
+/// subscription and the persistent group deliver it and the events after it, and a projection
+/// reading `event_data` treats its values as missing.
+#[tokio::test]
+async fn an_event_that_does_not_parse_from_an_older_store_stops_no_reader() {
+    let store = Arc::new(ModelStore::new());
+    let mut prepared = Commit::single(
+        "account:1",
+        ExpectedVersion::Any,
+        vec![
+            NewEvent::new("Account", "MoneyDeposited", json!({"amount": 5})),
+            NewEvent::new("Account", "MoneyDeposited", json!({"amount": 6})),
+            NewEvent::new("Account", "MoneyDeposited", json!({"amount": 7})),
+        ],
+    )
+    .prepare(&Limits::default())
+    .unwrap();
+    // What an older, less strict door let through, written past today's.
+    prepared.appends[0].events[1].event_data = r#"{"amount":6,"s":"\ud800"}"#.to_owned();
+    store.commit_prepared(prepared).await.unwrap();
+    let router = app(store);
+    let upcaster = json!({"to_version": 2, "ops": [{"op": "default", "path": "/currency", "value": "EUR"}]});
+    let (status, _) = call(&router, "PUT", "/v1/upcasters/MoneyDeposited/1", Some(upcaster)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let request = Request::builder().uri("/v1/events").body(Body::empty()).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    assert!(
+        text.contains(r#""event_version":1,"event_data":{"amount":6,"s":"\ud800"}"#),
+        "{text}"
+    );
+    assert_eq!(text.matches(r#""currency":"EUR""#).count(), 2, "{text}");
+    let request = Request::builder()
+        .uri("/v1/aggregates/account:1/events")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        router.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // The subscription goes past it: three events, in order, and no error.
+    let request = Request::builder()
+        .uri("/v1/subscribe")
+        .body(Body::empty())
+        .unwrap();
+    let mut body = router.clone().oneshot(request).await.unwrap().into_body();
+    let mut streamed = String::new();
+    while streamed.matches("event: event\n").count() < 3 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            streamed.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        assert!(!streamed.contains("event: error"), "{streamed}");
+    }
+    assert!(streamed.contains("id: 3\n"), "{streamed}");
+
+    // A projection that reads event_data optionally folds all three; one that needs the
+    // value fails naming why.
+    let projection = json!({
+        "key": "aggregate_id",
+        "initial": {"n": 0, "total": 0},
+        "on": {"MoneyDeposited": [
+            {"op": "inc", "path": "/n"},
+            {"op": "add", "path": "/total", "from": "/event_data/amount", "optional": true}]}
+    });
+    let (status, body) = call(&router, "PUT", "/v1/projections/deposits", Some(projection)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, state) = call(
+        &router,
+        "GET",
+        "/v1/projections/deposits/state/account:1?min_position=3",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    assert_eq!(state["state"], json!({"n": 3, "total": 12}));
+
+    let group = json!({"filter": {"event_types": ["MoneyDeposited"]}, "start": "beginning"});
+    let (status, body) = call(&router, "PUT", "/v1/subscriptions/workers", Some(group)).await;
+    assert!(status.is_success(), "{body}");
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/subscriptions/workers/poll")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"consumer": "w1", "max": 10, "wait_ms": 2000}).to_string(),
+        ))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        std::str::from_utf8(&bytes)
+            .unwrap()
+            .matches(r#""attempt":1"#)
+            .count(),
+        3
+    );
 }
