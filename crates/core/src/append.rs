@@ -475,11 +475,11 @@ impl PreparedEvent {
         {
             return Err(StoreError::invalid(format!("{} {problem}", at("created_by"))));
         }
-        let event_data = stored_object(&at("event_data"), event.event_data.into())?;
+        let event_data = stored_object(&at("event_data"), event.event_data)?;
         let metadata = match event.metadata {
             None => None,
             Some(raw) if raw.get().trim() == "null" => None,
-            Some(raw) => Some(stored_object(&at("metadata"), raw.into())?),
+            Some(raw) => Some(stored_object(&at("metadata"), raw)?),
         };
         let payload = event_data.len() + metadata.as_ref().map_or(0, String::len);
         if payload > limits.event_payload_bytes_max {

@@ -88,7 +88,7 @@ impl PutSnapshot {
                 )));
             }
         };
-        let state = stored_object("state", self.state.into())?;
+        let state = stored_object("state", self.state)?;
         if state.len() > limits.event_payload_bytes_max {
             return Err(StoreError::too_large(format!(
                 "state may hold at most {} bytes, got {}",
