@@ -107,7 +107,8 @@ impl Indexer {
                 && let Err(error) = self.compact(stopping)
             {
                 tracing::error!(%error, "index merge failed; the store is poisoned and accepts no more writes");
-                self.shared.poison(format!("merging index runs failed: {}", error.public_reason()));
+                self.shared
+                    .poison(format!("merging index runs failed: {}", error.public_reason()));
             }
             self.shared.index.merging.store(false, Ordering::Release);
         }

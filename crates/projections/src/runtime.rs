@@ -53,7 +53,8 @@ use crate::storage::{
 
 /// A projection's `error` after its storage failed. Clients read it (the status, a
 /// read-your-writes answer), so it names no file: the log has the details.
-const STORAGE_FAILED: &str = "storage: recording the projection's state failed; the server log has the details";
+const STORAGE_FAILED: &str =
+    "storage: recording the projection's state failed; the server log has the details";
 
 /// The durable checkpoint of a projection whose pages change nothing lags its position by at
 /// most this much: a bound on what a restart reads again.

@@ -551,8 +551,15 @@ mod tests {
         for name in &longest {
             validate_name(name).expect("a valid name");
             let folder = encode_name(name);
-            assert!(folder.len() <= FOLDER_NAME_BYTES_MAX, "{} bytes: {folder}", folder.len());
-            assert!(!folder.contains('/') && folder != "." && folder != "..", "{folder}");
+            assert!(
+                folder.len() <= FOLDER_NAME_BYTES_MAX,
+                "{} bytes: {folder}",
+                folder.len()
+            );
+            assert!(
+                !folder.contains('/') && folder != "." && folder != "..",
+                "{folder}"
+            );
             assert_eq!(decode_name(&folder).as_deref(), Some(name.as_str()), "{folder}");
         }
         // The short form stays what it always was, so the folders of existing stores open.

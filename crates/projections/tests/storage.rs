@@ -363,7 +363,10 @@ async fn the_longest_valid_names_live_on_a_real_file_system() {
         .collect();
     folders.sort();
     assert!(folders.iter().all(|f| f.len() <= 255), "{folders:?}");
-    assert!(folders.contains(&"short%20name".to_owned()), "the short form is kept: {folders:?}");
+    assert!(
+        folders.contains(&"short%20name".to_owned()),
+        "the short form is kept: {folders:?}"
+    );
     let reopened = open_real().await;
     let mut listed: Vec<String> = reopened.list().into_iter().map(|s| s.name).collect();
     listed.sort();

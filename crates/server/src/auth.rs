@@ -152,6 +152,37 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The TOML error's message with every piece of the file left out: its display quotes the
+/// offending line, and its message quotes values and keys (serde's "invalid type: integer
+/// `123`", "unknown field `…`", "string \"…\""), any of which may be a token written in the
+/// wrong place or without quotes. Kept: the names of our own fields and TOML's punctuation;
+/// the position says where the rest is.
+fn redact(message: &str) -> String {
+    const OURS: &[&str] = &["token", "role", "aggregate_id_prefixes", "true", "false"];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let (before, from) = rest.split_at(open);
+        out.push_str(before);
+        let quote = &from[..1];
+        let Some(len) = from[1..].find(quote) else {
+            // An unpaired quote: drop what follows rather than risk printing it.
+            out.push_str("(not shown)");
+            return out;
+        };
+        let inner = &from[1..1 + len];
+        let punctuation = inner.len() <= 2 && !inner.chars().any(char::is_alphanumeric);
+        if OURS.contains(&inner) || punctuation {
+            out.push_str(&from[..len + 2]);
+        } else {
+            out.push_str("(not shown)");
+        }
+        rest = &from[len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The TOML error's position as "line L, column C", computed from its span rather than taken
 /// from its display, which quotes the offending line — possibly a token.
 fn position(text: &str, offset: usize) -> String {
@@ -174,7 +205,11 @@ impl Auth {
         let fail = |problem: String| AuthFileError(format!("auth file {origin}: {problem}"));
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| format!(" at {}", position(text, span.start)));
-            fail(format!("{}{}", e.message().trim_end(), at.unwrap_or_default()))
+            fail(format!(
+                "{}{}",
+                redact(e.message().trim_end()),
+                at.unwrap_or_default()
+            ))
         })?;
         if raw.token.is_empty() {
             return Err(fail(
@@ -194,12 +229,9 @@ impl Auth {
                         .to_owned(),
                 ));
             }
-            let role = Role::parse(&entry.role).ok_or_else(|| {
-                entry_fail(format!(
-                    "unknown role '{}' (expected reader, writer or admin)",
-                    entry.role
-                ))
-            })?;
+            // The value is not repeated: a token put in the role's place would be printed.
+            let role = Role::parse(&entry.role)
+                .ok_or_else(|| entry_fail("unknown role (expected reader, writer or admin)".to_owned()))?;
             let prefixes = match entry.aggregate_id_prefixes {
                 None => None,
                 Some(list) if list.is_empty() => {
@@ -616,7 +648,7 @@ mod tests {
             ("", "defines no token"),
             (
                 "[[token]]\ntoken = \"abc\"\nrole = \"root\"\n",
-                "token entry 1: unknown role 'root'",
+                "token entry 1: unknown role (expected reader, writer or admin)",
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\n[[token]]\ntoken = \"\"\nrole = \"admin\"\n",
@@ -628,11 +660,11 @@ mod tests {
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefix = [\"x\"]\n",
-                "unknown field `aggregate_id_prefix`",
+                "unknown field (not shown), expected one of `token`, `role`, `aggregate_id_prefixes` at line 4",
             ),
             (
                 "[[tokens]]\ntoken = \"a\"\nrole = \"admin\"\n",
-                "unknown field `tokens`",
+                "unknown field (not shown), expected `token` at line 1",
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = []\n",
@@ -658,6 +690,56 @@ mod tests {
         let error = parse("[[token]]\ntoken = \"top-secret-value\"\nrole = 5\n").expect_err("bad role type");
         assert!(!error.contains("top-secret-value"), "{error}");
         assert!(error.contains("line 3"), "{error}");
+    }
+
+    /// toml's message for a bare value quotes the value ("unquoted string"…), and its display
+    /// the whole line: a token written without quotes must still never be printed.
+    #[test]
+    fn a_token_written_without_quotes_is_never_printed() {
+        let cases = [
+            "[[token]]\ntoken = top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = top-secret-value-123 # comment\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 'top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = top-secret-value-123\n",
+            "[[token]]\ntoken = 12345top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = [\"top-secret-value-123\"]\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"ok\"\nrole = top-secret-value-123\n",
+            "[[token]]\ntop-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = [top-secret-value-123]\n",
+            "[[token]]\ntoken = 1234567890123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 12345.678\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 0x7f3a9b\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 2024-01-01T00:00:00Z\nrole = \"admin\"\n",
+            "[[token]]\ntoken = true\nrole = \"admin\"\n",
+            "[[token]]\ntop_secret_value_123 = \"admin\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = \"top-secret-value-123\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"top-secret-value-123\"\n",
+            "[[token]]\ntoken = \"a\"\ntoken = \"top-secret-value-123\"\nrole = \"admin\"\n",
+            "[[token]]\n\"top-secret-value-123\" = 1\n",
+        ];
+        for text in cases {
+            let error = parse(text).expect_err(text);
+            assert!(!error.contains("top-secret"), "{text:?}: {error}");
+            assert!(
+                !error.contains("value-123") && !error.contains("value_123"),
+                "{text:?}: {error}"
+            );
+            for number in [
+                "1234567890123",
+                "12345.678",
+                "0x7f3a9b",
+                "7f3a9b",
+                "8263098",
+                "2024-01-01",
+            ] {
+                assert!(!error.contains(number), "{text:?}: {error}");
+            }
+            assert!(
+                error.contains("line ") || error.contains("token entry 1"),
+                "{text:?}: {error}"
+            );
+        }
     }
 
     #[test]

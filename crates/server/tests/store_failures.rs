@@ -122,10 +122,18 @@ async fn no_answer_names_a_file_of_the_server() {
         if answer.body["status"] == "failed" {
             break answer;
         }
-        assert!(Instant::now() < deadline, "the projection never failed: {}", answer.text());
+        assert!(
+            Instant::now() < deadline,
+            "the projection never failed: {}",
+            answer.text()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(status.body["error"].as_str().is_some_and(|e| e.starts_with("storage")));
+    assert!(
+        status.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("storage"))
+    );
     assert_no_path(&status, "a projection whose storage failed");
 
     // The event log's disk fails: the store refuses writes from then on.
