@@ -15,6 +15,9 @@
 //!   read by id outside is 404 `event_not_found`, so its existence is not revealed; a commit's
 //!   `condition` must be confined to the visible aggregates (it could otherwise probe for events
 //!   the token may not see), else 403.
+//! - A commit of such a token refused because an event id is taken answers `duplicate_event_id`
+//!   with one reason whatever holds the id ([`Principal::conceal`]): the stored event may be in
+//!   an aggregate it cannot see, where `GET /v1/events/{id}` answers 404.
 //! - Whatever its role, a token with `aggregate_id_prefixes` may not use a route whose answer or
 //!   effect is not confined to some aggregates ([`whole_store_reason`]): archiving and the
 //!   storage figures, projections (a state folds events of every aggregate), persistent
@@ -58,7 +61,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use factstore_core::{Commit, Event, EventFilter, EventQuery};
+use factstore_core::{Commit, Event, EventFilter, EventQuery, StoreError};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -437,6 +440,24 @@ impl Principal {
         Ok(())
     }
 
+    /// What a commit's error may tell this principal. The reason of a `DuplicateEventId` says
+    /// where the stored event is (in another aggregate, with other content, at other
+    /// versions); for a token limited to prefixes that may be an aggregate it cannot see, so it
+    /// reads one reason whatever holds the id. That the id is taken it learns from any refusal
+    /// (the commit cannot succeed); the id is the one it sent.
+    pub fn conceal(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::DuplicateEventId { event_id, .. } if self.prefixes.is_some() => {
+                StoreError::DuplicateEventId {
+                    event_id,
+                    reason: "a retry must repeat its original commit exactly, and a new event needs an id of its own"
+                        .to_owned(),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Narrows `query` to what this principal may see as far as one prefix can say it, and
     /// returns the [`Scope`] that must still filter what the store answers.
     pub fn restrict(&self, query: &mut EventQuery) -> Scope {
@@ -620,7 +641,9 @@ pub fn whole_store_reason(method: &Method, route: &str) -> Option<&'static str> 
         Some("a projection's states fold events of every aggregate")
     } else if route == "/v1/subscriptions" || route.starts_with("/v1/subscriptions/") {
         Some("a persistent subscription's events are not limited to some aggregates")
-    } else if method == Method::PUT && (route.starts_with("/v1/schemas/") || route.starts_with("/v1/upcasters/")) {
+    } else if method == Method::PUT
+        && (route.starts_with("/v1/schemas/") || route.starts_with("/v1/upcasters/"))
+    {
         Some("a schema or upcaster applies to the events of every aggregate")
     } else {
         None

@@ -409,12 +409,14 @@ fn decision(method: &axum::http::Method, path: &str) -> Limited {
             | "/v1/events/{event_id}/status"
             | "/v1/subscribe",
         ) => Scoped,
-        ("GET", "/v1/schemas" | "/v1/schemas/{event_type}" | "/v1/upcasters" | "/v1/upcasters/{event_type}") => {
-            Scoped
-        }
-        ("PUT", "/v1/schemas/{event_type}/versions/{version}" | "/v1/upcasters/{event_type}/{from_version}") => {
-            WholeStore
-        }
+        (
+            "GET",
+            "/v1/schemas" | "/v1/schemas/{event_type}" | "/v1/upcasters" | "/v1/upcasters/{event_type}",
+        ) => Scoped,
+        (
+            "PUT",
+            "/v1/schemas/{event_type}/versions/{version}" | "/v1/upcasters/{event_type}/{from_version}",
+        ) => WholeStore,
         (_, p) if p.starts_with("/v1/projections") => WholeStore,
         (_, p) if p.starts_with("/v1/subscriptions") => WholeStore,
         ("POST", "/v1/admin/archive") | ("GET", "/v1/admin/storage") => WholeStore,
@@ -435,7 +437,12 @@ fn concrete(path: &str) -> String {
 }
 
 /// The status of one request, and its body unless it is a stream (`/v1/subscribe` never ends).
-async fn status_of(router: &Router, method: &axum::http::Method, path: &str, token: &str) -> (StatusCode, String) {
+async fn status_of(
+    router: &Router,
+    method: &axum::http::Method,
+    path: &str,
+    token: &str,
+) -> (StatusCode, String) {
     use axum::body::Body;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -473,7 +480,11 @@ async fn a_token_limited_to_prefixes_gets_no_route_that_concerns_the_whole_store
             let (status, body) = status_of(&router, &method, path, token).await;
             match expected {
                 Limited::WholeStore => {
-                    assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} with {token}: {body}");
+                    assert_eq!(
+                        status,
+                        StatusCode::FORBIDDEN,
+                        "{method} {path} with {token}: {body}"
+                    );
                     assert!(body.contains("\"forbidden\""), "{method} {path}: {body}");
                 }
                 Limited::Scoped if token == ACC_ADMIN => {
@@ -485,13 +496,76 @@ async fn a_token_limited_to_prefixes_gets_no_route_that_concerns_the_whole_store
         if expected == Limited::WholeStore {
             whole_store += 1;
             let (status, body) = status_of(&router, &method, path, ADMIN).await;
-            assert_ne!(status, StatusCode::FORBIDDEN, "{method} {path} with an unlimited admin: {body}");
+            assert_ne!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} with an unlimited admin: {body}"
+            );
             assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
         }
     }
-    assert!(whole_store >= 20, "the router's routes were not all walked: {whole_store}");
+    assert!(
+        whole_store >= 20,
+        "the router's routes were not all walked: {whole_store}"
+    );
     // The limited admin's refusal says why, and archiving never reached the store.
     let (_, body) = status_of(&router, &axum::http::Method::GET, "/v1/admin/storage", ACC_ADMIN).await;
     assert!(body.contains("limited to aggregate id prefixes"), "{body}");
     assert!(body.contains("whole store"), "{body}");
+}
+
+/// A limited writer that sends an event id another aggregate holds learns only that the id is
+/// taken: the same `duplicate_event_id` answer whether the holder is an aggregate it cannot
+/// see (where `GET /v1/events/{id}` answers 404) or one it can.
+#[tokio::test]
+async fn a_taken_event_id_does_not_tell_a_limited_writer_which_aggregate_holds_it() {
+    let router = secured();
+    let hidden_id = uuid::Uuid::now_v7();
+    let visible_id = uuid::Uuid::now_v7();
+    let with_id = |id: uuid::Uuid| {
+        let mut event = event("MoneyDeposited");
+        event["event_id"] = json!(id);
+        json!({ "events": [event] })
+    };
+    let answer = append(&router, WRITER, "ord:secret-1", &with_id(hidden_id)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    let answer = append(&router, WRITER, "acc:2", &with_id(visible_id)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    let hidden = Call::get(&format!("/v1/events/{hidden_id}"))
+        .token(ACC_WRITER)
+        .send(&router)
+        .await;
+    assert_error(&hidden, StatusCode::NOT_FOUND, "event_not_found");
+
+    let refused = append(&router, ACC_WRITER, "acc:1", &with_id(hidden_id)).await;
+    assert_error(&refused, StatusCode::CONFLICT, "duplicate_event_id");
+    let text = refused.text();
+    assert!(
+        !text.contains("another aggregate") && !text.contains("ord:"),
+        "{text}"
+    );
+    let as_commit = Call::post(
+        "/v1/events",
+        &json!({"appends": [{"aggregate_id": "acc:1", "events": with_id(hidden_id)["events"]}]}),
+    )
+    .token(ACC_WRITER)
+    .send(&router)
+    .await;
+    assert_eq!(as_commit.text(), text, "the same answer from POST /v1/events");
+    let in_sight = append(&router, ACC_WRITER, "acc:1", &with_id(visible_id)).await;
+    assert_error(&in_sight, StatusCode::CONFLICT, "duplicate_event_id");
+    assert_eq!(
+        in_sight.text().replace(&visible_id.to_string(), "ID"),
+        text.replace(&hidden_id.to_string(), "ID"),
+        "the holder's visibility does not change the answer"
+    );
+    assert_eq!(head(&router).await, 2, "nothing was written");
+    // A token that sees every aggregate keeps the precise reason.
+    let unlimited = append(&router, WRITER, "acc:1", &with_id(hidden_id)).await;
+    assert_error(&unlimited, StatusCode::CONFLICT, "duplicate_event_id");
+    assert_ne!(
+        unlimited.text(),
+        text,
+        "an unlimited writer is told where the id is"
+    );
 }
