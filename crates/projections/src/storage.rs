@@ -374,8 +374,8 @@ pub const FOLDER_NAME_BYTES_MAX: usize = 255;
 /// never meet.
 const LONG_FORM_MARK: char = '=';
 
-// Every valid name has a long form that fits.
-const _: () = assert!(1 + 2 * crate::definition::NAME_BYTES_MAX <= FOLDER_NAME_BYTES_MAX);
+// Every valid name has a long form that fits: the mark and two hex digits per byte.
+const _: () = assert!(2 * crate::definition::NAME_BYTES_MAX < FOLDER_NAME_BYTES_MAX);
 
 /// A projection name as a folder name, never longer than [`FOLDER_NAME_BYTES_MAX`] for a valid
 /// name, so that no name is `.`, `..` or holds a `/`:
@@ -424,7 +424,7 @@ pub fn decode_name(folder: &str) -> Option<String> {
 }
 
 fn decode_long_form(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
