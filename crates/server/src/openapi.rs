@@ -1884,6 +1884,7 @@ mod schemas {
     pub struct Health {
         status: HealthStatus,
         /// Why writes are refused (only with `degraded`): what failed and the system's reason.
+        #[schema(nullable = false)]
         reason: Option<String>,
     }
 
