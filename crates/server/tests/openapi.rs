@@ -1118,7 +1118,10 @@ async fn rendered_bodies_have_exactly_the_documented_fields() {
     assert_eq!(health["required"], json!(["status"]));
     assert_eq!(health["additionalProperties"], false);
     assert_eq!(health["properties"]["reason"]["type"], "string");
-    assert_eq!(keys(&get(&router, "/health").await.json()), BTreeSet::from(["status".to_owned()]));
+    assert_eq!(
+        keys(&get(&router, "/health").await.json()),
+        BTreeSet::from(["status".to_owned()])
+    );
     let snapshot =
         json!({"version": 1, "state": {"a": 1}, "snapshot_type": "Account", "snapshot_version": 1});
     let reply = put(&router, "/v1/aggregates/account:1/snapshots", &snapshot).await;
