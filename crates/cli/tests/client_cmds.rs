@@ -16,6 +16,8 @@ use common::{BIN, ServeProcess, free_port};
 /// A `factstore serve`, killed when dropped.
 struct Server {
     process: ServeProcess,
+    /// Sent with every command, when the server needs one.
+    token: Option<&'static str>,
 }
 
 impl std::ops::Deref for Server {
@@ -27,8 +29,14 @@ impl std::ops::Deref for Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[], None)
+    }
+
+    /// A server started with `extra` arguments, whose commands send `token`.
+    fn start_with(data_dir: &Path, extra: &[&str], token: Option<&'static str>) -> Server {
         let server = Server {
-            process: ServeProcess::start(data_dir, &[]),
+            process: ServeProcess::start(data_dir, extra),
+            token,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !server.run(&["head"]).status.success() {
@@ -44,6 +52,9 @@ impl Server {
             .args(args)
             .env("FACTSTORE_URL", &self.url)
             .env_remove("FACTSTORE_TOKEN");
+        if let Some(token) = self.token {
+            command.env("FACTSTORE_TOKEN", token);
+        }
         command
     }
 
@@ -554,5 +565,96 @@ fn an_interrupted_import_run_again_completes_without_writing_twice() {
             && stderr(&output).contains("another event_data"),
         "{}",
         stderr(&output)
+    );
+}
+
+/// A token limited to aggregate prefixes exports the events it may see, in position order (the
+/// export used to stop at the first position it could not see); imported into an empty store,
+/// they keep their ids, order and versions and take consecutive positions.
+#[test]
+fn an_export_by_a_token_limited_to_prefixes_holds_its_aggregates_and_imports() {
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    const ACCOUNTS: &str = "accounts-token-0123456789abc";
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        format!(
+            "[[token]]\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
+             [[token]]\ntoken = \"{ACCOUNTS}\"\nrole = \"reader\"\naggregate_id_prefixes = [\"account:\"]\n"
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let auth = auth.to_str().unwrap();
+    let source = Server::start_with(&dir.path().join("source"), &["--auth", auth], Some(ADMIN));
+    fill(&source);
+    let everything = json_lines(&source.ok(&["export"]));
+    assert_eq!(everything.len(), 12);
+    let visible: Vec<&Value> = everything
+        .iter()
+        .filter(|e| e["aggregate_id"].as_str().unwrap().starts_with("account:"))
+        .collect();
+    assert_eq!(visible.len(), 9);
+
+    let file = dir.path().join("accounts.jsonl");
+    let output = source
+        .command(&["export", "--output", file.to_str().unwrap()])
+        .env("FACTSTORE_TOKEN", ACCOUNTS)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "exported 9 events (of positions 1-12; the other 3 are events outside this token's \
+             aggregate prefixes) to {}\n",
+            file.display()
+        )
+    );
+    let exported = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        json_lines(&exported).iter().collect::<Vec<_>>(),
+        visible,
+        "its events, in position order"
+    );
+
+    let target = Server::start(&dir.path().join("target"));
+    let output = target.run(&["import", file.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("the file leaves positions out"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        json_lines(&String::from_utf8(output.stdout).unwrap())[0],
+        json!({"events": 9, "written": 9, "already_present": 0, "moved": 8})
+    );
+    let imported = json_lines(&target.ok(&["export"]));
+    assert_eq!(imported.len(), 9);
+    for (position, (before, after)) in (1..).zip(visible.iter().zip(&imported)) {
+        assert_eq!(after["position"], position, "positions close up");
+        for field in [
+            "event_id",
+            "aggregate_id",
+            "version",
+            "event_type",
+            "event_data",
+            "created_at",
+        ] {
+            assert_eq!(before[field], after[field], "{field} of {before}");
+        }
+    }
+    // Running the import again writes nothing.
+    let output = target.run(&["import", file.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_lines(&String::from_utf8(output.stdout).unwrap())[0]["already_present"],
+        9
     );
 }

@@ -35,5 +35,5 @@ pub use event::{Event, EventFields};
 pub use limits::Limits;
 pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head};
 pub use snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
-pub use store::{ArchiveOutcome, EventStore, StorageStats};
+pub use store::{ArchiveOutcome, EventStore, StorageStats, StoreHealth};
 pub use time::Timestamp;

@@ -37,6 +37,21 @@ pub struct StorageStats {
     pub archived_events: u64,
 }
 
+/// Whether a store accepts writes: what `/health` and the metrics report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Reads and writes are served.
+    Writable,
+    /// Reads are served, writes are refused until the server is restarted: an earlier write or
+    /// sync failed (a full disk, a failing device), so the store no longer knows what is on
+    /// disk and will not guess (see `docs/durability.md`).
+    WritesRefused {
+        /// Why, in words any client may read: what failed and the system's reason, never a
+        /// file path or stored data (those go to the server's log).
+        reason: String,
+    },
+}
+
 /// An event store.
 ///
 /// # Guarantees every implementation keeps
@@ -149,6 +164,12 @@ pub trait EventStore: Send + Sync + 'static {
     async fn archive(&self, before: Timestamp) -> Result<ArchiveOutcome, StoreError> {
         let _ = before;
         Err(StoreError::ArchiveNotConfigured)
+    }
+
+    /// Whether the store accepts writes. Cheap (no I/O): `/health` and the metrics ask it on
+    /// every call. The default: always writable, for a store that never refuses writes for good.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Writable
     }
 
     /// Where the store's bytes are. The default measures nothing: every event is counted as

@@ -1,4 +1,8 @@
 //! The engine's errors, and how they become the store errors clients see.
+//!
+//! What a client sees never names a file: a path says where the server keeps its data, which is
+//! not a client's business. [`EngineError::public_reason`] gives the words a client may read;
+//! the full error (paths included) goes to the log where it happens.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,7 +25,9 @@ pub enum EngineError {
         reason: String,
     },
     /// An earlier write or sync failed, so the engine no longer knows what is on disk and
-    /// refuses every write until it is reopened.
+    /// refuses every write until it is reopened. The reason is public (no path): it is built
+    /// with [`EngineError::public_reason`] when the failure happens, and the failure itself
+    /// is logged then.
     #[error("the store accepts no more writes since an earlier failure: {0}")]
     Poisoned(String),
     /// A business outcome or a client error, passed through unchanged.
@@ -69,12 +75,38 @@ impl EngineError {
         }
     }
 
+    /// What may be told to any client about this error: what went wrong and the system's
+    /// reason, never a path or stored data. The `Display` form has the details, for the log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            EngineError::Io { source, .. } => describe_io(source),
+            EngineError::Corruption { .. } => "data on disk is corrupt".to_owned(),
+            EngineError::Poisoned(reason) => reason.clone(),
+            EngineError::Store(error) => error.to_string(),
+            EngineError::ColdStorage { source, .. } => {
+                format!("cold storage did not answer ({})", describe_io(source))
+            }
+            EngineError::Closed => "the store is closed".to_owned(),
+            EngineError::Options(_) => "the engine reached one of its limits".to_owned(),
+        }
+    }
+
     pub fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> EngineError {
         EngineError::Corruption {
             path: path.to_owned(),
             offset,
             reason: reason.into(),
         }
+    }
+}
+
+/// An I/O error's cause with nothing it may carry beyond its kind: the operating system's
+/// message for its code ("No space left on device (os error 28)"), else the kind ("no storage
+/// space"). A custom payload (which may hold a path or a URL) is left out.
+pub fn describe_io(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None => error.kind().to_string(),
     }
 }
 
@@ -86,16 +118,24 @@ impl EngineError {
 pub struct ColdStorageUnavailable(pub String);
 
 impl From<EngineError> for StoreError {
+    /// `Unavailable` carries a public reason (its message reaches clients); `Internal` carries
+    /// the details (the server logs them and answers a fixed sentence).
     fn from(error: EngineError) -> StoreError {
         match error {
             EngineError::Store(e) => e,
-            EngineError::Poisoned(_) | EngineError::Closed => StoreError::Unavailable(error.to_string()),
+            EngineError::Poisoned(reason) => StoreError::Unavailable(format!(
+                "{reason}; writes are refused until the server is restarted"
+            )),
+            EngineError::Closed => StoreError::Unavailable(error.public_reason()),
             // An object the manifest names is gone: data lost in cold storage, not a passing
             // outage.
             EngineError::ColdStorage { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 StoreError::Internal(error.to_string())
             }
-            EngineError::ColdStorage { .. } => StoreError::Unavailable(error.to_string()),
+            EngineError::ColdStorage { .. } => {
+                tracing::warn!(%error, "cold storage failed");
+                StoreError::Unavailable(error.public_reason())
+            }
             EngineError::Io { .. } | EngineError::Corruption { .. } | EngineError::Options(_) => {
                 StoreError::Internal(error.to_string())
             }

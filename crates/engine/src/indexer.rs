@@ -83,9 +83,11 @@ impl Indexer {
                 continue;
             }
             if let Err(error) = self.flush(&memtable) {
-                let reason = format!("index checkpoint failed: {error}");
-                tracing::error!(%reason, "the store is poisoned and accepts no more writes");
-                self.shared.poison(reason);
+                tracing::error!(%error, "index checkpoint failed; the store is poisoned and accepts no more writes");
+                self.shared.poison(format!(
+                    "writing an index checkpoint failed: {}",
+                    error.public_reason()
+                ));
             }
             // A full channel means a wake-up is already pending: nothing is lost.
             let _ = wake.try_send(());
@@ -104,9 +106,9 @@ impl Indexer {
             if self.shared.poisoned().is_none()
                 && let Err(error) = self.compact(stopping)
             {
-                let reason = format!("index merge failed: {error}");
-                tracing::error!(%reason, "the store is poisoned and accepts no more writes");
-                self.shared.poison(reason);
+                tracing::error!(%error, "index merge failed; the store is poisoned and accepts no more writes");
+                self.shared
+                    .poison(format!("merging index runs failed: {}", error.public_reason()));
             }
             self.shared.index.merging.store(false, Ordering::Release);
         }

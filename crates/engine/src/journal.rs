@@ -239,7 +239,7 @@ impl Journal {
             }
             Err(e) => {
                 let error = EngineError::io(&self.path)(e);
-                tail.poison = Some(error.to_string());
+                tail.poison = Some(poison_reason(&error));
                 // Best effort: a restart without a reboot would otherwise read the failed
                 // frame back from the page cache as if it had been acknowledged.
                 let _ = tail.file.set_len(tail.end);
@@ -270,7 +270,7 @@ impl Journal {
                 Ok(())
             }
             Err(error) => {
-                tail.poison = Some(error.to_string());
+                tail.poison = Some(poison_reason(&error));
                 Err(error)
             }
         }
@@ -317,6 +317,13 @@ impl Journal {
     pub fn poisoned(&self) -> Option<String> {
         self.tail.lock().poison.clone()
     }
+}
+
+/// Logs the failure that poisons a journal, and returns the public reason kept for the writes
+/// refused from then on (no path: it may reach a client).
+fn poison_reason(error: &EngineError) -> String {
+    tracing::error!(%error, "a journal write failed; the journal refuses writes until it is reopened");
+    format!("writing a journal failed: {}", error.public_reason())
 }
 
 /// Creates `dir` and its missing parents, syncing the parent of each one created so that the

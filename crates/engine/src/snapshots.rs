@@ -393,11 +393,15 @@ impl Snapshots {
             .write_all_at(&record, offset)
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
-            let reason = format!(
-                "a snapshot write or sync on {} failed: {error}",
-                self.path.display()
+            tracing::error!(
+                %error,
+                file = %self.path.display(),
+                "a snapshot write or sync failed; snapshot writes are refused until the store is reopened"
             );
-            tracing::error!(%reason, "snapshot writes are refused until the store is reopened");
+            let reason = format!(
+                "writing the snapshot log failed: {}",
+                crate::error::describe_io(&error)
+            );
             *self.poison.lock() = Some(reason.clone());
             // Best effort: take the unacknowledged bytes out of the page cache, so that a
             // restart without a power loss does not read a record the disk may not hold.

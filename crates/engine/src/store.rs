@@ -10,7 +10,7 @@ use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
     AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Event, EventPage, EventQuery, EventStore,
     Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StorageStats,
-    StoreError, Timestamp,
+    StoreError, StoreHealth, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -48,6 +48,22 @@ impl EmbeddedStore {
 impl EventStore for EmbeddedStore {
     fn limits(&self) -> &Limits {
         self.engine.limits()
+    }
+
+    /// Refused after a failed write or sync of the event log (every write is refused), or of
+    /// the snapshot log (snapshot writes are): both hold until the engine is reopened.
+    fn health(&self) -> StoreHealth {
+        if let Some(reason) = self.engine.poisoned() {
+            return StoreHealth::WritesRefused {
+                reason: format!("{reason}; writes are refused until the server is restarted"),
+            };
+        }
+        match self.engine.snapshots_poisoned() {
+            None => StoreHealth::Writable,
+            Some(reason) => StoreHealth::WritesRefused {
+                reason: format!("{reason}; snapshot writes are refused until the server is restarted"),
+            },
+        }
     }
 
     async fn commit_prepared(&self, prepared: PreparedCommit) -> Result<CommitOutcome, StoreError> {

@@ -610,23 +610,30 @@ fn decode(bytes: &[u8]) -> Result<(i64, Vec<Payload>), String> {
     Ok((first, payloads))
 }
 
+/// A cold-storage failure as a client may read it (archive errors reach clients as 503): the
+/// object's key and the kind of failure, not cold storage's URL nor the error's text, which
+/// may name it; those are logged here.
+fn cold_failure(cold: &dyn ColdStore, key: &str, what: &str, error: &std::io::Error) -> String {
+    tracing::warn!(place = %format!("{}/{key}", cold.describe()), %error, "cold storage: {what} failed");
+    format!("{what} {key}: {}", factstore_engine::error::describe_io(error))
+}
+
 /// Compresses and puts `encoded` under `key`, gets it back and compares; returns the
 /// object's size.
 fn upload_verified(cold: &dyn ColdStore, key: &str, encoded: Bytes) -> Result<u64, PgError> {
-    let place = format!("{}/{key}", cold.describe());
     let compressed = zstd::bulk::compress(&encoded, ZSTD_LEVEL)
-        .map_err(|e| PgError::Archive(format!("cannot compress {place}: {e}")))?;
+        .map_err(|e| PgError::Archive(format!("cannot compress {key}: {e}")))?;
     let compressed_len = compressed.len() as u64;
     cold.put(key, Bytes::from(compressed))
-        .map_err(|e| PgError::Archive(format!("cannot put {place}: {e}")))?;
+        .map_err(|e| PgError::Archive(cold_failure(cold, key, "cannot put", &e)))?;
     let back = cold
         .get(key)
-        .map_err(|e| PgError::Archive(format!("cannot read back {place}: {e}")))?;
+        .map_err(|e| PgError::Archive(cold_failure(cold, key, "cannot read back", &e)))?;
     let back = zstd::bulk::decompress(&back, encoded.len())
-        .map_err(|e| PgError::Archive(format!("the copy at {place} does not decompress: {e}")))?;
+        .map_err(|e| PgError::Archive(format!("the copy at {key} does not decompress: {e}")))?;
     if back != encoded {
         return Err(PgError::Archive(format!(
-            "the copy at {place} differs from what was put"
+            "the copy at {key} differs from what was put"
         )));
     }
     Ok(compressed_len)
@@ -635,14 +642,16 @@ fn upload_verified(cold: &dyn ColdStore, key: &str, encoded: Bytes) -> Result<u6
 /// Gets a chunk's object, checks it against its row and decodes it.
 fn fetch(cold: &dyn ColdStore, row: &ChunkRow) -> Result<Chunk, PgError> {
     let id = row.chunk_id;
-    let place = format!("{}/{}", cold.describe(), row.object_key);
+    let key = &row.object_key;
     let fail = |reason: String| {
         PgError::Archive(format!(
-            "archived chunk {id} (positions {} to {}) at {place}: {reason}",
+            "archived chunk {id} (positions {} to {}): {reason}",
             row.first_position, row.last_position
         ))
     };
-    let compressed = cold.get(&row.object_key).map_err(|e| fail(e.to_string()))?;
+    let compressed = cold
+        .get(key)
+        .map_err(|e| fail(cold_failure(cold, key, "cannot get", &e)))?;
     let encoded = zstd::bulk::decompress(&compressed, usize::try_from(row.bytes).unwrap_or(0))
         .map_err(|e| fail(format!("does not decompress: {e}")))?;
     if encoded.len() as i64 != row.bytes || xxhash_rust::xxh3::xxh3_64(&encoded) as i64 != row.checksum {

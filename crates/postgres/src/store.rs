@@ -9,7 +9,7 @@ use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
     AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery,
     EventStore, Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored,
-    StorageStats, StoreError, Timestamp,
+    StorageStats, StoreError, StoreHealth, Timestamp,
 };
 use futures::{StreamExt, TryStreamExt};
 use postgres_types::Type;
@@ -548,6 +548,20 @@ async fn summarize_filled_ranges(
 impl EventStore for PgStore {
     fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// A failed exchange with the database refuses only the commits of that group: the next
+    /// group reconnects, so nothing here refuses writes for good unless every writer task has
+    /// stopped (a bug), which only a restart mends.
+    fn health(&self) -> StoreHealth {
+        if self.inner.requests.is_closed() {
+            StoreHealth::WritesRefused {
+                reason: "the writer tasks have stopped; writes are refused until the server is restarted"
+                    .to_owned(),
+            }
+        } else {
+            StoreHealth::Writable
+        }
     }
 
     async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome, StoreError> {

@@ -451,6 +451,9 @@ async fn a_failed_step_leaves_every_event_hot() {
         matches!(&error, StoreError::Unavailable(m) if m.contains("cannot put")),
         "{error:?}"
     );
+    // A client reads no path of the server's cold storage (the log has it).
+    let cold_path = cold_dir.path().to_str().expect("a path");
+    assert!(!error.to_string().contains(cold_path), "{error}");
     still_hot("a failed put").await;
 
     *flaky.fail.lock() = Fail::ReadBack;

@@ -51,6 +51,11 @@ use crate::storage::{
     GenerationLog, KeyRecord, ProjectionStorage, Record, SnapshotRecord, encode_batch, replay,
 };
 
+/// A projection's `error` after its storage failed. Clients read it (the status, a
+/// read-your-writes answer), so it names no file: the log has the details.
+const STORAGE_FAILED: &str =
+    "storage: recording the projection's state failed; the server log has the details";
+
 /// The durable checkpoint of a projection whose pages change nothing lags its position by at
 /// most this much: a bound on what a restart reads again.
 pub const CHECKPOINT_GAP_MAX: u64 = 1_000_000;
@@ -1250,7 +1255,7 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
                 }
                 Err(error) => {
                     tracing::error!(projection = %entry.name, %error, "projection storage failed; the projection stops");
-                    generation.view.write().failed = Some(format!("storage: {error}"));
+                    generation.view.write().failed = Some(STORAGE_FAILED.to_owned());
                     break;
                 }
             }
@@ -1265,7 +1270,7 @@ async fn fold_task(projections: Projections, entry: Arc<Entry>, generation: Arc<
             if is_rebuild {
                 if let Err(error) = promote(&projections, &entry, &generation).await {
                     tracing::error!(projection = %entry.name, %error, "swapping in a rebuilt projection failed");
-                    generation.view.write().failed = Some(format!("storage: {error}"));
+                    generation.view.write().failed = Some(STORAGE_FAILED.to_owned());
                     break;
                 }
                 continue;

@@ -366,9 +366,42 @@ impl ProjectionStorage for JournalStorage {
     }
 }
 
-/// A projection name as a folder name: ASCII letters, digits, `_` and `-` as they are, every
-/// other byte as `%XX`, so that no name is `.`, `..` or holds a `/`.
+/// The longest folder name the encoding produces: the common limit of a file name's length
+/// (ext4, XFS, btrfs, APFS, NTFS all stop at 255 bytes).
+pub const FOLDER_NAME_BYTES_MAX: usize = 255;
+
+/// Starts a folder name in the long form (hex). Not a character of the short form, so the two
+/// never meet.
+const LONG_FORM_MARK: char = '=';
+
+// Every valid name has a long form that fits: the mark and two hex digits per byte.
+const _: () = assert!(2 * crate::definition::NAME_BYTES_MAX < FOLDER_NAME_BYTES_MAX);
+
+/// A projection name as a folder name, never longer than [`FOLDER_NAME_BYTES_MAX`] for a valid
+/// name, so that no name is `.`, `..` or holds a `/`:
+/// - the short form: ASCII letters, digits, `_` and `-` as they are, every other byte as `%XX`
+///   (upper-case hex), when that fits in [`FOLDER_NAME_BYTES_MAX`] bytes (`bank balances` →
+///   `bank%20balances`). Every folder written before the long form existed is one of these.
+/// - else the long form: `=` and the lower-case hex of every byte, at most 201 bytes for a
+///   name of 100 (a name of dots or of non-ASCII characters takes three bytes per byte in
+///   the short form, up to 300).
+///
+/// Each name has exactly one folder: [`decode_name`] refuses a long form whose name has a
+/// short form that fits.
 pub fn encode_name(name: &str) -> String {
+    let short = short_form(name);
+    if short.len() <= FOLDER_NAME_BYTES_MAX {
+        return short;
+    }
+    let mut out = String::with_capacity(1 + 2 * name.len());
+    out.push(LONG_FORM_MARK);
+    for byte in name.bytes() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+fn short_form(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
@@ -382,6 +415,25 @@ pub fn encode_name(name: &str) -> String {
 
 /// The name a folder stands for; `None` for a folder that is no encoded name.
 pub fn decode_name(folder: &str) -> Option<String> {
+    let out = match folder.strip_prefix(LONG_FORM_MARK) {
+        Some(hex) => decode_long_form(hex)?,
+        None => decode_short_form(folder)?,
+    };
+    let name = String::from_utf8(out).ok()?;
+    (encode_name(&name) == folder && !name.is_empty()).then_some(name)
+}
+
+fn decode_long_form(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| hex.get(at..at + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+fn decode_short_form(folder: &str) -> Option<Vec<u8>> {
     let bytes = folder.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
@@ -395,8 +447,7 @@ pub fn decode_name(folder: &str) -> Option<String> {
             at += 1;
         }
     }
-    let name = String::from_utf8(out).ok()?;
-    (encode_name(&name) == folder && !name.is_empty()).then_some(name)
+    Some(out)
 }
 
 /// The records of one log kept in memory.
@@ -481,5 +532,44 @@ mod tests {
         assert_eq!(decode_name("a.b"), None);
         assert_eq!(decode_name("%4"), None);
         assert_eq!(decode_name("%41"), None, "not the canonical encoding of 'A'");
+    }
+
+    /// A name of 100 dots was valid but its folder name took 300 bytes, which no common file
+    /// system accepts: creating the projection failed.
+    #[test]
+    fn every_valid_name_fits_a_folder_name_and_comes_back() {
+        use crate::definition::{NAME_BYTES_MAX, validate_name};
+        let longest = [
+            ".".repeat(NAME_BYTES_MAX),
+            "%".repeat(NAME_BYTES_MAX),
+            "é".repeat(NAME_BYTES_MAX / 2),
+            "€".repeat(NAME_BYTES_MAX / 3),
+            "x".repeat(NAME_BYTES_MAX),
+            format!("{}{}", "a".repeat(NAME_BYTES_MAX - 85), ".".repeat(85)),
+            format!("{}{}", "a".repeat(NAME_BYTES_MAX - 86), ".".repeat(86)),
+        ];
+        for name in &longest {
+            validate_name(name).expect("a valid name");
+            let folder = encode_name(name);
+            assert!(
+                folder.len() <= FOLDER_NAME_BYTES_MAX,
+                "{} bytes: {folder}",
+                folder.len()
+            );
+            assert!(
+                !folder.contains('/') && folder != "." && folder != "..",
+                "{folder}"
+            );
+            assert_eq!(decode_name(&folder).as_deref(), Some(name.as_str()), "{folder}");
+        }
+        // The short form stays what it always was, so the folders of existing stores open.
+        assert_eq!(encode_name("bank balances"), "bank%20balances");
+        let fits = format!("{}{}", "a".repeat(15), ".".repeat(80));
+        assert_eq!(encode_name(&fits), short_form(&fits));
+        assert!(encode_name(&".".repeat(100)).starts_with('='));
+        // One folder per name: a long form of a name whose short form fits is no name's.
+        assert_eq!(decode_name("=6162"), None, "'ab' is the folder 'ab'");
+        assert_eq!(decode_name("=6"), None);
+        assert_eq!(decode_name("=zz"), None);
     }
 }

@@ -331,3 +331,50 @@ async fn a_delete_interrupted_after_the_live_log_is_gone_is_finished_at_open() {
     assert!(reopened.list().is_empty());
     reopened.shutdown().await;
 }
+
+/// Names valid by the rules (1 to 100 bytes) whose `%XX` folder name would pass 255 bytes:
+/// on a real file system creating them failed ("File name too long"). Each is created, serves,
+/// and opens again after a restart, next to a name in the older, short form.
+#[tokio::test]
+async fn the_longest_valid_names_live_on_a_real_file_system() {
+    use factstore_engine::io::StdFileSystem;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("projections");
+    let store = Arc::new(ModelStore::new());
+    let open_real = || async {
+        let storage = JournalStorage::open(Arc::new(StdFileSystem), &root).unwrap();
+        Projections::open(store.clone(), Arc::new(storage), options())
+            .await
+            .unwrap()
+    };
+    let names = [".".repeat(100), "é".repeat(50), "short name".to_owned()];
+    let projections = open_real().await;
+    for name in &names {
+        projections.put(name, counting()).await.unwrap();
+    }
+    append(&store, 0, 3).await;
+    for name in &names {
+        wait_until(&projections, name, |s| s.position == 3).await;
+    }
+    projections.shutdown().await;
+    let mut folders: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    folders.sort();
+    assert!(folders.iter().all(|f| f.len() <= 255), "{folders:?}");
+    assert!(
+        folders.contains(&"short%20name".to_owned()),
+        "the short form is kept: {folders:?}"
+    );
+    let reopened = open_real().await;
+    let mut listed: Vec<String> = reopened.list().into_iter().map(|s| s.name).collect();
+    listed.sort();
+    let mut expected = names.to_vec();
+    expected.sort();
+    assert_eq!(listed, expected);
+    for name in &names {
+        wait_until(&reopened, name, |s| s.position == 3).await;
+    }
+    reopened.shutdown().await;
+}

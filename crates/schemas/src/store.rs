@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use factstore_core::{
     AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Event, EventPage, EventQuery, EventStore,
     Head, Limits, PreparedCommit, PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored, StorageStats,
-    StoreError, Timestamp,
+    StoreError, StoreHealth, Timestamp,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -104,5 +104,9 @@ impl EventStore for SchemaStore {
 
     async fn storage(&self) -> Result<StorageStats, StoreError> {
         self.inner.storage().await
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.inner.health()
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Both need the admin role: archiving is an administrator's decision (API.md), and the
 //! storage numbers describe the whole store, which a token limited to aggregate prefixes must
-//! not see.
+//! not see (`auth::whole_store_reason` refuses it both routes before they run).
 
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;

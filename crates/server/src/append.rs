@@ -4,7 +4,8 @@
 //! Both hand a [`Commit`] to the store, which validates it (`Commit::prepare`) before it looks
 //! anything up; the status is 201 for a new write and 200 for an idempotent retry.
 //! Both need the writer role (checked before the body is read) and aggregates within the
-//! token's prefixes.
+//! token's prefixes; a limited token's `duplicate_event_id` does not say where the id is held
+//! (`Principal::conceal`).
 
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;
@@ -62,7 +63,11 @@ pub async fn append_to_aggregate(
     let JsonBody(body) = JsonBody::<AppendBody>::from_request(request, &state).await?;
     let commit = Commit::single(&aggregate_id, body.expected_version, body.events);
     let size = CommitSize::of(&commit);
-    let outcome = state.store.commit(commit).await?;
+    let outcome = state
+        .store
+        .commit(commit)
+        .await
+        .map_err(|e| principal.conceal(e))?;
     size.record(&outcome);
     let Some(append) = outcome.appends.first() else {
         return Err(StoreError::Internal("a commit of one append answered with no append".to_owned()).into());
@@ -84,7 +89,11 @@ pub async fn commit(
     Params::parse(query.as_deref(), &[])?;
     principal.check_commit(&commit)?;
     let size = CommitSize::of(&commit);
-    let outcome = state.store.commit(commit).await?;
+    let outcome = state
+        .store
+        .commit(commit)
+        .await
+        .map_err(|e| principal.conceal(e))?;
     size.record(&outcome);
     render::json(status_of(&outcome), &outcome)
 }

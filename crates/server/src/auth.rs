@@ -15,6 +15,18 @@
 //!   read by id outside is 404 `event_not_found`, so its existence is not revealed; a commit's
 //!   `condition` must be confined to the visible aggregates (it could otherwise probe for events
 //!   the token may not see), else 403.
+//! - A commit of such a token refused because an event id is taken answers `duplicate_event_id`
+//!   with one reason whatever holds the id ([`Principal::conceal`]): the stored event may be in
+//!   an aggregate it cannot see, where `GET /v1/events/{id}` answers 404.
+//! - Whatever its role, a token with `aggregate_id_prefixes` may not use a route whose answer or
+//!   effect is not confined to some aggregates ([`whole_store_reason`]): archiving and the
+//!   storage figures, projections (a state folds events of every aggregate), persistent
+//!   subscriptions (a group's events are not limited to some aggregates), and registering
+//!   schemas or upcasters (they check and rewrite the events of every aggregate). 403, decided
+//!   once for every route by the [`authenticate`] middleware from the matched route, before
+//!   the handler runs. Reading schemas and upcasters is allowed (they describe event types, not
+//!   aggregates, and a writer needs them), as are `/v1/head` (a position, which every page of
+//!   events carries anyway) and `/metrics` (the server's counters; no aggregate is named).
 //!
 //! # Using it in a handler
 //! Take a [`Principal`] (or [`Writer`] / [`Admin`], which check the role before the body is
@@ -44,12 +56,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use factstore_core::{Commit, Event, EventFilter, EventQuery};
+use factstore_core::{Commit, Event, EventFilter, EventQuery, StoreError};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -152,6 +164,37 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The TOML error's message with every piece of the file left out: its display quotes the
+/// offending line, and its message quotes values and keys (serde's "invalid type: integer
+/// `123`", "unknown field `…`", "string \"…\""), any of which may be a token written in the
+/// wrong place or without quotes. Kept: the names of our own fields and TOML's punctuation;
+/// the position says where the rest is.
+fn redact(message: &str) -> String {
+    const OURS: &[&str] = &["token", "role", "aggregate_id_prefixes", "true", "false"];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let (before, from) = rest.split_at(open);
+        out.push_str(before);
+        let quote = &from[..1];
+        let Some(len) = from[1..].find(quote) else {
+            // An unpaired quote: drop what follows rather than risk printing it.
+            out.push_str("(not shown)");
+            return out;
+        };
+        let inner = &from[1..1 + len];
+        let punctuation = inner.len() <= 2 && !inner.chars().any(char::is_alphanumeric);
+        if OURS.contains(&inner) || punctuation {
+            out.push_str(&from[..len + 2]);
+        } else {
+            out.push_str("(not shown)");
+        }
+        rest = &from[len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The TOML error's position as "line L, column C", computed from its span rather than taken
 /// from its display, which quotes the offending line — possibly a token.
 fn position(text: &str, offset: usize) -> String {
@@ -174,7 +217,11 @@ impl Auth {
         let fail = |problem: String| AuthFileError(format!("auth file {origin}: {problem}"));
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| format!(" at {}", position(text, span.start)));
-            fail(format!("{}{}", e.message().trim_end(), at.unwrap_or_default()))
+            fail(format!(
+                "{}{}",
+                redact(e.message().trim_end()),
+                at.unwrap_or_default()
+            ))
         })?;
         if raw.token.is_empty() {
             return Err(fail(
@@ -194,12 +241,9 @@ impl Auth {
                         .to_owned(),
                 ));
             }
-            let role = Role::parse(&entry.role).ok_or_else(|| {
-                entry_fail(format!(
-                    "unknown role '{}' (expected reader, writer or admin)",
-                    entry.role
-                ))
-            })?;
+            // The value is not repeated: a token put in the role's place would be printed.
+            let role = Role::parse(&entry.role)
+                .ok_or_else(|| entry_fail("unknown role (expected reader, writer or admin)".to_owned()))?;
             let prefixes = match entry.aggregate_id_prefixes {
                 None => None,
                 Some(list) if list.is_empty() => {
@@ -332,6 +376,17 @@ impl Principal {
         }
     }
 
+    /// 403 for a token limited to aggregate prefixes; `why` says what of the route is not
+    /// confined to some aggregates. See [`whole_store_reason`].
+    pub fn require_unlimited(&self, why: &str) -> Result<(), ApiError> {
+        if self.prefixes.is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "a token limited to aggregate id prefixes may not use this route: {why}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether this principal may see the aggregate `aggregate_id`.
     pub fn can_see(&self, aggregate_id: &str) -> bool {
         self.scope().allows_aggregate(aggregate_id)
@@ -383,6 +438,24 @@ impl Principal {
             self.check_filter(&condition.filter)?;
         }
         Ok(())
+    }
+
+    /// What a commit's error may tell this principal. The reason of a `DuplicateEventId` says
+    /// where the stored event is (in another aggregate, with other content, at other
+    /// versions); for a token limited to prefixes that may be an aggregate it cannot see, so it
+    /// reads one reason whatever holds the id. That the id is taken it learns from any refusal
+    /// (the commit cannot succeed); the id is the one it sent.
+    pub fn conceal(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::DuplicateEventId { event_id, .. } if self.prefixes.is_some() => {
+                StoreError::DuplicateEventId {
+                    event_id,
+                    reason: "a retry must repeat its original commit exactly, and a new event needs an id of its own"
+                        .to_owned(),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Narrows `query` to what this principal may see as far as one prefix can say it, and
@@ -557,18 +630,47 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Why a token limited to aggregate prefixes may not use the route `method` `route` (its
+/// pattern, as `/v1/projections/{name}`), or `None` when it may. The one list of such routes:
+/// a route added under these paths is covered without more code, and `tests/auth.rs` requires
+/// a decision for every route of the router.
+pub fn whole_store_reason(method: &Method, route: &str) -> Option<&'static str> {
+    if route.starts_with("/v1/admin/") {
+        Some("archiving and the storage figures concern the whole store")
+    } else if route == "/v1/projections" || route.starts_with("/v1/projections/") {
+        Some("a projection's states fold events of every aggregate")
+    } else if route == "/v1/subscriptions" || route.starts_with("/v1/subscriptions/") {
+        Some("a persistent subscription's events are not limited to some aggregates")
+    } else if method == Method::PUT
+        && (route.starts_with("/v1/schemas/") || route.starts_with("/v1/upcasters/"))
+    {
+        Some("a schema or upcaster applies to the events of every aggregate")
+    } else {
+        None
+    }
+}
+
 /// Middleware: with auth configured, every request but [`OPEN_PATHS`] needs a valid token (else
-/// 401); its [`Principal`] is put in the request's extensions for the handler.
+/// 401); a token limited to aggregate prefixes is refused the routes of [`whole_store_reason`]
+/// (403); the [`Principal`] is put in the request's extensions for the handler.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if let Some(auth) = &state.config.auth
         && !OPEN_PATHS.contains(&request.uri().path())
     {
-        match auth.authenticate(request.headers()) {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-            }
+        let principal = match auth.authenticate(request.headers()) {
+            Ok(principal) => principal,
             Err(error) => return error.into_response(),
+        };
+        let whole_store = request
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|route| whole_store_reason(request.method(), route.as_str()));
+        if let Some(why) = whole_store
+            && let Err(error) = principal.require_unlimited(why)
+        {
+            return error.into_response();
         }
+        request.extensions_mut().insert(principal);
     }
     next.run(request).await
 }
@@ -616,7 +718,7 @@ mod tests {
             ("", "defines no token"),
             (
                 "[[token]]\ntoken = \"abc\"\nrole = \"root\"\n",
-                "token entry 1: unknown role 'root'",
+                "token entry 1: unknown role (expected reader, writer or admin)",
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\n[[token]]\ntoken = \"\"\nrole = \"admin\"\n",
@@ -628,11 +730,11 @@ mod tests {
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefix = [\"x\"]\n",
-                "unknown field `aggregate_id_prefix`",
+                "unknown field (not shown), expected one of `token`, `role`, `aggregate_id_prefixes` at line 4",
             ),
             (
                 "[[tokens]]\ntoken = \"a\"\nrole = \"admin\"\n",
-                "unknown field `tokens`",
+                "unknown field (not shown), expected `token` at line 1",
             ),
             (
                 "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = []\n",
@@ -658,6 +760,56 @@ mod tests {
         let error = parse("[[token]]\ntoken = \"top-secret-value\"\nrole = 5\n").expect_err("bad role type");
         assert!(!error.contains("top-secret-value"), "{error}");
         assert!(error.contains("line 3"), "{error}");
+    }
+
+    /// toml's message for a bare value quotes the value ("unquoted string"…), and its display
+    /// the whole line: a token written without quotes must still never be printed.
+    #[test]
+    fn a_token_written_without_quotes_is_never_printed() {
+        let cases = [
+            "[[token]]\ntoken = top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = top-secret-value-123 # comment\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 'top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = top-secret-value-123\n",
+            "[[token]]\ntoken = 12345top-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = [\"top-secret-value-123\"]\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"ok\"\nrole = top-secret-value-123\n",
+            "[[token]]\ntop-secret-value-123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = [top-secret-value-123]\n",
+            "[[token]]\ntoken = 1234567890123\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 12345.678\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 0x7f3a9b\nrole = \"admin\"\n",
+            "[[token]]\ntoken = 2024-01-01T00:00:00Z\nrole = \"admin\"\n",
+            "[[token]]\ntoken = true\nrole = \"admin\"\n",
+            "[[token]]\ntop_secret_value_123 = \"admin\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"admin\"\naggregate_id_prefixes = \"top-secret-value-123\"\n",
+            "[[token]]\ntoken = \"a\"\nrole = \"top-secret-value-123\"\n",
+            "[[token]]\ntoken = \"a\"\ntoken = \"top-secret-value-123\"\nrole = \"admin\"\n",
+            "[[token]]\n\"top-secret-value-123\" = 1\n",
+        ];
+        for text in cases {
+            let error = parse(text).expect_err(text);
+            assert!(!error.contains("top-secret"), "{text:?}: {error}");
+            assert!(
+                !error.contains("value-123") && !error.contains("value_123"),
+                "{text:?}: {error}"
+            );
+            for number in [
+                "1234567890123",
+                "12345.678",
+                "0x7f3a9b",
+                "7f3a9b",
+                "8263098",
+                "2024-01-01",
+            ] {
+                assert!(!error.contains(number), "{text:?}: {error}");
+            }
+            assert!(
+                error.contains("line ") || error.contains("token entry 1"),
+                "{text:?}: {error}"
+            );
+        }
     }
 
     #[test]

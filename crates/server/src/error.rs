@@ -5,6 +5,12 @@
 //! `{"error": {"code": "<code>", "message": "<sentence>", ...details}}` with the status of the
 //! API contract. Handlers and extractors never build an error response themselves, so the
 //! mapping below is the whole table.
+//!
+//! No message names a file of the server: the causes of `internal` errors and of the
+//! unavailable projection, subscription and schema storage go to the log, and the client reads
+//! a fixed sentence. The store's `Unavailable` message is shown as it is: every backend words
+//! it for clients (the engine from `EngineError::public_reason`), since it says why writes are
+//! refused and that a restart is needed.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -225,13 +231,26 @@ impl ApiError {
                 "the store failed internally; the server log has the details".to_owned()
             }
             ApiError::Store(error) => error.to_string(),
+            ApiError::Schema(SchemaError::Unavailable(_)) => {
+                "the schema registry cannot record changes: a write failed; the server log has the details"
+                    .to_owned()
+            }
             ApiError::Schema(error) => error.to_string(),
             ApiError::Subscription(SubscriptionError::Internal(_)) => {
                 "the server failed internally; the server log has the details".to_owned()
             }
+            ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
+                "the subscription group cannot record its state: a write of its journal or the store \
+                 failed; the server log has the details"
+                    .to_owned()
+            }
             ApiError::Subscription(error) => error.to_string(),
             ApiError::Projection(ProjectionError::Internal(_)) => {
                 "the projection storage failed internally; the server log has the details".to_owned()
+            }
+            ApiError::Projection(ProjectionError::Unavailable(_)) => {
+                "the projection storage cannot record this: a write failed; the server log has the details"
+                    .to_owned()
             }
             ApiError::Projection(error) => error.to_string(),
             ApiError::InvalidRequest(message)
@@ -285,6 +304,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Subscription(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal subscription error");
+            }
+            ApiError::Projection(ProjectionError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "refusing a projection change: its storage cannot write");
             }
             ApiError::Projection(error) if status == StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(%error, "internal projection error");

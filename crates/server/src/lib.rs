@@ -400,9 +400,20 @@ impl Routes {
     }
 }
 
-/// `GET /health`
-async fn health() -> Response {
-    render::json_bytes(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// `GET /health`: `{"status":"ok"}`, or `{"status":"degraded","reason":"..."}` while the store
+/// refuses writes until a restart. Both are 200: reads are still served correctly, so a load
+/// balancer should keep routing them; the body and the `factstore_store_writable` gauge tell
+/// an operator that a restart is needed, and why.
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.raw_store.health() {
+        factstore_core::StoreHealth::Writable => {
+            render::json_bytes(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+        }
+        factstore_core::StoreHealth::WritesRefused { reason } => {
+            let body = serde_json::json!({"status": "degraded", "reason": reason});
+            render::json_bytes(StatusCode::OK, body.to_string().into_bytes())
+        }
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -23,6 +23,7 @@
 //! | `factstore_subscribers` | gauge | | open live subscriptions |
 //! | `factstore_head_position` | gauge | | the last committed position, at scrape time |
 //! | `factstore_upcast_failures_total` | counter | | events read as stored because an upcaster failed on them (recorded by `factstore-schemas`) |
+//! | `factstore_store_writable` | gauge | | 1, or 0 while the store refuses writes until a restart (`/health` says why) |
 //!
 //! `route` is the route's pattern (`/v1/aggregates/{aggregate_id}/events`), never the raw path,
 //! so ids do not create series; requests no route matched count as `unmatched`.
@@ -53,6 +54,7 @@ const APPEND_EVENTS: &str = "factstore_append_events_total";
 const APPEND_BYTES: &str = "factstore_append_bytes_total";
 const APPEND_BATCH: &str = "factstore_append_batch_events";
 const HEAD: &str = "factstore_head_position";
+const WRITABLE: &str = "factstore_store_writable";
 
 /// From 100 µs (an fsync on a fast NVMe disk, a cached read) to 10 s (a stalled disk).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -137,6 +139,10 @@ fn describe() {
     );
     describe_gauge!(SUBSCRIBERS, "Open live subscriptions (GET /v1/subscribe)");
     describe_gauge!(HEAD, "The last committed position, at scrape time");
+    describe_gauge!(
+        WRITABLE,
+        "1 while the store accepts writes; 0 once it refuses them until a restart (see /health)"
+    );
 }
 
 /// `GET /metrics`
@@ -144,6 +150,8 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let handle = install();
     let head = state.store.head().await?;
     metrics::gauge!(HEAD).set(head.position as f64);
+    let writable = matches!(state.raw_store.health(), factstore_core::StoreHealth::Writable);
+    metrics::gauge!(WRITABLE).set(if writable { 1.0 } else { 0.0 });
     let body = handle.render();
     Ok((
         StatusCode::OK,

@@ -1431,8 +1431,9 @@ fn list_upcasters_of() -> &'static [ErrorCode] {
     get,
     path = "/health",
     tag = "operations",
-    summary = "Whether the server answers",
-    description = "Needs no token.",
+    summary = "Whether the server answers, and whether its store accepts writes",
+    description = "Needs no token. `degraded` (still 200, since reads are served) means the store \
+refuses writes until the server is restarted; `reason` says why.",
     responses((status = 200, description = "The server is up.", body = Health))
 )]
 fn health() -> &'static [ErrorCode] {
@@ -1861,13 +1862,18 @@ mod schemas {
     #[serde(deny_unknown_fields)]
     pub struct Health {
         status: HealthStatus,
+        /// Why writes are refused (only with `degraded`): what failed and the system's reason.
+        #[schema(nullable = false)]
+        reason: Option<String>,
     }
 
-    /// Always `ok`: the server answers.
+    /// `ok`: the server answers and accepts writes. `degraded`: it answers reads, and refuses
+    /// writes until it is restarted (an earlier write or sync failed).
     #[derive(ToSchema)]
     #[serde(rename_all = "lowercase")]
     pub enum HealthStatus {
         Ok,
+        Degraded,
     }
 
     // Written by `Subscription::write_position` (subscribe.rs).

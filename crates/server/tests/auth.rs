@@ -19,6 +19,8 @@ const READER: &str = "reader-token-0123456789abcdef";
 const ACC_WRITER: &str = "acc-writer-token-0123456789ab";
 /// A reader limited to `acc:` and `ord:`.
 const ACC_ORD_READER: &str = "acc-ord-reader-token-01234567";
+/// An admin limited to `acc:`.
+const ACC_ADMIN: &str = "acc-admin-token-0123456789abcd";
 
 const AUTH_FILE: &str = r#"
 [[token]]
@@ -42,6 +44,11 @@ aggregate_id_prefixes = ["acc:"]
 token = "acc-ord-reader-token-01234567"
 role = "reader"
 aggregate_id_prefixes = ["acc:", "ord:"]
+
+[[token]]
+token = "acc-admin-token-0123456789abcd"
+role = "admin"
+aggregate_id_prefixes = ["acc:"]
 "#;
 
 fn secured() -> Router {
@@ -373,4 +380,192 @@ async fn without_auth_everything_is_open() {
     // A token sent to an open server is ignored, even an unknown one.
     let answer = Call::get("/v1/head").token("whatever").send(&router).await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+/// What a token limited to aggregate prefixes gets on a route, whatever its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limited {
+    /// 403: the route's answer or effect is not confined to some aggregates.
+    WholeStore,
+    /// Served within the prefixes (403 for one aggregate outside, filtered for many, 404 by
+    /// id), or not about aggregates at all.
+    Scoped,
+}
+
+/// The decision for every route of the router. A route missing here fails the test: each new
+/// route needs one.
+fn decision(method: &axum::http::Method, path: &str) -> Limited {
+    use Limited::{Scoped, WholeStore};
+    match (method.as_str(), path) {
+        ("GET", "/health" | "/metrics" | "/v1/openapi.json" | "/v1/head") => Scoped,
+        (
+            _,
+            "/v1/aggregates/{aggregate_id}/events"
+            | "/v1/aggregates/{aggregate_id}/snapshots"
+            | "/v1/aggregates/{aggregate_id}/snapshots/latest"
+            | "/v1/aggregates/{aggregate_id}/load"
+            | "/v1/events"
+            | "/v1/events/{event_id}"
+            | "/v1/events/{event_id}/status"
+            | "/v1/subscribe",
+        ) => Scoped,
+        (
+            "GET",
+            "/v1/schemas" | "/v1/schemas/{event_type}" | "/v1/upcasters" | "/v1/upcasters/{event_type}",
+        ) => Scoped,
+        (
+            "PUT",
+            "/v1/schemas/{event_type}/versions/{version}" | "/v1/upcasters/{event_type}/{from_version}",
+        ) => WholeStore,
+        (_, p) if p.starts_with("/v1/projections") => WholeStore,
+        (_, p) if p.starts_with("/v1/subscriptions") => WholeStore,
+        ("POST", "/v1/admin/archive") | ("GET", "/v1/admin/storage") => WholeStore,
+        (method, path) => panic!("{method} {path}: no decision for a token limited to aggregate prefixes"),
+    }
+}
+
+/// The route with its parameters filled in, inside the prefix `acc:`.
+fn concrete(path: &str) -> String {
+    path.replace("{aggregate_id}", "acc:1")
+        .replace("{event_id}", "0190a5a0-0000-7000-8000-000000000001")
+        .replace("{name}", "p")
+        .replace("{key}", "acc:1")
+        .replace("{event_type}", "MoneyDeposited")
+        .replace("{version}", "1")
+        .replace("{from_version}", "1")
+        .replace("{group}", "g")
+}
+
+/// The status of one request, and its body unless it is a stream (`/v1/subscribe` never ends).
+async fn status_of(
+    router: &Router,
+    method: &axum::http::Method,
+    path: &str,
+    token: &str,
+) -> (StatusCode, String) {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder()
+        .method(method.clone())
+        .uri(concrete(path))
+        .header("authorization", format!("Bearer {token}"));
+    let body = if matches!(*method, axum::http::Method::POST | axum::http::Method::PUT) {
+        request = request.header("content-type", "application/json");
+        Body::from("{}")
+    } else {
+        Body::empty()
+    };
+    let response = router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    if path == "/v1/subscribe" && status.is_success() {
+        return (status, String::new());
+    }
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Every route of the router, with tokens limited to `acc:` of each role: the routes whose
+/// answer or effect concerns the whole store (admin storage and archive, projections,
+/// persistent subscriptions, schema and upcaster changes) are 403 for all of them, however
+/// their request looks; the others are not refused for the prefixes. The same routes do not
+/// refuse an unlimited admin, so the 403s come from the prefixes.
+#[tokio::test]
+async fn a_token_limited_to_prefixes_gets_no_route_that_concerns_the_whole_store() {
+    let router = secured();
+    let mut whole_store = 0;
+    for (method, path) in factstore_server::route_list() {
+        let expected = decision(&method, path);
+        for token in [ACC_ADMIN, ACC_WRITER, ACC_ORD_READER] {
+            let (status, body) = status_of(&router, &method, path, token).await;
+            match expected {
+                Limited::WholeStore => {
+                    assert_eq!(
+                        status,
+                        StatusCode::FORBIDDEN,
+                        "{method} {path} with {token}: {body}"
+                    );
+                    assert!(body.contains("\"forbidden\""), "{method} {path}: {body}");
+                }
+                Limited::Scoped if token == ACC_ADMIN => {
+                    assert_ne!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+                }
+                Limited::Scoped => {}
+            }
+        }
+        if expected == Limited::WholeStore {
+            whole_store += 1;
+            let (status, body) = status_of(&router, &method, path, ADMIN).await;
+            assert_ne!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} with an unlimited admin: {body}"
+            );
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        }
+    }
+    assert!(
+        whole_store >= 20,
+        "the router's routes were not all walked: {whole_store}"
+    );
+    // The limited admin's refusal says why, and archiving never reached the store.
+    let (_, body) = status_of(&router, &axum::http::Method::GET, "/v1/admin/storage", ACC_ADMIN).await;
+    assert!(body.contains("limited to aggregate id prefixes"), "{body}");
+    assert!(body.contains("whole store"), "{body}");
+}
+
+/// A limited writer that sends an event id another aggregate holds learns only that the id is
+/// taken: the same `duplicate_event_id` answer whether the holder is an aggregate it cannot
+/// see (where `GET /v1/events/{id}` answers 404) or one it can.
+#[tokio::test]
+async fn a_taken_event_id_does_not_tell_a_limited_writer_which_aggregate_holds_it() {
+    let router = secured();
+    let hidden_id = uuid::Uuid::now_v7();
+    let visible_id = uuid::Uuid::now_v7();
+    let with_id = |id: uuid::Uuid| {
+        let mut event = event("MoneyDeposited");
+        event["event_id"] = json!(id);
+        json!({ "events": [event] })
+    };
+    let answer = append(&router, WRITER, "ord:secret-1", &with_id(hidden_id)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    let answer = append(&router, WRITER, "acc:2", &with_id(visible_id)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    let hidden = Call::get(&format!("/v1/events/{hidden_id}"))
+        .token(ACC_WRITER)
+        .send(&router)
+        .await;
+    assert_error(&hidden, StatusCode::NOT_FOUND, "event_not_found");
+
+    let refused = append(&router, ACC_WRITER, "acc:1", &with_id(hidden_id)).await;
+    assert_error(&refused, StatusCode::CONFLICT, "duplicate_event_id");
+    let text = refused.text();
+    assert!(
+        !text.contains("another aggregate") && !text.contains("ord:"),
+        "{text}"
+    );
+    let as_commit = Call::post(
+        "/v1/events",
+        &json!({"appends": [{"aggregate_id": "acc:1", "events": with_id(hidden_id)["events"]}]}),
+    )
+    .token(ACC_WRITER)
+    .send(&router)
+    .await;
+    assert_eq!(as_commit.text(), text, "the same answer from POST /v1/events");
+    let in_sight = append(&router, ACC_WRITER, "acc:1", &with_id(visible_id)).await;
+    assert_error(&in_sight, StatusCode::CONFLICT, "duplicate_event_id");
+    assert_eq!(
+        in_sight.text().replace(&visible_id.to_string(), "ID"),
+        text.replace(&hidden_id.to_string(), "ID"),
+        "the holder's visibility does not change the answer"
+    );
+    assert_eq!(head(&router).await, 2, "nothing was written");
+    // A token that sees every aggregate keeps the precise reason.
+    let unlimited = append(&router, WRITER, "acc:1", &with_id(hidden_id)).await;
+    assert_error(&unlimited, StatusCode::CONFLICT, "duplicate_event_id");
+    assert_ne!(
+        unlimited.text(),
+        text,
+        "an unlimited writer is told where the id is"
+    );
 }

@@ -242,4 +242,20 @@ mod tests {
         assert_eq!(group_of_file("6a.group.tmp"), None);
         assert_eq!(group_of_file("zz.group"), None);
     }
+
+    /// The longest valid group name makes a file name (and its compaction's `.tmp`) that every
+    /// common file system takes: at most 255 bytes.
+    #[test]
+    fn the_longest_group_name_fits_a_file_name() {
+        let storage = FileStorage {
+            fs: Arc::new(factstore_engine::io::StdFileSystem),
+            dir: PathBuf::from("/x"),
+        };
+        let name = ".".repeat(crate::definition::GROUP_NAME_BYTES_MAX);
+        crate::definition::validate_group_name(&name).expect("valid");
+        let path = storage.path(&name);
+        let file = path.file_name().and_then(|f| f.to_str()).expect("a name");
+        assert!(file.len() + ".tmp".len() <= 255, "{} bytes", file.len());
+        assert_eq!(group_of_file(file).as_deref(), Some(name.as_str()));
+    }
 }

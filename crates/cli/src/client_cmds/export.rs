@@ -4,19 +4,26 @@
 //! `GET /v1/events` returns it (upcast to the newest version its upcasters reach).
 //! The export covers the positions after `--after-position` (default 0) up to
 //! `--to-position` or the head when the export starts, so it is a consistent snapshot even
-//! while writers go on. Positions are checked to follow each other with no gap as they are
-//! read. With `--output FILE` the events go to `FILE.partial`, renamed to `FILE` once
-//! complete and synced: a file of that name is never a half export.
+//! while writers go on. It pages on the server's `next_after_position`, which moves past every
+//! position considered, and checks that positions only increase and stay in the range, and
+//! that the pages reach its end. With `--output FILE` the events go to `FILE.partial`, renamed
+//! to `FILE` once complete and synced: a file of that name is never a half export.
+//!
+//! # With a token limited to aggregate prefixes
+//! The server shows such a token only the events of its aggregates, so its export is those
+//! events, in position order: every event of each visible aggregate (a prefix takes whole
+//! aggregates), the other positions left out. The summary says how many positions of the
+//! range it did not see. Imported into an empty store, those events keep their ids, order and
+//! versions and take new, consecutive positions. (A store's positions have no gap, so with a
+//! token that sees everything the export holds every position of the range.)
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use factstore_client::EventQuery;
-use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::ClientArgs;
@@ -82,7 +89,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         let mut out = io::BufWriter::with_capacity(1 << 20, sink);
         let bar = progress_bar(
             Some(total),
-            "{spinner} exporting {wide_bar} {pos}/{len} events ({per_sec}, {eta} left)",
+            "{spinner} exporting {wide_bar} {pos}/{len} positions ({per_sec}, {eta} left)",
         );
         let query = EventQuery {
             after_position: args.after_position,
@@ -91,27 +98,43 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             raw: !args.upcast,
             ..EventQuery::default()
         };
-        let mut expected = args.after_position + 1;
-        if total > 0 {
-            let mut events = pin!(client.events_stream(query));
-            while let Some(event) = events.try_next().await? {
-                if event.position != expected {
+        let mut after = args.after_position;
+        let mut exported: u64 = 0;
+        while after < to {
+            let query = EventQuery {
+                after_position: after,
+                ..query.clone()
+            };
+            let page = client.read_events(&query).await?;
+            let mut previous = after;
+            for event in &page.events {
+                if event.position <= previous || event.position > to {
                     bail!(
-                        "the server answered position {} where {expected} was due; the export is incomplete",
-                        event.position
+                        "the server answered position {} after position {previous} in a read of \
+                         positions {}-{to}; the export is incomplete",
+                        event.position,
+                        after + 1
                     );
                 }
-                serde_json::to_writer(&mut out, &event)?;
+                previous = event.position;
+                serde_json::to_writer(&mut out, event)?;
                 out.write_all(b"\n")?;
-                expected += 1;
-                bar.inc(1);
+                exported += 1;
             }
+            // The page considered every position up to `next_after_position`: it must move on,
+            // cover what it returned and stay in the range, or the export would skip or loop.
+            let next = page.next_after_position;
+            if next <= after || next < previous || next > to {
+                bail!(
+                    "the server's page after position {after} ends at position {next} (expected \
+                     {}-{to}); the export is incomplete",
+                    previous.max(after + 1)
+                );
+            }
+            bar.inc(next - after);
+            after = next;
         }
         bar.finish_and_clear();
-        let exported = expected - 1 - args.after_position;
-        if exported != total {
-            bail!("the export ended at position {} before {to}", expected - 1);
-        }
         let sink = out.into_inner().map_err(|e| e.into_error())?;
         drop(sink);
         if let (Some(path), Some(partial)) = (&args.output, &partial) {
@@ -129,10 +152,16 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("cannot sync {}", folder.display()))?;
         }
-        let range = if exported == 0 {
+        let unseen = total - exported;
+        let range = if total == 0 {
             "none".to_owned()
-        } else {
+        } else if unseen == 0 {
             format!("positions {}-{to}", args.after_position + 1)
+        } else {
+            format!(
+                "of positions {}-{to}; the other {unseen} are events outside this token's aggregate prefixes",
+                args.after_position + 1
+            )
         };
         let target = args
             .output

@@ -287,10 +287,9 @@ impl RunWriter {
 
     fn check_usable(&self) -> Result<()> {
         if self.failed {
-            return Err(EngineError::Poisoned(format!(
-                "an earlier write to run {} failed",
-                self.path.display()
-            )));
+            return Err(EngineError::Poisoned(
+                "an earlier write to an index run failed".to_owned(),
+            ));
         }
         Ok(())
     }

@@ -170,8 +170,8 @@ impl Writer {
             .collect();
         if !pending.records.is_empty() {
             if let Err(error) = self.write_group(first_position, &pending, recorded_at, &group, &answers) {
-                let reason = error.to_string();
-                tracing::error!(%reason, "write failed; the store is poisoned and accepts no more writes");
+                tracing::error!(%error, "write failed; the store is poisoned and accepts no more writes");
+                let reason = format!("writing the event log failed: {}", error.public_reason());
                 self.shared.poison(reason.clone());
                 for request in group {
                     let _ = request.reply.send(Err(EngineError::Poisoned(reason.clone())));
