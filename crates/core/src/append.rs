@@ -81,6 +81,11 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
                     .map(ExpectedVersion::Exact)
                     .map_err(|_| E::custom(format!("expected_version must not be negative, got {v}")))
             }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                whole_number(v).map(ExpectedVersion::Exact).ok_or_else(|| {
+                    E::custom(format!("expected_version must be a whole number of 0 or more, got {v}"))
+                })
+            }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 match v {
                     "any" => Ok(ExpectedVersion::Any),
@@ -93,6 +98,18 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
         }
         deserializer.deserialize_any(ExpectedVisitor)
     }
+}
+
+/// The whole number a JSON number written with a fraction or an exponent stands for (`1526.0`,
+/// `1.5e3`), when it is one of 0 or more that a `u64` holds exactly.
+///
+/// JSON has one kind of number: `1526.0` and `1526` are the same value to JSON Schema (an
+/// `integer` is any number with a zero fractional part) and to most clients' encoders, so a
+/// field documented as an integer takes both.
+pub fn whole_number(v: f64) -> Option<u64> {
+    // 2^64 as f64 is exact; every f64 below it with no fraction converts exactly.
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    (v.fract() == 0.0 && (0.0..TWO_POW_64).contains(&v)).then_some(v as u64)
 }
 
 /// One event as a client sends it.
@@ -203,6 +220,7 @@ pub struct Condition {
     pub filter: EventFilter,
     /// Only events after this position count (0, the default: every event).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_u64))]
     pub after_position: u64,
 }
 
@@ -289,6 +307,7 @@ impl Commit {
         }
         if let Some(condition) = &self.condition {
             condition.filter.validate(limits)?;
+            crate::query::validate_position("condition.after_position", condition.after_position)?;
         }
         Ok(PreparedCommit {
             appends,
