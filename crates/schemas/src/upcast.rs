@@ -46,6 +46,7 @@ pub enum UpcastOp {
 #[serde(deny_unknown_fields)]
 pub struct UpcasterDef {
     /// The version the data has after the operations; greater than the version it comes from.
+    #[cfg_attr(feature = "openapi", schema(minimum = 2, maximum = 2147483647))]
     pub to_version: u32,
     pub ops: Vec<UpcastOp>,
 }

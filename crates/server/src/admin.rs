@@ -23,6 +23,7 @@ use crate::render;
 pub(crate) struct ArchiveBody {
     /// Events recorded before this time (exclusive) are archived: an RFC 3339 time, or a date
     /// `YYYY-MM-DD` meaning the start of that day (UTC).
+    #[schema(schema_with = crate::openapi::time_or_date)]
     before: String,
 }
 

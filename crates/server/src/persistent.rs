@@ -101,6 +101,7 @@ pub(crate) struct GroupList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PollBody {
     /// Who asks: the events are leased to it. 1 to 255 bytes, no control characters.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     consumer: String,
     /// Most events to return: 1 to 10000.
     #[serde(default = "poll_default")]
@@ -122,6 +123,7 @@ fn poll_default() -> usize {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AckBody {
     /// The positions of the events processed: 1 to 10000 of them.
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Vec<u64>,
 }
 
@@ -130,6 +132,7 @@ pub(crate) struct AckBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NackBody {
     /// The positions of the events given back: 1 to 10000 of them.
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Vec<u64>,
     /// Park them (dead-letter) at once instead of delivering them again.
     #[serde(default)]
@@ -141,8 +144,8 @@ pub(crate) struct NackBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
     /// The parked positions to replay (each must be parked); all of them (up to `limit`)
-    /// when absent.
-    #[schema(nullable = false)]
+    /// when absent. 1 to 10000 of them.
+    #[schema(nullable = false, min_items = 1, max_items = 10000)]
     positions: Option<Vec<u64>>,
     /// Without `positions`: how many parked events to replay, lowest positions first (1 to
     /// 10000, default 1000).
