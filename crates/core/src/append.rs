@@ -121,11 +121,11 @@ pub struct NewEvent {
     #[serde(default)]
     pub event_id: Option<Uuid>,
     /// The kind of aggregate, 1 to 50 bytes (by default). An aggregate keeps the type of its
-    /// first event.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    /// first event. No control characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
     pub aggregate_type: String,
-    /// 1 to 100 bytes (by default).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    /// 1 to 100 bytes (by default), no control characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
     pub event_type: String,
     /// The schema version of `event_data`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]
@@ -203,7 +203,7 @@ fn empty_object() -> Box<RawValue> {
 #[serde(deny_unknown_fields)]
 pub struct AggregateAppend {
     /// 1 to 255 bytes (by default), no control characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
     pub aggregate_id: String,
     #[serde(default)]
     pub expected_version: ExpectedVersion,
@@ -269,6 +269,9 @@ impl Commit {
         let mut appends = Vec::with_capacity(self.appends.len());
         for append in self.appends {
             validate_aggregate_id(&append.aggregate_id, limits)?;
+            if let ExpectedVersion::Exact(version) = append.expected_version {
+                crate::query::validate_position("expected_version", version)?;
+            }
             if !aggregates.insert(append.aggregate_id.clone()) {
                 return Err(StoreError::invalid(format!(
                     "aggregate '{}' appears more than once in appends",

@@ -23,21 +23,31 @@ use serde_json::{Map, Value};
 pub enum UpcastOp {
     /// Puts `value` at `path` when nothing is there.
     Default {
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
         path: String,
         #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
         value: Value,
     },
     /// Puts `value` at `path`, replacing what is there.
     Set {
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
         path: String,
         #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
         value: Value,
     },
     /// Moves what is at `from` to `path` (nothing at `from`: nothing to do; something at
     /// `path` already: an error).
-    Rename { from: String, path: String },
+    Rename {
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
+        from: String,
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
+        path: String,
+    },
     /// Removes what is at `path`, if anything.
-    Unset { path: String },
+    Unset {
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
+        path: String,
+    },
 }
 
 /// The body of `PUT /v1/upcasters/{event_type}/{from_version}`.

@@ -139,17 +139,18 @@ pub(crate) struct NackBody {
     park: bool,
 }
 
-/// The body of a replay; every field optional (an empty body replays the lowest 1000).
+/// The body of a replay; every field optional, `null` meaning absent (an empty or `null` body
+/// replays the lowest 1000).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
     /// The parked positions to replay (each must be parked); all of them (up to `limit`)
     /// when absent. 1 to 10000 of them.
-    #[schema(nullable = false, min_items = 1, max_items = 10000)]
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Option<Vec<u64>>,
     /// Without `positions`: how many parked events to replay, lowest positions first (1 to
     /// 10000, default 1000).
-    #[schema(nullable = false, minimum = 1, maximum = 10000)]
+    #[schema(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -400,10 +401,11 @@ pub async fn replay_parked(
     let bytes = Bytes::from_request(request, &state)
         .await
         .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+    // An empty body, `null`, and fields that are `null` all mean "absent".
     let body: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayBody::default()
     } else {
-        parse_json(&bytes)?
+        parse_json::<Option<ReplayBody>>(&bytes)?.unwrap_or_default()
     };
     if let Some(positions) = &body.positions {
         check_positions(positions)?;
