@@ -74,7 +74,11 @@ async fn keeps_to_its_document(backend: Backend) {
         .unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
     let auth = dir.path().join("auth.toml");
-    std::fs::write(&auth, format!("[[token]]\ntoken = \"{TOKEN}\"\nrole = \"admin\"\n")).unwrap();
+    std::fs::write(
+        &auth,
+        format!("[[token]]\ntoken = \"{TOKEN}\"\nrole = \"admin\"\n"),
+    )
+    .unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -83,7 +83,9 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 whole_number(v).map(ExpectedVersion::Exact).ok_or_else(|| {
-                    E::custom(format!("expected_version must be a whole number of 0 or more, got {v}"))
+                    E::custom(format!(
+                        "expected_version must be a whole number of 0 or more, got {v}"
+                    ))
                 })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -122,10 +124,16 @@ pub struct NewEvent {
     pub event_id: Option<Uuid>,
     /// The kind of aggregate, 1 to 50 bytes (by default). An aggregate keeps the type of its
     /// first event. No control characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub aggregate_type: String,
     /// 1 to 100 bytes (by default), no control characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub event_type: String,
     /// The schema version of `event_data`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]
@@ -203,7 +211,10 @@ fn empty_object() -> Box<RawValue> {
 #[serde(deny_unknown_fields)]
 pub struct AggregateAppend {
     /// 1 to 255 bytes (by default), no control characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub aggregate_id: String,
     #[serde(default)]
     pub expected_version: ExpectedVersion,

@@ -28,7 +28,10 @@ pub struct PutSnapshot {
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_u64))]
     pub version: u64,
     /// What kind of state this is, 1 to 50 bytes (by default, the `aggregate_type` rule).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub snapshot_type: String,
     /// The schema version of `state`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]

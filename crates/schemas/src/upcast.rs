@@ -16,38 +16,20 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// One operation of an upcaster.
+/// One operation of an upcaster. (Its OpenAPI schema is written in `openapi.rs`: the derive
+/// leaves the variants open to unknown fields, which serde refuses.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum UpcastOp {
     /// Puts `value` at `path` when nothing is there.
-    Default {
-        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
-        path: String,
-        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
-        value: Value,
-    },
+    Default { path: String, value: Value },
     /// Puts `value` at `path`, replacing what is there.
-    Set {
-        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
-        path: String,
-        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
-        value: Value,
-    },
+    Set { path: String, value: Value },
     /// Moves what is at `from` to `path` (nothing at `from`: nothing to do; something at
     /// `path` already: an error).
-    Rename {
-        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
-        from: String,
-        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
-        path: String,
-    },
+    Rename { from: String, path: String },
     /// Removes what is at `path`, if anything.
-    Unset {
-        #[cfg_attr(feature = "openapi", schema(pattern = "^/([^~]|~[01])*$"))]
-        path: String,
-    },
+    Unset { path: String },
 }
 
 /// The body of `PUT /v1/upcasters/{event_type}/{from_version}`.

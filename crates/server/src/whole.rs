@@ -11,6 +11,10 @@
 //!
 //! Types that read a number through `deserialize_any` (`ExpectedVersion`, a group's `start`)
 //! take whole `f64`s in their own visitors.
+//!
+//! It also holds structs to JSON objects: serde's derive reads a struct from an array of its
+//! fields in order too (`[null, 5]`), which the document (objects with named fields) does
+//! not allow and no client means.
 
 use std::fmt;
 
@@ -23,22 +27,36 @@ use serde::de::{
 pub struct Whole<D>(pub D);
 
 /// A visitor passed on by [`Whole`]: it wraps what it is handed (so that nested values read
-/// through [`Whole`] too) and, when `integer` (the type asked for an integer), turns a whole
-/// `f64` into that integer.
+/// through [`Whole`] too); when `integer` (the type asked for an integer) it turns a whole
+/// `f64` into that integer, and when `object` (a struct) it refuses an array.
 struct Visit<V> {
     inner: V,
     integer: bool,
+    object: bool,
 }
 
 fn visit<V>(inner: V) -> Visit<V> {
     Visit {
         inner,
         integer: false,
+        object: false,
     }
 }
 
 fn integer<V>(inner: V) -> Visit<V> {
-    Visit { inner, integer: true }
+    Visit {
+        inner,
+        integer: true,
+        object: false,
+    }
+}
+
+fn object<V>(inner: V) -> Visit<V> {
+    Visit {
+        inner,
+        integer: false,
+        object: true,
+    }
 }
 
 /// 2^64 and −2^63 as `f64`, both exact: every `f64` with no fraction in between converts
@@ -133,7 +151,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Whole<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_struct(name, fields, visit(visitor))
+        self.0.deserialize_struct(name, fields, object(visitor))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -216,6 +234,9 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<V> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        if self.object {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
         self.inner.visit_seq(Whole(seq))
     }
 
@@ -348,6 +369,13 @@ mod tests {
         ] {
             assert!(read::<Body>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn structs_are_objects_not_arrays() {
+        assert!(read::<Body>(r#"[1, null, 0, []]"#).is_err());
+        assert!(read::<Option<Body>>(r#"[1, null, 0, []]"#).is_err());
+        assert!(read::<Vec<u64>>("[1, 2]").is_ok());
     }
 
     #[test]
