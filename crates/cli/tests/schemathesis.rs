@@ -38,8 +38,11 @@ fn schemathesis() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
-fn hooks() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/hooks.py")
+/// The hooks and the settings of the pass, beside this file.
+fn support(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/schemathesis")
+        .join(file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +97,14 @@ async fn keeps_to_its_document(backend: Backend) {
     std::fs::create_dir_all(&work).unwrap();
     let mut child = Command::new(&binary)
         .current_dir(&work)
-        .env("SCHEMATHESIS_HOOKS", hooks())
+        .env("SCHEMATHESIS_HOOKS", support("hooks.py"))
+        .arg("--config-file")
+        .arg(support("schemathesis.toml"))
         .args(["run", &format!("{}/v1/openapi.json", server.url)])
         .args(["--checks", "all"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--max-examples", &examples.to_string()])
-        .args(["--workers", "2", "--request-timeout", "30"])
+        .args(["--workers", "2", "--request-timeout", "20"])
         // No example database in the work tree: each pass draws its own cases.
         .args(["--generation-database", "none", "--no-color"])
         .stdout(Stdio::piped())

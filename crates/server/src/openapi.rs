@@ -408,7 +408,10 @@ any RFC 3339 time, and time query parameters also take a date `YYYY-MM-DD` (the 
 as a lower bound, its end as an upper bound).
 - Everything is validated before anything is looked up: a bad parameter is 400 even for an \
 aggregate that does not exist. Unknown query parameters, and a parameter given twice, are 400 \
-rather than ignored. Limits are in bytes of UTF-8 and are the defaults of the store.
+rather than ignored. Limits are in bytes of UTF-8 and are the defaults of the store. Positions \
+and versions are at most 2^63−1 (9223372036854775807) everywhere, as PostgreSQL keeps them. In \
+bodies an integer field takes any JSON number with a zero fraction (`2.0` is 2), as JSON Schema \
+reads `integer`.
 - Path segments are percent-decoded: `account:ACC-001` and `account%3AACC-001` are one id.
 - Every error is `{\"error\": {\"code\", \"message\", ...details}}` (the `Error` schema). Besides \
 the responses listed per operation, any unknown path is 404 `not_found` and a known path with \
