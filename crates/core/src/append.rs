@@ -81,6 +81,13 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
                     .map(ExpectedVersion::Exact)
                     .map_err(|_| E::custom(format!("expected_version must not be negative, got {v}")))
             }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                whole_number(v).map(ExpectedVersion::Exact).ok_or_else(|| {
+                    E::custom(format!(
+                        "expected_version must be a whole number of 0 or more, got {v}"
+                    ))
+                })
+            }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 match v {
                     "any" => Ok(ExpectedVersion::Any),
@@ -95,6 +102,18 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
     }
 }
 
+/// The whole number a JSON number written with a fraction or an exponent stands for (`1526.0`,
+/// `1.5e3`), when it is one of 0 or more that a `u64` holds exactly.
+///
+/// JSON has one kind of number: `1526.0` and `1526` are the same value to JSON Schema (an
+/// `integer` is any number with a zero fractional part) and to most clients' encoders, so a
+/// field documented as an integer takes both.
+pub fn whole_number(v: f64) -> Option<u64> {
+    // 2^64 as f64 is exact; every f64 below it with no fraction converts exactly.
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    (v.fract() == 0.0 && (0.0..TWO_POW_64).contains(&v)).then_some(v as u64)
+}
+
 /// One event as a client sends it.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -104,11 +123,17 @@ pub struct NewEvent {
     #[serde(default)]
     pub event_id: Option<Uuid>,
     /// The kind of aggregate, 1 to 50 bytes (by default). An aggregate keeps the type of its
-    /// first event.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    /// first event. No control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub aggregate_type: String,
-    /// 1 to 100 bytes (by default).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    /// 1 to 100 bytes (by default), no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub event_type: String,
     /// The schema version of `event_data`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]
@@ -188,7 +213,10 @@ fn empty_object() -> Box<RawValue> {
 #[serde(deny_unknown_fields)]
 pub struct AggregateAppend {
     /// 1 to 255 bytes (by default), no control characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub aggregate_id: String,
     #[serde(default)]
     pub expected_version: ExpectedVersion,
@@ -205,6 +233,7 @@ pub struct Condition {
     pub filter: EventFilter,
     /// Only events after this position count (0, the default: every event).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_u64))]
     pub after_position: u64,
 }
 
@@ -253,6 +282,9 @@ impl Commit {
         let mut appends = Vec::with_capacity(self.appends.len());
         for append in self.appends {
             validate_aggregate_id(&append.aggregate_id, limits)?;
+            if let ExpectedVersion::Exact(version) = append.expected_version {
+                crate::query::validate_position("expected_version", version)?;
+            }
             if !aggregates.insert(append.aggregate_id.clone()) {
                 return Err(StoreError::invalid(format!(
                     "aggregate '{}' appears more than once in appends",
@@ -291,6 +323,7 @@ impl Commit {
         }
         if let Some(condition) = &self.condition {
             condition.filter.validate(limits)?;
+            crate::query::validate_position("condition.after_position", condition.after_position)?;
         }
         Ok(PreparedCommit {
             appends,

@@ -33,7 +33,10 @@ pub use append::{
 pub use error::{SchemaViolation, StoreError};
 pub use event::{Event, EventFields};
 pub use limits::Limits;
-pub use query::{AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head};
+pub use query::{
+    AggregatePage, AggregateQuery, Direction, EventFilter, EventPage, EventQuery, Head, POSITION_MAX,
+    validate_position,
+};
 pub use snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
 pub use store::{ArchiveOutcome, EventStore, StorageStats, StoreHealth};
 pub use time::Timestamp;

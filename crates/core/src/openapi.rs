@@ -32,6 +32,27 @@ impl ToSchema for Timestamp {
     }
 }
 
+/// The pattern of a string without control characters (Unicode category Cc, which is what
+/// `char::is_control` finds): identifiers refuse them.
+pub const NO_CONTROL_CHARACTERS: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// An identifier in a filter (an event type, an aggregate type or id, a prefix): not empty, no
+/// control characters. Its limit in bytes is the store's for the field, which JSON Schema
+/// cannot state (`maxLength` counts characters), so the descriptions say it.
+pub struct Identifier;
+
+impl PartialSchema for Identifier {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .pattern(Some(NO_CONTROL_CHARACTERS))
+            .into()
+    }
+}
+
+impl ToSchema for Identifier {}
+
 impl PartialSchema for ExpectedVersion {
     fn schema() -> RefOr<Schema> {
         OneOfBuilder::new()
@@ -40,6 +61,7 @@ impl PartialSchema for ExpectedVersion {
                     .schema_type(Type::Integer)
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
                     .minimum(Some(0))
+                    .maximum(Some(crate::query::POSITION_MAX))
                     .description(Some(
                         "The aggregate must be at exactly this version; 0: it must not exist yet.",
                     )),

@@ -9,6 +9,21 @@ use crate::event::Event;
 use crate::limits::Limits;
 use crate::time::Timestamp;
 
+/// The largest position or version a request may name: PostgreSQL keeps positions and
+/// versions as `bigint`, so no store holds one beyond 2^63−1, and both backends refuse a larger
+/// bound in a request alike (400 naming the field) rather than each reading it its own way.
+pub const POSITION_MAX: u64 = i64::MAX as u64;
+
+/// Checks that a position or version named by a request is at most [`POSITION_MAX`].
+pub fn validate_position(field: &str, value: u64) -> Result<(), StoreError> {
+    if value > POSITION_MAX {
+        return Err(StoreError::invalid(format!(
+            "{field} may be at most {POSITION_MAX}, got {value}"
+        )));
+    }
+    Ok(())
+}
+
 /// Which events a reader wants. Every field is optional and all of them AND; `event_types`
 /// ORs inside. As a JSON body an unknown key is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -17,15 +32,19 @@ use crate::time::Timestamp;
 pub struct EventFilter {
     /// Any of these event types; an empty list passes every type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::openapi::Identifier>))]
     pub event_types: Vec<String>,
     /// Exactly this aggregate type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Identifier>))]
     pub aggregate_type: Option<String>,
     /// Exactly this aggregate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Identifier>))]
     pub aggregate_id: Option<String>,
     /// Aggregates whose id starts with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Identifier>))]
     pub aggregate_id_prefix: Option<String>,
     /// Events whose `metadata.correlation_id` is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,10 +25,13 @@ pub struct PutSnapshot {
     #[serde(skip)]
     pub aggregate_id: String,
     /// The aggregate version the state was folded up to: a version the aggregate has.
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_u64))]
     pub version: u64,
     /// What kind of state this is, 1 to 50 bytes (by default, the `aggregate_type` rule).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub snapshot_type: String,
     /// The schema version of `state`, 1 to 2^31−1; 1 when absent.
     #[serde(default)]

@@ -16,23 +16,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// One operation of an upcaster.
+/// One operation of an upcaster. (Its OpenAPI schema is written in `openapi.rs`: the derive
+/// leaves the variants open to unknown fields, which serde refuses.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum UpcastOp {
     /// Puts `value` at `path` when nothing is there.
-    Default {
-        path: String,
-        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
-        value: Value,
-    },
+    Default { path: String, value: Value },
     /// Puts `value` at `path`, replacing what is there.
-    Set {
-        path: String,
-        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnyValue))]
-        value: Value,
-    },
+    Set { path: String, value: Value },
     /// Moves what is at `from` to `path` (nothing at `from`: nothing to do; something at
     /// `path` already: an error).
     Rename { from: String, path: String },
@@ -46,6 +38,7 @@ pub enum UpcastOp {
 #[serde(deny_unknown_fields)]
 pub struct UpcasterDef {
     /// The version the data has after the operations; greater than the version it comes from.
+    #[cfg_attr(feature = "openapi", schema(minimum = 2, maximum = 2147483647))]
     pub to_version: u32,
     pub ops: Vec<UpcastOp>,
 }

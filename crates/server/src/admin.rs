@@ -17,12 +17,15 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, Params};
 use crate::render;
 
-/// The body of `POST /v1/admin/archive`.
+/// The body of `POST /v1/admin/archive`. `before`: events recorded before this time
+/// (exclusive) are archived: an RFC 3339 time, or a date `YYYY-MM-DD` meaning the start of that
+/// day (UTC).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ArchiveBody {
-    /// Events recorded before this time (exclusive) are archived: an RFC 3339 time, or a date
-    /// `YYYY-MM-DD` meaning the start of that day (UTC).
+    // Described on the struct: utoipa would wrap a described field's schema in an `allOf`
+    // with `type: object`, which no string passes.
+    #[schema(schema_with = crate::openapi::time_or_date)]
     before: String,
 }
 

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use factstore_core::append::validate_aggregate_id;
 use factstore_core::time::Bound;
-use factstore_core::{Direction, Timestamp};
+use factstore_core::{Direction, POSITION_MAX, Timestamp};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -85,22 +85,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             e.valid_up_to()
         ))
     })?;
-    serde_json::from_str(text).map_err(|e| {
-        use serde_json::error::Category;
-        // serde_json stops at the same depth as the core's check of event_data and metadata
-        // (which it keeps as raw text and does not limit); both answer alike.
-        if e.to_string().starts_with("recursion limit exceeded") {
-            return ApiError::invalid(format!(
-                "the request body nests arrays and objects more than {JSON_DEPTH_MAX} levels deep"
-            ));
-        }
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::invalid(format!("the request body is not valid JSON: {e}"))
+    // Through `Whole`, so that an integer field takes `1526.0` as JSON Schema's `integer` does.
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    T::deserialize(crate::whole::Whole(&mut deserializer))
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| {
+            use serde_json::error::Category;
+            // serde_json stops at the same depth as the core's check of event_data and metadata
+            // (which it keeps as raw text and does not limit); both answer alike.
+            if e.to_string().starts_with("recursion limit exceeded") {
+                return ApiError::invalid(format!(
+                    "the request body nests arrays and objects more than {JSON_DEPTH_MAX} levels deep"
+                ));
             }
-            Category::Data => ApiError::invalid(format!("invalid request body: {e}")),
-        }
-    })
+            match e.classify() {
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::invalid(format!("the request body is not valid JSON: {e}"))
+                }
+                Category::Data => ApiError::invalid(format!("invalid request body: {e}")),
+            }
+        })
 }
 
 /// Percent-decodes `input` strictly: a `%` must be followed by two hex digits, and the result
@@ -226,26 +230,29 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A whole number of 0 or more.
+    /// A whole number from 0 to [`POSITION_MAX`] (every number parameter is a position, a
+    /// version, a count or a duration, and none may go beyond what PostgreSQL's `bigint` holds).
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         let Some(text) = self.get(name) else {
             return Ok(None);
         };
         // `str::parse` would accept a leading '+'; only plain digits are a number here.
-        let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-            text.parse::<u64>().ok()
-        } else {
-            None
-        };
-        match parsed {
-            Some(value) => Ok(Some(value)),
-            None if text.starts_with('-') => Err(ApiError::invalid(format!(
-                "{name} must not be negative, got '{text}'"
-            ))),
-            None => Err(ApiError::invalid(format!(
-                "{name} must be a whole number of 0 or more, got '{text}'"
-            ))),
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return match text.parse::<u64>() {
+                Ok(value) if value <= POSITION_MAX => Ok(Some(value)),
+                _ => Err(ApiError::invalid(format!(
+                    "{name} may be at most {POSITION_MAX}, got '{text}'"
+                ))),
+            };
         }
+        if text.starts_with('-') {
+            return Err(ApiError::invalid(format!(
+                "{name} must not be negative, got '{text}'"
+            )));
+        }
+        Err(ApiError::invalid(format!(
+            "{name} must be a whole number of 0 or more, got '{text}'"
+        )))
     }
 
     /// A version: a whole number of 1 or more.
@@ -338,5 +345,21 @@ mod tests {
         assert!(params.u64("a").is_err());
         assert!(matches!(params.u64("b"), Err(ApiError::InvalidRequest(m)) if m.contains("negative")));
         assert_eq!(params.u64("c"), Ok(Some(12)));
+    }
+
+    #[test]
+    fn numbers_stop_at_the_largest_bigint() {
+        let params = Params::parse(
+            Some("a=9223372036854775807&b=9223372036854775808&c=99999999999999999999"),
+            &["a", "b", "c"],
+        )
+        .expect("parses");
+        assert_eq!(params.u64("a"), Ok(Some(9_223_372_036_854_775_807)));
+        for name in ["b", "c"] {
+            assert!(
+                matches!(params.u64(name), Err(ApiError::InvalidRequest(m)) if m.starts_with(&format!("{name} may be at most 9223372036854775807"))),
+                "{name}"
+            );
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`serve`](serve()) / [`serve_with`] run a router on a listener (plain or TLS, [`tls`])
 //!   until a shutdown signal, then drain connections within a bound.
 //! - [`error`]: [`ApiError`], the one place where errors become HTTP statuses and codes.
-//! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`.
+//! - [`extract`]: the JSON body, path ids and query parameters, each failing as an `ApiError`;
+//!   [`whole`]: integer fields of bodies take `1526.0` as the whole number it is.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
 //! - [`admin`]: archiving to cold storage and the storage numbers.
@@ -64,6 +65,7 @@ pub mod snapshots;
 pub mod subscribe;
 pub mod tls;
 pub mod trace;
+pub mod whole;
 
 pub use auth::{Auth, Principal, Role, Scope};
 pub use cluster::{Cluster, Leadership, Placement};

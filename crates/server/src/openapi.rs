@@ -315,6 +315,81 @@ impl ToSchema for ErrorCode {
     }
 }
 
+/// A time parameter: an RFC 3339 time, or a date `YYYY-MM-DD` (the start or the end of that
+/// day, as the parameter says).
+pub(crate) struct TimeOrDate;
+
+impl utoipa::PartialSchema for TimeOrDate {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        time_or_date()
+    }
+}
+
+impl utoipa::ToSchema for TimeOrDate {}
+
+/// The schema of [`TimeOrDate`], for `schema_with`.
+pub(crate) fn time_or_date() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, SchemaFormat};
+    let format = |known| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(known)))
+    };
+    AnyOfBuilder::new()
+        .item(format(KnownFormat::DateTime))
+        .item(format(KnownFormat::Date))
+        .into()
+}
+
+/// One message of `GET /v1/subscribe` as an SSE parser reads it: its `event`, `id` and
+/// `data` fields. In OpenAPI 3.1 the schema of `text/event-stream` describes each message;
+/// `data` is JSON text whose schema (`contentSchema`) depends on the `event`. `shutdown` and
+/// `error` carry no `id:` line (a parser may still report the last one seen).
+pub(crate) struct StreamMessage;
+
+impl PartialSchema for StreamMessage {
+    fn schema() -> RefOr<Schema> {
+        let message = |events: &[&'static str], data: &str, with_id: bool| {
+            let mut object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(
+                    "event",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(events.to_vec())),
+                )
+                .property(
+                    "id",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[0-9]+$"))
+                        .description(Some("A position: resume after it with `Last-Event-ID`.")),
+                )
+                .property(
+                    "data",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type("application/json")
+                        .content_schema(Some(Ref::from_schema_name(data))),
+                )
+                .required("event")
+                .required("data");
+            if with_id {
+                object = object.required("id");
+            }
+            object
+        };
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(message(&["event"], "Event", true))
+            .item(message(&["caught_up", "checkpoint"], "StreamPosition", true))
+            .item(message(&["shutdown"], "StreamShutdown", false))
+            .item(message(&["error"], "StreamError", false))
+            .into()
+    }
+}
+
+impl ToSchema for StreamMessage {}
+
 /// The API's description: the conventions every operation follows.
 const DESCRIPTION: &str = "\
 The HTTP API of factstore, an event store: immutable events, appended with optimistic \
@@ -325,7 +400,10 @@ any RFC 3339 time, and time query parameters also take a date `YYYY-MM-DD` (the 
 as a lower bound, its end as an upper bound).
 - Everything is validated before anything is looked up: a bad parameter is 400 even for an \
 aggregate that does not exist. Unknown query parameters, and a parameter given twice, are 400 \
-rather than ignored. Limits are in bytes of UTF-8 and are the defaults of the store.
+rather than ignored. Limits are in bytes of UTF-8 and are the defaults of the store. Positions \
+and versions are at most 2^63−1 (9223372036854775807) everywhere, as PostgreSQL keeps them. In \
+bodies an integer field takes any JSON number with a zero fraction (`2.0` is 2), as JSON Schema \
+reads `integer`.
 - Path segments are percent-decoded: `account:ACC-001` and `account%3AACC-001` are one id.
 - Every error is `{\"error\": {\"code\", \"message\", ...details}}` (the `Error` schema). Besides \
 the responses listed per operation, any unknown path is 404 `not_found` and a known path with \
@@ -503,6 +581,11 @@ use ErrorCode::{
     UnsupportedMediaType, WrongExpectedVersion,
 };
 
+// Identifiers in paths and queries have the pattern `^[^\u0000-\u001F\u007F-\u009F]+$` (written
+// out at each, as utoipa takes only literals there): not empty, no control characters (Unicode
+// category Cc, what `char::is_control` finds). Their limits in bytes are in the descriptions:
+// JSON Schema's `maxLength` counts characters, not bytes.
+
 /// The path parameter of the aggregate endpoints.
 const AGGREGATE_ID: &str = "The aggregate, percent-decoded: 1 to 255 bytes (by default), no \
 control characters. `account:ACC-001` and `account%3AACC-001` are the same id.";
@@ -520,7 +603,7 @@ append succeeds again with 200 and the original versions and positions, and writ
 This check comes before `expected_version`, so a retry succeeds although the version has moved. \
 Any other overlap with stored ids is 409 `duplicate_event_id`; one id twice in one request is \
 400. Takes no query parameters.",
-    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     request_body(
         content = AppendBody,
         example = json!({
@@ -612,7 +695,7 @@ fn commit() -> &'static [ErrorCode] {
     description = "A page of the aggregate's events in version order (forward or backward). \
 `next_from_version` is where the next page starts in the same direction; null at the end.",
     params(
-        ("aggregate_id" = String, Path, description = AGGREGATE_ID),
+        ("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         AggregateReadParams,
         TimeParams,
         RawParam,
@@ -680,7 +763,7 @@ fn head() -> &'static [ErrorCode] {
 have (else 422 `invalid_snapshot`). A snapshot is a cache, not a fact: it takes no position and \
 never shows in event reads, and a put at a version that has a snapshot replaces it (200). The \
 answer comes once the snapshot is durable. Needs the writer role. Takes no query parameters.",
-    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     request_body(
         content = PutSnapshot,
         example = json!({
@@ -717,7 +800,7 @@ fn put_snapshot() -> &'static [ErrorCode] {
     description = "The snapshot with the highest version, or with `max_version` the highest at \
 or below it.",
     params(
-        ("aggregate_id" = String, Path, description = AGGREGATE_ID),
+        ("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         LatestSnapshotParams,
     ),
     responses((status = 200, description = "The snapshot, with its state.", body = Snapshot))
@@ -739,7 +822,7 @@ fn latest_snapshot() -> &'static [ErrorCode] {
     summary = "Every snapshot of an aggregate",
     description = "By increasing version, without their states; an empty list when there are \
 none. Takes no query parameters.",
-    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 200, description = "The snapshots.", body = SnapshotList))
 )]
 fn list_snapshots() -> &'static [ErrorCode] {
@@ -754,7 +837,7 @@ fn list_snapshots() -> &'static [ErrorCode] {
     description = "One round trip to rebuild an aggregate: the newest snapshot (null when there \
 is none) and every event after its version up to the aggregate's current `version`, in version \
 order. Takes no query parameters.",
-    params(("aggregate_id" = String, Path, description = AGGREGATE_ID)),
+    params(("aggregate_id" = String, Path, description = AGGREGATE_ID, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 200, description = "The aggregate.", body = AggregateLoad))
 )]
 fn load() -> &'static [ErrorCode] {
@@ -793,7 +876,7 @@ changed one is rebuilt from the first event while the old state keeps serving, t
 at once (`status: rebuilding` meanwhile). Needs the admin role. A token limited to aggregate id \
 prefixes may not use any projection route (403): states fold events of every aggregate. Takes no \
 query parameters.",
-    params(("name" = String, Path, description = PROJECTION_NAME)),
+    params(("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     request_body(
         content = ProjectionBody,
         example = json!({
@@ -848,7 +931,7 @@ fn list_projections() -> &'static [ErrorCode] {
     tag = "projections",
     summary = "A projection's status",
     description = "Takes no query parameters.",
-    params(("name" = String, Path, description = PROJECTION_NAME)),
+    params(("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 200, description = "The status.", body = ProjectionStatus))
 )]
 fn get_projection() -> &'static [ErrorCode] {
@@ -868,7 +951,7 @@ fn get_projection() -> &'static [ErrorCode] {
     summary = "Delete a projection",
     description = "Stops it and removes its states, checkpoint and snapshots. Needs the admin role. \
 Takes no query parameters.",
-    params(("name" = String, Path, description = PROJECTION_NAME)),
+    params(("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 204, description = "Deleted."))
 )]
 fn delete_projection() -> &'static [ErrorCode] {
@@ -890,7 +973,7 @@ fn delete_projection() -> &'static [ErrorCode] {
     description = "Folds every event again into a new generation while the current state keeps \
 serving; when the new one has caught up with the head they swap at once. A rebuild already under \
 way goes on. Needs the admin role. Takes no query parameters and no body.",
-    params(("name" = String, Path, description = PROJECTION_NAME)),
+    params(("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 202, description = "The rebuild is under way.", body = ProjectionStatus))
 )]
 fn rebuild_projection() -> &'static [ErrorCode] {
@@ -916,7 +999,7 @@ keys from the projection's newest snapshot of the aggregate; for other keys from
 filter passes, which costs a scan). `until` / `as_of` fold only the events with `created_at` / \
 `recorded_at` at or before that time.",
     params(
-        ("name" = String, Path, description = PROJECTION_NAME),
+        ("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         ("key" = String, Path, description = "The key, percent-decoded."),
         StateParams,
     ),
@@ -943,7 +1026,7 @@ fn get_projection_state() -> &'static [ErrorCode] {
     description = "In key order (bytes of UTF-8), after `after_key`. Continue from \
 `next_after_key`; null at the end.",
     params(
-        ("name" = String, Path, description = PROJECTION_NAME),
+        ("name" = String, Path, description = PROJECTION_NAME, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         StatesPageParams,
     ),
     responses((status = 200, description = "A page of states.", body = StatePage))
@@ -999,13 +1082,13 @@ stream starts are ordinary JSON errors.",
         FilterParams,
         TimeParams,
         RawParam,
-        ("Last-Event-ID" = Option<u64>, Header, nullable = false,
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, maximum = 9223372036854775807_u64,
          description = "The last `id:` seen, to resume \
 after it; wins over `after_position`. A whole number of 0 or more."),
     ),
     responses(
         (status = 200, description = "The stream; its messages are described above.",
-         content_type = "text/event-stream", body = String),
+         content_type = "text/event-stream", body = inline(StreamMessage)),
     )
 )]
 fn subscribe() -> &'static [ErrorCode] {
@@ -1040,7 +1123,7 @@ the group keeps its progress (checkpoint, acks, parked events, delivery counts; 
 applied again), reads again from its checkpoint with the new filter, and events leased under the \
 old definition are delivered again. Durable before the answer. Needs the admin role and a token \
 without aggregate prefixes. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     request_body(
         content = GroupDefinition,
         example = json!({
@@ -1076,7 +1159,7 @@ fn put_group() -> &'static [ErrorCode] {
     description = "`checkpoint`: every position up to it is acked, parked or passed over by the \
 filter. `lag` = `head_position` − `checkpoint`. `in_flight`: events leased to consumers now. \
 Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     responses((status = 200, description = "The group.", body = GroupStatus))
 )]
 fn get_group() -> &'static [ErrorCode] {
@@ -1096,7 +1179,7 @@ fn get_group() -> &'static [ErrorCode] {
     summary = "Delete a group",
     description = "Deletes the group and its state, durably. Long polls on it end. Needs the \
 admin role. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     responses((status = 204, description = "Deleted."))
 )]
 fn delete_group() -> &'static [ErrorCode] {
@@ -1122,7 +1205,7 @@ fn delete_group() -> &'static [ErrorCode] {
 aggregate's events come in version order, also across redeliveries and replays. When no event \
 is ready, waits up to `wait_ms` for one. Each event carries `attempt`: which delivery it is \
 (1 for the first). Needs the reader role. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     request_body(
         content = PollBody,
         example = json!({"consumer": "worker-1", "max": 100, "wait_ms": 0})
@@ -1153,7 +1236,7 @@ the group (passed over by its filter, or not handed out yet) is 400 and nothing 
 Acking again, or acking an event whose lease expired or that was parked meanwhile, succeeds \
 (a parked event so acked leaves the parked list). After a restart, events delivered before it \
 may be acked before they are delivered again. Needs the reader role. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     request_body(content = AckBody, example = json!({"positions": [41, 42]})),
     responses((status = 204, description = "Acked, durably."))
 )]
@@ -1179,7 +1262,7 @@ fn ack() -> &'static [ErrorCode] {
 is true or it has had `max_deliveries` deliveries. All or nothing: an acked position, or one \
 never delivered, is 400. A parked position is left as it is. Parks are durable before the \
 answer. Needs the reader role. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
     request_body(content = NackBody, example = json!({"positions": [43], "park": false})),
     responses((status = 204, description = "Given back."))
 )]
@@ -1203,7 +1286,7 @@ fn nack() -> &'static [ErrorCode] {
     summary = "The group's parked (dead-lettered) events",
     description = "Parked events by position, each with `attempt`: how many deliveries it had. \
 Continue from `next_after_position`; null at the end. Needs the reader role.",
-    params(("group" = String, Path, description = GROUP), ParkedParams),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100), ParkedParams),
     responses((status = 200, description = "A page of parked events.", body = ParkedPage))
 )]
 fn list_parked() -> &'static [ErrorCode] {
@@ -1225,8 +1308,8 @@ fn list_parked() -> &'static [ErrorCode] {
 them the lowest `limit` parked events, back into delivery with a fresh count of deliveries. The \
 checkpoint does not move back. Durable before the answer. An empty body replays up to 1000. Needs \
 the admin role. Takes no query parameters.",
-    params(("group" = String, Path, description = GROUP)),
-    request_body(content = ReplayBody, example = json!({"positions": [43]})),
+    params(("group" = String, Path, description = GROUP, pattern = "^[A-Za-z0-9_.:-]+$", max_length = 100)),
+    request_body(content = Option<ReplayBody>, example = json!({"positions": [43]})),
     responses((status = 200, description = "Replayed.", body = ReplayResponse))
 )]
 fn replay_parked() -> &'static [ErrorCode] {
@@ -1260,7 +1343,7 @@ n − 1 is not registered). Registering the same schema again is 200; another sc
 registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
 Takes no query parameters.",
     params(
-        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
     ),
     request_body(
@@ -1352,7 +1435,7 @@ fn list_schemas() -> &'static [ErrorCode] {
     tag = "schemas",
     summary = "The schemas of one event type",
     description = "Every registered version with its schema. Takes no query parameters.",
-    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    params(("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 200, description = "The schemas.", body = EventTypeSchemas))
 )]
 fn get_schema() -> &'static [ErrorCode] {
@@ -1374,7 +1457,7 @@ An event an upcaster cannot apply to is read as stored, with its stored `event_v
 counted in `factstore_upcast_failures_total`; the events around it are read upcast. \
 A new upcaster is 201, replacing one 200. Needs the admin role. Takes no query parameters.",
     params(
-        ("event_type" = String, Path, description = EVENT_TYPE),
+        ("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         ("from_version" = u32, Path, description = "The `event_version` it upcasts from.", minimum = 1, maximum = 2147483647),
     ),
     request_body(
@@ -1420,7 +1503,7 @@ fn list_upcasters() -> &'static [ErrorCode] {
     summary = "The upcasters of one event type",
     description = "By the version they upcast from; an empty list when it has none. Takes no \
 query parameters.",
-    params(("event_type" = String, Path, description = EVENT_TYPE)),
+    params(("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses((status = 200, description = "The upcasters.", body = UpcasterList))
 )]
 fn list_upcasters_of() -> &'static [ErrorCode] {
@@ -1913,16 +1996,18 @@ mod params {
     use factstore_core::Direction;
     use utoipa::IntoParams;
 
+    use super::TimeOrDate;
+
     /// The paging of `GET /v1/events`.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
     pub struct EventPageParams {
         /// Events after this position (exclusive): the `next_after_position` of the previous
         /// page.
-        #[param(default = 0, minimum = 0)]
+        #[param(default = 0, minimum = 0, maximum = 9223372036854775807_u64)]
         after_position: Option<u64>,
         /// Events up to this position (inclusive).
-        #[param(minimum = 0)]
+        #[param(minimum = 0, maximum = 9223372036854775807_u64)]
         to_position: Option<u64>,
         /// Events per page: 1 to 10000 (the store's page limit; more is 400).
         #[param(default = 1000, minimum = 1, maximum = 10000)]
@@ -1934,7 +2019,7 @@ mod params {
     #[into_params(parameter_in = Query)]
     pub struct SubscribeParams {
         /// Send the events after this position (exclusive). The `Last-Event-ID` header wins.
-        #[param(default = 0, minimum = 0)]
+        #[param(default = 0, minimum = 0, maximum = 9223372036854775807_u64)]
         after_position: Option<u64>,
     }
 
@@ -1943,14 +2028,19 @@ mod params {
     #[into_params(parameter_in = Query)]
     pub struct FilterParams {
         /// Event types, comma-separated: an event of any of them passes. Each 1 to 100 bytes.
-        #[param(example = "MoneyDeposited,MoneyWithdrawn")]
+        #[param(
+            example = "MoneyDeposited,MoneyWithdrawn",
+            pattern = "^[^,\\u0000-\\u001F\\u007F-\\u009F]+(,[^,\\u0000-\\u001F\\u007F-\\u009F]+)*$"
+        )]
         event_type: Option<String>,
         /// Exactly this aggregate type (1 to 50 bytes).
+        #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
         aggregate_type: Option<String>,
         /// Exactly this aggregate (1 to 255 bytes).
+        #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
         aggregate_id: Option<String>,
         /// Aggregates whose id starts with this (1 to 255 bytes).
-        #[param(example = "account:")]
+        #[param(example = "account:", pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
         aggregate_id_prefix: Option<String>,
         /// Events whose `metadata.correlation_id` is this (at most 255 bytes).
         correlation_id: Option<String>,
@@ -1966,16 +2056,16 @@ mod params {
     pub struct TimeParams {
         /// Events whose `created_at` is at or after this: an RFC 3339 time, or a date
         /// `YYYY-MM-DD` (the start of that day).
-        #[param(example = "2024-01-01")]
-        from: Option<String>,
+        #[param(example = "2024-01-01", inline)]
+        from: Option<TimeOrDate>,
         /// Events whose `created_at` is at or before this: an RFC 3339 time, or a date
         /// `YYYY-MM-DD` (the end of that day).
-        #[param(example = "2024-01-31")]
-        to: Option<String>,
+        #[param(example = "2024-01-31", inline)]
+        to: Option<TimeOrDate>,
         /// The store as it was then: events whose `recorded_at` is at or before this. An RFC 3339
         /// time, or a date `YYYY-MM-DD` (the end of that day).
-        #[param(example = "2024-01-15T14:00:00Z")]
-        as_of: Option<String>,
+        #[param(example = "2024-01-15T14:00:00Z", inline)]
+        as_of: Option<TimeOrDate>,
     }
 
     /// How to read one aggregate.
@@ -1984,10 +2074,10 @@ mod params {
     pub struct AggregateReadParams {
         /// The first version to return, inclusive, in the direction of travel: by default 1
         /// forward, the current version backward. At least 1.
-        #[param(minimum = 1)]
+        #[param(minimum = 1, maximum = 9223372036854775807_u64)]
         from_version: Option<u64>,
         /// The last version to return, inclusive, in the direction of travel. At least 1.
-        #[param(minimum = 1)]
+        #[param(minimum = 1, maximum = 9223372036854775807_u64)]
         to_version: Option<u64>,
         /// `forward` (by increasing version) or `backward`.
         #[param(inline)]
@@ -1996,8 +2086,8 @@ mod params {
         #[param(default = 1000, minimum = 1, maximum = 10000)]
         limit: Option<u64>,
         /// The same as `to` ("replay up to this time"); give one of them, not both.
-        #[param(example = "2024-01-31")]
-        until: Option<String>,
+        #[param(example = "2024-01-31", inline)]
+        until: Option<TimeOrDate>,
     }
 
     /// Which snapshot `latest` means.
@@ -2005,7 +2095,7 @@ mod params {
     #[into_params(parameter_in = Query)]
     pub struct LatestSnapshotParams {
         /// The newest snapshot at or below this version (any version when absent). At least 1.
-        #[param(minimum = 1)]
+        #[param(minimum = 1, maximum = 9223372036854775807_u64)]
         max_version: Option<u64>,
     }
 
@@ -2014,7 +2104,7 @@ mod params {
     #[into_params(parameter_in = Query)]
     pub struct ParkedParams {
         /// Parked events after this position.
-        #[param(default = 0, minimum = 0)]
+        #[param(default = 0, minimum = 0, maximum = 9223372036854775807_u64)]
         after_position: Option<u64>,
         /// Events per page: 1 to 1000.
         #[param(default = 100, minimum = 1, maximum = 1000)]
@@ -2030,7 +2120,7 @@ mod params {
         #[param(inline)]
         source: Option<StateSource>,
         /// Read-your-writes: wait until the projection has passed this position.
-        #[param(minimum = 0)]
+        #[param(minimum = 0, maximum = 9223372036854775807_u64)]
         min_position: Option<u64>,
         /// How long to wait for `min_position`, in milliseconds: at most 60000; 503
         /// `not_yet_materialized` after it.
@@ -2038,12 +2128,12 @@ mod params {
         wait_ms: Option<u64>,
         /// Time travel: only the events whose `created_at` is at or before this (an RFC 3339
         /// time, or a date `YYYY-MM-DD`: the end of that day).
-        #[param(example = "2024-01-15T14:00:00Z")]
-        until: Option<String>,
+        #[param(example = "2024-01-15T14:00:00Z", inline)]
+        until: Option<TimeOrDate>,
         /// Time travel: only the events whose `recorded_at` is at or before this (the store as
         /// it knew them then).
-        #[param(example = "2024-01-15T14:00:00Z")]
-        as_of: Option<String>,
+        #[param(example = "2024-01-15T14:00:00Z", inline)]
+        as_of: Option<TimeOrDate>,
     }
 
     /// Where a state comes from.

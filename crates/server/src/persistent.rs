@@ -101,6 +101,7 @@ pub(crate) struct GroupList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PollBody {
     /// Who asks: the events are leased to it. 1 to 255 bytes, no control characters.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     consumer: String,
     /// Most events to return: 1 to 10000.
     #[serde(default = "poll_default")]
@@ -122,6 +123,7 @@ fn poll_default() -> usize {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AckBody {
     /// The positions of the events processed: 1 to 10000 of them.
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Vec<u64>,
 }
 
@@ -130,23 +132,25 @@ pub(crate) struct AckBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NackBody {
     /// The positions of the events given back: 1 to 10000 of them.
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Vec<u64>,
     /// Park them (dead-letter) at once instead of delivering them again.
     #[serde(default)]
     park: bool,
 }
 
-/// The body of a replay; every field optional (an empty body replays the lowest 1000).
+/// The body of a replay; every field optional, `null` meaning absent (an empty or `null` body
+/// replays the lowest 1000).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
     /// The parked positions to replay (each must be parked); all of them (up to `limit`)
-    /// when absent.
-    #[schema(nullable = false)]
+    /// when absent. 1 to 10000 of them.
+    #[schema(min_items = 1, max_items = 10000)]
     positions: Option<Vec<u64>>,
     /// Without `positions`: how many parked events to replay, lowest positions first (1 to
     /// 10000, default 1000).
-    #[schema(nullable = false, minimum = 1, maximum = 10000)]
+    #[schema(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -397,10 +401,11 @@ pub async fn replay_parked(
     let bytes = Bytes::from_request(request, &state)
         .await
         .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+    // An empty body, `null`, and fields that are `null` all mean "absent".
     let body: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayBody::default()
     } else {
-        parse_json(&bytes)?
+        parse_json::<Option<ReplayBody>>(&bytes)?.unwrap_or_default()
     };
     if let Some(positions) = &body.positions {
         check_positions(positions)?;

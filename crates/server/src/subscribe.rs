@@ -142,11 +142,13 @@ fn last_event_id(value: &HeaderValue) -> Result<u64, ApiError> {
     if !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit())
         && let Ok(position) = text.parse::<u64>()
+        && position <= factstore_core::POSITION_MAX
     {
         return Ok(position);
     }
     Err(ApiError::invalid(format!(
-        "Last-Event-ID must be a position (a whole number of 0 or more), got '{}'",
+        "Last-Event-ID must be a position (a whole number from 0 to {}), got '{}'",
+        factstore_core::POSITION_MAX,
         String::from_utf8_lossy(value.as_bytes())
     )))
 }

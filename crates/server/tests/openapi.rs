@@ -1505,3 +1505,475 @@ async fn schema_registry_responses_match_the_documented_schemas() {
     assert_eq!(reply.code(), "schema_violation");
     doc.check("POST", "/v1/aggregates/{aggregate_id}/events", &reply);
 }
+
+impl Doc {
+    /// A validator of the documented schema of the parameter `name` of `method path`.
+    fn param(&self, method: &str, path: &str, name: &str) -> jsonschema::Validator {
+        let parameters = self.operation(method, path)["parameters"].as_array().unwrap();
+        let parameter = parameters
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} documents no parameter {name}"));
+        self.validator(&parameter["schema"])
+    }
+}
+
+/// One value of one parameter: what the document says of it and what the server does.
+struct ParamCase {
+    path: &'static str,
+    /// The request, with the value in it.
+    uri: &'static str,
+    name: &'static str,
+    /// The value as the parameter's schema sees it.
+    value: Value,
+    accepted: bool,
+}
+
+/// The document says what the server does: each value below is accepted by both or refused
+/// by both (the server with 400 naming the parameter). Schemathesis draws from the document,
+/// so a value the document allows and the server refuses (or the reverse) is a failure there.
+#[tokio::test]
+async fn the_document_allows_exactly_the_parameters_the_server_accepts() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let ok = post(
+        &router,
+        "/v1/aggregates/account:1/events",
+        &json!({"events": [bare_event("Opened")]}),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    let above = json!(9_223_372_036_854_775_808_u64);
+    let top = json!(9_223_372_036_854_775_807_u64);
+    let cases = [
+        // Positions and versions stop where PostgreSQL's bigint does, on both backends.
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?after_position=9223372036854775808",
+            name: "after_position",
+            value: above.clone(),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?after_position=9223372036854775807",
+            name: "after_position",
+            value: top.clone(),
+            accepted: true,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?to_position=9223372036854775808",
+            name: "to_position",
+            value: above.clone(),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/aggregates/{aggregate_id}/events",
+            uri: "/v1/aggregates/account:1/events?to_version=9223372036854775808",
+            name: "to_version",
+            value: above.clone(),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/aggregates/{aggregate_id}/events",
+            uri: "/v1/aggregates/account:1/events?from_version=9223372036854775807",
+            name: "from_version",
+            value: top.clone(),
+            accepted: true,
+        },
+        ParamCase {
+            path: "/v1/subscriptions/{group}/parked",
+            uri: "/v1/subscriptions/probe/parked?after_position=9223372036854775808",
+            name: "after_position",
+            value: above.clone(),
+            accepted: false,
+        },
+        // Identifiers in queries are not empty and hold no control characters.
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?aggregate_type=",
+            name: "aggregate_type",
+            value: json!(""),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?aggregate_id_prefix=a%01",
+            name: "aggregate_id_prefix",
+            value: json!("a\u{1}"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?event_type=A,,B",
+            name: "event_type",
+            value: json!("A,,B"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?event_type=A,B%C2%A0C",
+            name: "event_type",
+            value: json!("A,B\u{a0}C"),
+            accepted: true,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?event_type=A,%C2%85",
+            name: "event_type",
+            value: json!("A,\u{85}"),
+            accepted: false,
+        },
+        // Times are RFC 3339 times or dates.
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?from=",
+            name: "from",
+            value: json!(""),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?from=yesterday",
+            name: "from",
+            value: json!("yesterday"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?from=2024-01-15",
+            name: "from",
+            value: json!("2024-01-15"),
+            accepted: true,
+        },
+        ParamCase {
+            path: "/v1/events",
+            uri: "/v1/events?to=2024-01-15T14:00:00%2B02:00",
+            name: "to",
+            value: json!("2024-01-15T14:00:00+02:00"),
+            accepted: true,
+        },
+        // Path segments: identifiers, and group names of ASCII letters, digits and `-_.:`.
+        ParamCase {
+            path: "/v1/aggregates/{aggregate_id}/events",
+            uri: "/v1/aggregates/account%0A1/events",
+            name: "aggregate_id",
+            value: json!("account\n1"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/schemas/{event_type}",
+            uri: "/v1/schemas/Money%C2%9FDeposited",
+            name: "event_type",
+            value: json!("Money\u{9f}Deposited"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/projections/{name}",
+            uri: "/v1/projections/p%7F",
+            name: "name",
+            value: json!("p\u{7f}"),
+            accepted: false,
+        },
+        ParamCase {
+            path: "/v1/subscriptions/{group}",
+            uri: "/v1/subscriptions/caf%C3%A9",
+            name: "group",
+            value: json!("café"),
+            accepted: false,
+        },
+    ];
+    for case in cases {
+        let documented = doc.param("GET", case.path, case.name).is_valid(&case.value);
+        assert_eq!(
+            documented,
+            case.accepted,
+            "the document should {} {}={}",
+            if case.accepted { "allow" } else { "refuse" },
+            case.name,
+            case.value
+        );
+        let reply = get(&router, case.uri).await;
+        if case.accepted {
+            assert_ne!(
+                reply.status,
+                StatusCode::BAD_REQUEST,
+                "{}: {}",
+                case.uri,
+                reply.json()
+            );
+        } else {
+            assert_eq!(reply.code(), "invalid_request", "{}: {}", case.uri, reply.json());
+            let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+            assert!(
+                message.contains(case.name)
+                    || message.contains("group name")
+                    || message.contains("projection name"),
+                "{}: the message names the parameter: {message}",
+                case.uri
+            );
+        }
+    }
+    let header = doc.param("GET", "/v1/subscribe", "Last-Event-ID");
+    assert!(!header.is_valid(&above) && header.is_valid(&top));
+    let request = Request::builder()
+        .uri("/v1/subscribe")
+        .header("Last-Event-ID", "9223372036854775808")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The same for bodies: each is valid by the documented request schema exactly when the
+/// server takes it.
+#[tokio::test]
+async fn the_document_allows_exactly_the_bodies_the_server_accepts() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let append = "/v1/aggregates/{aggregate_id}/events";
+    let condition = |after: Value| {
+        json!({"appends": [{"aggregate_id": "account:c", "events": [bare_event("Opened")]}],
+               "condition": {"filter": {"event_types": ["Opened"]}, "after_position": after}})
+    };
+    let cases: Vec<(&str, &str, &str, Value, bool)> = vec![
+        // JSON has one kind of number: `1.0` is the integer 1 to JSON Schema, and so to the server.
+        (
+            "POST",
+            append,
+            "/v1/aggregates/account:f/events",
+            json!({"expected_version": 0.0, "events": [{"aggregate_type": "Account", "event_type": "Opened",
+                   "event_data": {"x": 1.0}, "event_version": 2.0}]}),
+            true,
+        ),
+        (
+            "POST",
+            append,
+            "/v1/aggregates/account:g/events",
+            json!({"expected_version": 0.5, "events": [bare_event("Opened")]}),
+            false,
+        ),
+        (
+            "POST",
+            append,
+            "/v1/aggregates/account:h/events",
+            json!({"events": [{"aggregate_type": "Account", "event_type": "Opened", "event_data": {},
+                   "event_version": 1.5}]}),
+            false,
+        ),
+        // `created_at: null` is "absent", as the document says of every optional field.
+        (
+            "POST",
+            append,
+            "/v1/aggregates/account:n/events",
+            json!({"events": [{"aggregate_type": "Account", "event_type": "Opened", "event_data": {},
+                   "created_at": null, "created_by": null, "event_id": null, "metadata": null}]}),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/events",
+            "/v1/events",
+            condition(json!(9_223_372_036_854_775_807_u64)),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/events",
+            "/v1/events",
+            condition(json!(9_223_372_036_854_775_808_u64)),
+            false,
+        ),
+        ("POST", "/v1/events", "/v1/events", condition(json!(3.0)), true),
+        (
+            "PUT",
+            "/v1/subscriptions/{group}",
+            "/v1/subscriptions/g1",
+            json!({"start": 9_223_372_036_854_775_808_u64}),
+            false,
+        ),
+        (
+            "PUT",
+            "/v1/subscriptions/{group}",
+            "/v1/subscriptions/g2",
+            json!({"start": 9_223_372_036_854_775_807_u64, "ack_timeout_ms": 1000.0, "max_deliveries": 3.0}),
+            true,
+        ),
+        (
+            "PUT",
+            "/v1/subscriptions/{group}",
+            "/v1/subscriptions/g3",
+            json!({"start": 7.0}),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/ack",
+            "/v1/subscriptions/g2/ack",
+            json!({"positions": []}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/nack",
+            "/v1/subscriptions/g2/nack",
+            json!({"positions": []}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/parked/replay",
+            "/v1/subscriptions/g2/parked/replay",
+            json!({"positions": []}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/poll",
+            "/v1/subscriptions/g2/poll",
+            json!({"consumer": ""}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/poll",
+            "/v1/subscriptions/g2/poll",
+            json!({"consumer": "w\u{0}"}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/poll",
+            "/v1/subscriptions/g2/poll",
+            json!({"consumer": "w", "max": 2.0}),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/admin/archive",
+            "/v1/admin/archive",
+            json!({"before": ""}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/aggregates/{aggregate_id}/events",
+            "/v1/aggregates/account:v/events",
+            json!({"expected_version": 9_223_372_036_854_775_808_u64, "events": [bare_event("Opened")]}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/aggregates/{aggregate_id}/events",
+            "/v1/aggregates/account:t/events",
+            json!({"events": [{"aggregate_type": "Acc\u{85}ount", "event_type": "Opened", "event_data": {}}]}),
+            false,
+        ),
+        (
+            "PUT",
+            "/v1/aggregates/{aggregate_id}/snapshots",
+            "/v1/aggregates/account:1/snapshots",
+            json!({"version": 1, "snapshot_type": "S\u{1b}", "state": {}}),
+            false,
+        ),
+        (
+            "PUT",
+            "/v1/upcasters/{event_type}/{from_version}",
+            "/v1/upcasters/Opened/1",
+            json!({"to_version": 2, "ops": [{"op": "unset", "path": ""}]}),
+            false,
+        ),
+        (
+            "PUT",
+            "/v1/upcasters/{event_type}/{from_version}",
+            "/v1/upcasters/Opened/1",
+            json!({"to_version": 2, "ops": [{"op": "rename", "from": "/a~2", "path": "/b"}]}),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/parked/replay",
+            "/v1/subscriptions/g2/parked/replay",
+            json!(null),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/subscriptions/{group}/parked/replay",
+            "/v1/subscriptions/g2/parked/replay",
+            json!({"positions": null, "limit": null}),
+            true,
+        ),
+        (
+            "PUT",
+            "/v1/upcasters/{event_type}/{from_version}",
+            "/v1/upcasters/Opened/1",
+            json!({"to_version": 1, "ops": []}),
+            false,
+        ),
+    ];
+    for (method, path, uri, body, accepted) in cases {
+        doc.check_request(method, path, &body, accepted);
+        let reply = call(
+            &router,
+            method,
+            uri,
+            Some("application/json"),
+            Body::from(body.to_string()),
+        )
+        .await;
+        if accepted {
+            assert!(
+                reply.status.is_success(),
+                "{method} {uri} {body}: {}",
+                reply.json()
+            );
+        } else {
+            assert_eq!(
+                reply.code(),
+                "invalid_request",
+                "{method} {uri} {body}: {}",
+                reply.json()
+            );
+        }
+    }
+    // A replay takes no body at all (everything parked), so the document requires none.
+    let replay = &doc.operation("POST", "/v1/subscriptions/{group}/parked/replay")["requestBody"];
+    assert_ne!(replay["required"], json!(true), "{replay}");
+    let reply = call(
+        &router,
+        "POST",
+        "/v1/subscriptions/g2/parked/replay",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
+}
+
+/// The `text/event-stream` schema describes each message as an SSE parser reads it (`event`,
+/// `id`, `data`), which is what schemathesis checks the stream against.
+#[tokio::test]
+async fn the_documented_stream_schema_describes_each_message() {
+    let router = app(Arc::new(ModelStore::new()));
+    let doc = Doc::fetch(&router).await;
+    let schema =
+        &doc.operation("GET", "/v1/subscribe")["responses"]["200"]["content"]["text/event-stream"]["schema"];
+    let messages = doc.validator(schema);
+    for good in [
+        json!({"event": "caught_up", "id": "0", "data": "{\"position\":0}"}),
+        json!({"event": "checkpoint", "id": "12", "data": "{\"position\":12}"}),
+        json!({"event": "event", "id": "3", "data": "{}"}),
+        json!({"event": "shutdown", "data": "{\"reason\":\"stopping\"}"}),
+    ] {
+        assert_valid(&messages, &good, "a stream message");
+    }
+    for bad in [
+        json!("event: caught_up"),
+        json!({"event": "caught_up", "data": "{\"position\":0}"}),
+        json!({"event": "nonsense", "id": "1", "data": "{}"}),
+    ] {
+        assert!(!messages.is_valid(&bad), "{bad}");
+    }
+}

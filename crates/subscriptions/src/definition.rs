@@ -58,6 +58,11 @@ impl<'de> Deserialize<'de> for Start {
                     .map(Start::After)
                     .map_err(|_| E::custom(format!("start must not be negative, got {v}")))
             }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Start, E> {
+                factstore_core::append::whole_number(v)
+                    .map(Start::After)
+                    .ok_or_else(|| E::custom(format!("start must be a whole number of 0 or more, got {v}")))
+            }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Start, E> {
                 match v {
                     "beginning" => Ok(Start::Beginning),
@@ -139,6 +144,9 @@ impl GroupDefinition {
     /// Checks every field, naming the first that is wrong.
     pub fn validate(&self, limits: &Limits) -> Result<(), SubscriptionError> {
         self.filter.validate(limits)?;
+        if let Start::After(position) = self.start {
+            factstore_core::validate_position("start", position)?;
+        }
         if !(ACK_TIMEOUT_MS_MIN..=ACK_TIMEOUT_MS_MAX).contains(&self.ack_timeout_ms) {
             return Err(SubscriptionError::invalid(format!(
                 "ack_timeout_ms must be between {ACK_TIMEOUT_MS_MIN} and {ACK_TIMEOUT_MS_MAX}, not {}",

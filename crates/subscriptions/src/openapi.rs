@@ -24,6 +24,7 @@ impl PartialSchema for StartSchema {
                     .schema_type(Type::Integer)
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
                     .minimum(Some(0))
+                    .maximum(Some(factstore_core::POSITION_MAX))
                     .description(Some("Deliver the events after this position.")),
             )
             .description(Some("Where a new group starts; default `beginning`."))
