@@ -146,6 +146,7 @@ pub struct NewEvent {
     pub event_data: Box<RawValue>,
     /// Who caused the event, at most 255 bytes, no control characters.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"))]
     pub created_by: Option<String>,
     /// When the fact happened; the commit time when absent.
     #[serde(default)]
@@ -153,7 +154,7 @@ pub struct NewEvent {
     /// A JSON object, strict as `event_data`. Its `correlation_id` and `causation_id` (strings
     /// of at most 255 bytes, no control characters) are indexed.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::EventMetadata>))]
     pub metadata: Option<Box<RawValue>>,
 }
 

@@ -53,6 +53,28 @@ impl PartialSchema for Identifier {
 
 impl ToSchema for Identifier {}
 
+/// An event's `metadata`: any JSON object, whose `correlation_id` and `causation_id`, when
+/// present, are strings without control characters (at most 255 bytes by default, which JSON
+/// Schema cannot state).
+pub struct EventMetadata;
+
+impl PartialSchema for EventMetadata {
+    fn schema() -> RefOr<Schema> {
+        let link = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NO_CONTROL_CHARACTERS))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("correlation_id", link())
+            .property("causation_id", link())
+            .into()
+    }
+}
+
+impl ToSchema for EventMetadata {}
+
 impl PartialSchema for ExpectedVersion {
     fn schema() -> RefOr<Schema> {
         OneOfBuilder::new()
