@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use common::{Call, assert_error, event, events};
-use factstore_server::{AppState, Auth, ServerConfig, app_with_state};
+use factstore_server::{AppState, Auth, Role, ServerConfig, app_with_state};
 use factstore_testkit::model::ModelStore;
 use serde_json::{Value, json};
 
@@ -382,136 +382,283 @@ async fn without_auth_everything_is_open() {
     assert_eq!(answer.status, StatusCode::OK);
 }
 
-/// What a token limited to aggregate prefixes gets on a route, whatever its role.
+/// What a token limited to aggregate prefixes gets on a route, once its role suffices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Limited {
-    /// 403: the route's answer or effect is not confined to some aggregates.
+    /// 403 whatever the request: the route's answer or effect is not confined to some
+    /// aggregates.
     WholeStore,
-    /// Served within the prefixes (403 for one aggregate outside, filtered for many, 404 by
-    /// id), or not about aggregates at all.
-    Scoped,
+    /// The route names one aggregate (in its path, or in a commit's appends): 403 outside the
+    /// prefixes, served inside.
+    OneAggregate,
+    /// The route names one event by id: 404 `event_not_found` for an event outside the
+    /// prefixes (its existence is not revealed), served inside.
+    ById,
+    /// The route reads across aggregates: served, with only the events inside the prefixes.
+    Filtered,
+    /// The route says nothing about any aggregate: served as to an unlimited token.
+    NoAggregate,
 }
 
-/// The decision for every route of the router. A route missing here fails the test: each new
-/// route needs one.
-fn decision(method: &axum::http::Method, path: &str) -> Limited {
-    use Limited::{Scoped, WholeStore};
+/// The contract of one route: the least role that may call it (`None`: no token needed), and
+/// what a token limited to prefixes gets.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    role: Option<Role>,
+    limited: Limited,
+}
+
+/// The decision for every route of the router, from API.md "Security and operations" and
+/// ARCHITECTURE.md. A route missing here fails the test: each new route needs one.
+fn decision(method: &Method, path: &str) -> Rule {
+    use Limited::{ById, Filtered, NoAggregate, OneAggregate, WholeStore};
+    let rule = |role: Option<Role>, limited: Limited| Rule { role, limited };
+    let (reader, writer, admin) = (Some(Role::Reader), Some(Role::Writer), Some(Role::Admin));
     match (method.as_str(), path) {
-        ("GET", "/health" | "/metrics" | "/v1/openapi.json" | "/v1/head") => Scoped,
+        ("GET", "/health" | "/v1/openapi.json") => rule(None, NoAggregate),
+        ("GET", "/metrics" | "/v1/head") => rule(reader, NoAggregate),
+        ("POST", "/v1/aggregates/{aggregate_id}/events" | "/v1/events")
+        | ("PUT", "/v1/aggregates/{aggregate_id}/snapshots") => rule(writer, OneAggregate),
         (
-            _,
+            "GET",
             "/v1/aggregates/{aggregate_id}/events"
             | "/v1/aggregates/{aggregate_id}/snapshots"
             | "/v1/aggregates/{aggregate_id}/snapshots/latest"
-            | "/v1/aggregates/{aggregate_id}/load"
-            | "/v1/events"
-            | "/v1/events/{event_id}"
-            | "/v1/events/{event_id}/status"
-            | "/v1/subscribe",
-        ) => Scoped,
+            | "/v1/aggregates/{aggregate_id}/load",
+        ) => rule(reader, OneAggregate),
+        ("GET", "/v1/events/{event_id}" | "/v1/events/{event_id}/status") => rule(reader, ById),
+        ("GET", "/v1/events" | "/v1/subscribe") => rule(reader, Filtered),
         (
             "GET",
             "/v1/schemas" | "/v1/schemas/{event_type}" | "/v1/upcasters" | "/v1/upcasters/{event_type}",
-        ) => Scoped,
+        ) => rule(reader, NoAggregate),
         (
             "PUT",
             "/v1/schemas/{event_type}/versions/{version}" | "/v1/upcasters/{event_type}/{from_version}",
-        ) => WholeStore,
-        (_, p) if p.starts_with("/v1/projections") => WholeStore,
-        (_, p) if p.starts_with("/v1/subscriptions") => WholeStore,
-        ("POST", "/v1/admin/archive") | ("GET", "/v1/admin/storage") => WholeStore,
-        (method, path) => panic!("{method} {path}: no decision for a token limited to aggregate prefixes"),
+        ) => rule(admin, WholeStore),
+        (
+            "GET",
+            "/v1/projections"
+            | "/v1/projections/{name}"
+            | "/v1/projections/{name}/state"
+            | "/v1/projections/{name}/state/{key}",
+        ) => rule(reader, WholeStore),
+        ("PUT" | "DELETE", "/v1/projections/{name}") | ("POST", "/v1/projections/{name}/rebuild") => {
+            rule(admin, WholeStore)
+        }
+        ("GET", "/v1/subscriptions" | "/v1/subscriptions/{group}" | "/v1/subscriptions/{group}/parked")
+        | (
+            "POST",
+            "/v1/subscriptions/{group}/poll"
+            | "/v1/subscriptions/{group}/ack"
+            | "/v1/subscriptions/{group}/nack",
+        ) => rule(reader, WholeStore),
+        ("PUT" | "DELETE", "/v1/subscriptions/{group}")
+        | ("POST", "/v1/subscriptions/{group}/parked/replay") => rule(admin, WholeStore),
+        ("POST", "/v1/admin/archive") | ("GET", "/v1/admin/storage") => rule(admin, WholeStore),
+        (method, path) => panic!("{method} {path}: no decision on who may call it"),
     }
 }
 
-/// The route with its parameters filled in, inside the prefix `acc:`.
-fn concrete(path: &str) -> String {
-    path.replace("{aggregate_id}", "acc:1")
-        .replace("{event_id}", "0190a5a0-0000-7000-8000-000000000001")
+/// The aggregate and the event every limited token of [`AUTH_FILE`] sees (`acc:1`), or none
+/// of them sees (`zzz:1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Inside,
+    Outside,
+}
+
+/// The ids of the events of `acc:1` and `zzz:1`.
+struct Seeded {
+    inside: String,
+    outside: String,
+}
+
+/// The route with its parameters filled in, and the request's body: `{}` (refused as invalid
+/// once the route's checks pass, so nothing is written), but for a commit, whose aggregates are
+/// in its body.
+fn request(method: &Method, path: &str, target: Target, seeded: &Seeded) -> (String, Option<Value>) {
+    let (aggregate_id, event_id) = match target {
+        Target::Inside => ("acc:1", &seeded.inside),
+        Target::Outside => ("zzz:1", &seeded.outside),
+    };
+    let uri = path
+        .replace("{aggregate_id}", aggregate_id)
+        .replace("{event_id}", event_id)
         .replace("{name}", "p")
-        .replace("{key}", "acc:1")
+        .replace("{key}", aggregate_id)
         .replace("{event_type}", "MoneyDeposited")
         .replace("{version}", "1")
         .replace("{from_version}", "1")
-        .replace("{group}", "g")
+        .replace("{group}", "g");
+    let body = match (method.as_str(), path) {
+        ("POST", "/v1/events") => Some(json!({
+            "appends": [{"aggregate_id": aggregate_id, "events": [event("MoneyDeposited")]}],
+            // Never met (acc:1 has an event), so even an allowed commit writes nothing; inside
+            // every limited token's prefixes, so only the append decides.
+            "condition": {"filter": {"aggregate_id": "acc:1"}, "after_position": 0},
+        })),
+        ("POST" | "PUT", _) => Some(json!({})),
+        _ => None,
+    };
+    (uri, body)
 }
 
-/// The status of one request, and its body unless it is a stream (`/v1/subscribe` never ends).
-async fn status_of(
+/// One request's status and body. A subscription is read until it is caught up (it never
+/// ends); its body is then the messages read so far.
+async fn call(
     router: &Router,
-    method: &axum::http::Method,
-    path: &str,
-    token: &str,
+    method: &Method,
+    uri: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
 ) -> (StatusCode, String) {
     use axum::body::Body;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let mut request = axum::http::Request::builder()
-        .method(method.clone())
-        .uri(concrete(path))
-        .header("authorization", format!("Bearer {token}"));
-    let body = if matches!(*method, axum::http::Method::POST | axum::http::Method::PUT) {
-        request = request.header("content-type", "application/json");
-        Body::from("{}")
-    } else {
-        Body::empty()
+    let mut request = axum::http::Request::builder().method(method.clone()).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            Body::from(body.to_string())
+        }
+        None => Body::empty(),
     };
     let response = router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
     let status = response.status();
-    if path == "/v1/subscribe" && status.is_success() {
-        return (status, String::new());
+    let mut body = response.into_body();
+    let mut text = String::new();
+    while let Some(frame) = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .unwrap_or_else(|_| panic!("{method} {uri}: no answer in 5 s"))
+    {
+        if let Ok(data) = frame.unwrap().into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        if uri.starts_with("/v1/subscribe") && text.contains("event: caught_up") {
+            break;
+        }
     }
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    (status, text)
 }
 
-/// Every route of the router, with tokens limited to `acc:` of each role: the routes whose
-/// answer or effect concerns the whole store (admin storage and archive, projections,
-/// persistent subscriptions, schema and upcaster changes) are 403 for all of them, however
-/// their request looks; the others are not refused for the prefixes. The same routes do not
-/// refuse an unlimited admin, so the 403s come from the prefixes.
+/// Every route of the router, called with no token and with tokens of each role, unlimited
+/// and limited to prefixes, on an aggregate and an event inside and outside the prefixes:
+/// - without a token, 401 (but `/health` and the OpenAPI document);
+/// - below the route's role, 403 whatever the token's prefixes;
+/// - an unlimited token with the role is served (neither 401 nor 403);
+/// - a limited token with the role gets what [`Limited`] says: 403 for the routes that concern
+///   the whole store, 403 outside for one aggregate, 404 outside for an event by id, reads
+///   across aggregates filtered to the prefixes.
 #[tokio::test]
-async fn a_token_limited_to_prefixes_gets_no_route_that_concerns_the_whole_store() {
+async fn every_route_answers_each_role_and_each_prefix_limit_as_the_contract_says() {
     let router = secured();
-    let mut whole_store = 0;
-    for (method, path) in factstore_server::route_list() {
-        let expected = decision(&method, path);
-        for token in [ACC_ADMIN, ACC_WRITER, ACC_ORD_READER] {
-            let (status, body) = status_of(&router, &method, path, token).await;
-            match expected {
-                Limited::WholeStore => {
-                    assert_eq!(
-                        status,
-                        StatusCode::FORBIDDEN,
-                        "{method} {path} with {token}: {body}"
-                    );
-                    assert!(body.contains("\"forbidden\""), "{method} {path}: {body}");
+    let mut ids = Vec::new();
+    for aggregate_id in ["acc:1", "zzz:1"] {
+        let answer = append(&router, ADMIN, aggregate_id, &events(1)).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+        ids.push(answer.body["events"][0]["event_id"].as_str().unwrap().to_owned());
+    }
+    let seeded = Seeded {
+        inside: ids[0].clone(),
+        outside: ids[1].clone(),
+    };
+    let tokens = [
+        (READER, Role::Reader, false),
+        (WRITER, Role::Writer, false),
+        (ADMIN, Role::Admin, false),
+        (ACC_ORD_READER, Role::Reader, true),
+        (ACC_WRITER, Role::Writer, true),
+        (ACC_ADMIN, Role::Admin, true),
+    ];
+    let routes = factstore_server::route_list();
+    let mut seen = std::collections::BTreeSet::new();
+    for (method, path) in &routes {
+        let rule = decision(method, path);
+        seen.insert(rule.limited as u8);
+        for target in [Target::Inside, Target::Outside] {
+            let (uri, body) = request(method, path, target, &seeded);
+            let what = format!("{method} {uri} ({target:?})");
+            let (status, text) = call(&router, method, &uri, body.as_ref(), None).await;
+            match rule.role {
+                // The document may not be served by this build; either way it needs no token.
+                None => assert_ne!(status, StatusCode::UNAUTHORIZED, "{what} without a token: {text}"),
+                Some(_) => {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{what} without a token: {text}");
+                    continue;
                 }
-                Limited::Scoped if token == ACC_ADMIN => {
-                    assert_ne!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
-                }
-                Limited::Scoped => {}
             }
         }
-        if expected == Limited::WholeStore {
-            whole_store += 1;
-            let (status, body) = status_of(&router, &method, path, ADMIN).await;
-            assert_ne!(
-                status,
-                StatusCode::FORBIDDEN,
-                "{method} {path} with an unlimited admin: {body}"
-            );
-            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        let Some(needed) = rule.role else { continue };
+        for (token, role, limited) in tokens {
+            for target in [Target::Inside, Target::Outside] {
+                let (uri, body) = request(method, path, target, &seeded);
+                let what = format!("{method} {uri} ({target:?}) with the {role} token {token}");
+                let (status, text) = call(&router, method, &uri, body.as_ref(), Some(token)).await;
+                assert_ne!(status, StatusCode::UNAUTHORIZED, "{what}: {text}");
+                if role < needed {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {text}");
+                    assert!(text.contains("\"forbidden\""), "{what}: {text}");
+                    // A limited token on a whole-store route is refused for its prefixes first.
+                    if !(limited && rule.limited == Limited::WholeStore) {
+                        assert!(
+                            text.contains(&format!("needs the {needed} role")),
+                            "{what}: {text}"
+                        );
+                    }
+                    continue;
+                }
+                let refused = limited
+                    && match rule.limited {
+                        Limited::WholeStore => true,
+                        Limited::OneAggregate => target == Target::Outside,
+                        Limited::ById | Limited::Filtered | Limited::NoAggregate => false,
+                    };
+                if refused {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {text}");
+                    assert!(text.contains("\"forbidden\""), "{what}: {text}");
+                    if rule.limited == Limited::WholeStore {
+                        assert!(
+                            text.contains("limited to aggregate id prefixes"),
+                            "{what}: {text}"
+                        );
+                    }
+                    continue;
+                }
+                assert_ne!(status, StatusCode::FORBIDDEN, "{what}: {text}");
+                match rule.limited {
+                    Limited::ById => {
+                        let hidden = limited && target == Target::Outside;
+                        let expected = if hidden {
+                            StatusCode::NOT_FOUND
+                        } else {
+                            StatusCode::OK
+                        };
+                        assert_eq!(status, expected, "{what}: {text}");
+                        if hidden {
+                            assert!(text.contains("event_not_found"), "{what}: {text}");
+                        }
+                    }
+                    Limited::Filtered => {
+                        assert_eq!(status, StatusCode::OK, "{what}: {text}");
+                        assert!(text.contains("\"acc:1\""), "{what}: {text}");
+                        assert_eq!(text.contains("\"zzz:1\""), !limited, "{what}: {text}");
+                    }
+                    Limited::WholeStore | Limited::OneAggregate | Limited::NoAggregate => {}
+                }
+            }
         }
     }
+    assert_eq!(seen.len(), 5, "every kind of route was walked");
     assert!(
-        whole_store >= 20,
-        "the router's routes were not all walked: {whole_store}"
+        routes.len() >= 35,
+        "the router's routes were not all walked: {}",
+        routes.len()
     );
-    // The limited admin's refusal says why, and archiving never reached the store.
-    let (_, body) = status_of(&router, &axum::http::Method::GET, "/v1/admin/storage", ACC_ADMIN).await;
-    assert!(body.contains("limited to aggregate id prefixes"), "{body}");
-    assert!(body.contains("whole store"), "{body}");
+    assert_eq!(head(&router).await, 2, "no request of the walk wrote anything");
 }
 
 /// A limited writer that sends an event id another aggregate holds learns only that the id is

@@ -12,6 +12,7 @@ use factstore_server::{AppState, ServerConfig, SubscribeTimers, app_with_state};
 use factstore_testkit::model::ModelStore;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// One server-sent message.
@@ -430,4 +431,158 @@ aggregate_id_prefixes = ["acc:", "ord:"]
         .unwrap();
     let first = outside.next_message().await;
     assert_eq!((first.event.as_str(), first.id), ("caught_up", Some(8)));
+}
+
+/// What a client that resumed across cuts received.
+#[derive(Debug, Default)]
+struct AcrossCuts {
+    /// The positions of the events, in the order they came, over every connection.
+    positions: Vec<u64>,
+    /// Connections dropped while the writer was still appending.
+    cuts_while_writing: usize,
+    /// Connections dropped right after a checkpoint that had moved past the last event
+    /// received, so the next one resumed from the checkpoint's id.
+    resumed_from_checkpoint: usize,
+}
+
+/// Reads `uri` as a client does that loses its connection: it drops each connection after the
+/// next number of messages of `cut_after` (and at once after every checkpoint), with whatever
+/// bytes of the next message were already read, and reconnects with `Last-Event-ID` set to the
+/// `id` of the last whole message, until the writer is done (`done` holds the head then, 0
+/// before) and that id is the head. Every event must come after the one before it: a duplicate or a step
+/// back fails at once.
+async fn read_across_cuts(
+    setup: &Setup,
+    uri: &str,
+    mut done: watch::Receiver<u64>,
+    cut_after: &[usize],
+) -> AcrossCuts {
+    let mut seen = AcrossCuts::default();
+    let mut last_id: Option<u64> = None;
+    for connection in 0.. {
+        let last = last_id.map(|id| id.to_string());
+        let mut stream = setup.open(uri, last.as_deref()).await.unwrap();
+        let mut budget = cut_after[connection % cut_after.len()];
+        loop {
+            let message = tokio::select! {
+                message = stream.next() => message.expect("the stream ended"),
+                // (An error, once the writer has dropped the sender, disables this branch.)
+                Ok(_) = done.wait_for(|head| *head > 0 && last_id == Some(*head)) => return seen,
+            };
+            if message.comment {
+                continue;
+            }
+            let id = message
+                .id
+                .unwrap_or_else(|| panic!("a message without an id: {message:?}"));
+            assert!(
+                last_id.is_none_or(|last| id >= last),
+                "{message:?} after id {last_id:?}"
+            );
+            last_id = Some(id);
+            match message.event.as_str() {
+                "event" => {
+                    if let Some(previous) = seen.positions.last() {
+                        assert!(
+                            id > *previous,
+                            "position {id} after {previous}: sent again or out of order"
+                        );
+                    }
+                    seen.positions.push(id);
+                }
+                "checkpoint" => {
+                    if seen.positions.last().is_none_or(|event| id > *event) {
+                        seen.resumed_from_checkpoint += 1;
+                        break;
+                    }
+                }
+                "caught_up" => {}
+                other => panic!("unexpected message {other}: {message:?}"),
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        if *done.borrow() == 0 {
+            seen.cuts_while_writing += 1;
+        }
+        // Dropping the stream drops its body: the server sees the connection gone, with the
+        // bytes it had sent of a next message lost.
+        drop(stream);
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_client_cut_off_mid_stream_resumes_with_last_event_id_without_a_gap_or_a_duplicate() {
+    let setup = Arc::new(Setup::new());
+    setup.append("a-0", "E", 20).await; // a backlog, so the first connections catch up
+    let (done, done_rx) = watch::channel(0);
+    let writer = {
+        let setup = setup.clone();
+        tokio::spawn(async move {
+            let mut head = 20;
+            for i in 0..120 {
+                let n = i % 3 + 1;
+                setup.append(&format!("a-{}", i % 5), "E", n).await;
+                head += n as u64;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            done.send_replace(head);
+            head
+        })
+    };
+    let seen = read_across_cuts(&setup, "/v1/subscribe", done_rx, &[1, 7, 3, 16, 2]).await;
+    let head = writer.await.unwrap();
+    assert_eq!(seen.positions, range(1, head), "every position exactly once");
+    assert!(
+        seen.cuts_while_writing >= 5,
+        "the connection was cut only {} times while events were appended",
+        seen.cuts_while_writing
+    );
+}
+
+#[tokio::test]
+async fn a_filtered_stream_resumes_from_a_checkpoint_id_without_a_gap_or_a_duplicate() {
+    let setup = Arc::new(Setup::with(|config| {
+        config.subscribe = SubscribeTimers {
+            keep_alive: Duration::from_secs(60),
+            checkpoint: Duration::from_millis(10),
+        };
+    }));
+    let (done, done_rx) = watch::channel(0);
+    let writer = {
+        let setup = setup.clone();
+        tokio::spawn(async move {
+            let (mut head, mut wanted) = (0, Vec::new());
+            for round in 0..40_u64 {
+                let n = round % 2 + 1;
+                setup
+                    .append(&format!("w-{}", round % 3), "Wanted", n as usize)
+                    .await;
+                wanted.extend(head + 1..=head + n);
+                setup.append("other", "Other", 5).await;
+                head += n + 5;
+                // Now and then a pause longer than the checkpoint interval after passed-over
+                // events: the stream sends a checkpoint past the last wanted event.
+                let pause = if round % 4 == 3 { 30 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            setup.append("w-0", "Wanted", 1).await;
+            head += 1;
+            wanted.push(head);
+            done.send_replace(head);
+            wanted
+        })
+    };
+    let seen = read_across_cuts(&setup, "/v1/subscribe?event_type=Wanted", done_rx, &[2, 5, 3, 9]).await;
+    let wanted = writer.await.unwrap();
+    assert_eq!(seen.positions, wanted, "every wanted position exactly once");
+    assert!(
+        seen.resumed_from_checkpoint >= 2,
+        "resumed from a checkpoint id only {} times",
+        seen.resumed_from_checkpoint
+    );
+    assert!(seen.cuts_while_writing >= 5, "{seen:?}");
 }
