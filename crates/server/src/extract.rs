@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use factstore_core::json::JSON_DEPTH_MAX;
+use factstore_core::json::PARSER_DEPTH_MAX;
 
 /// A JSON body deserialised with serde_json; every failure is a JSON `ApiError`.
 ///
@@ -91,11 +91,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .and_then(|value| deserializer.end().map(|()| value))
         .map_err(|e| {
             use serde_json::error::Category;
-            // serde_json stops at the same depth as the core's check of event_data and metadata
-            // (which it keeps as raw text and does not limit); both answer alike.
+            // serde_json's own limit, outside event_data and metadata (raw text, which the
+            // core limits lower).
             if e.to_string().starts_with("recursion limit exceeded") {
                 return ApiError::invalid(format!(
-                    "the request body nests arrays and objects more than {JSON_DEPTH_MAX} levels deep"
+                    "the request body nests arrays and objects more than {PARSER_DEPTH_MAX} levels deep"
                 ));
             }
             match e.classify() {

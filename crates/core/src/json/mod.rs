@@ -24,11 +24,18 @@ pub fn any_byte_at_most(bytes: &[u8], limit: u8) -> bool {
         .any(|chunk| chunk.iter().fold(false, |found, &b| found | (b <= limit)))
 }
 
-/// The deepest nesting of arrays and objects `event_data` and `metadata` may have: serde_json's
-/// own recursion limit. They are kept as raw text, which serde_json does not limit, so without
-/// this check the store would accept events that projections, upcasters and most clients could
-/// never parse again.
-pub const JSON_DEPTH_MAX: usize = 128;
+/// serde_json's recursion limit: the deepest nesting of arrays and objects one document may have
+/// for serde_json, which parses requests here and answers in the Rust client (and the common
+/// limit of JSON parsers elsewhere).
+pub const PARSER_DEPTH_MAX: usize = 128;
+
+/// The deepest nesting of arrays and objects a stored payload (`event_data`, `metadata`, a
+/// snapshot's state) may have. They are kept as raw text, which serde_json does not limit, and
+/// answers embed them deeper still (`event_data` of a page of events sits 3 levels down; a
+/// projection's state puts it under its own path): at [`PARSER_DEPTH_MAX`] a stored event
+/// would make every page holding it unreadable to a serde_json client. Half the parser's limit
+/// leaves the answers room.
+pub const JSON_DEPTH_MAX: usize = 64;
 
 /// Whether arrays and objects in `bytes` (JSON text) nest deeper than `max`.
 pub fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
@@ -179,12 +186,20 @@ mod tests {
     fn stored_objects_name_the_field_and_are_compacted() {
         let raw = |text: &str| RawValue::from_string(text.to_owned()).expect("JSON");
         let ok = stored_object("state", raw(r#"{ "a" : [1, 2] }"#));
+        // 64 levels, the object included, are kept; a page of events that holds them nests
+        // 67, within every serde_json reader's 128.
+        let deepest = format!(r#"{{"a":{}{}}}"#, "[".repeat(63), "]".repeat(63));
+        assert_eq!(stored_object("state", raw(&deepest)).ok(), Some(deepest));
         assert_eq!(ok.ok().as_deref(), Some(r#"{"a":[1,2]}"#));
         for (text, says) in [
             (r#"{"s": "\ud800"}"#, "hex escape at line 1 column 14"),
             (r#"{"n": 1e400}"#, "out of range"),
             (r#"{"a": 1, "a": 1}"#, "appears twice"),
             ("[1]", "must be a JSON object"),
+            (
+                &format!(r#"{{"a": {}{}}}"#, "[".repeat(64), "]".repeat(64)),
+                "more than 64 levels",
+            ),
         ] {
             match stored_object("events[3].event_data", raw(text)) {
                 Err(StoreError::InvalidRequest(message)) => {
