@@ -28,13 +28,13 @@ use decoders::{check_event, check_frame, frame_is_valid};
 use factstore_core::{Event, EventFields, Snapshot, Timestamp};
 use factstore_engine::archive::manifest::{ArchivedSegment, check_sequence};
 use factstore_engine::journal::Journal;
+use factstore_engine::log::format::{FrameHeader, encode_record, split_records};
 use factstore_engine::snapshots::{Snapshots, decode_record};
 use factstore_testkit::faultfs::FaultFs;
+use proptest::prelude::*;
 use state_files::{
     JOURNAL_MAGIC, check_archive_manifest, check_archive_record, check_journal, check_snapshot_log,
 };
-use factstore_engine::log::format::{FrameHeader, encode_record, split_records};
-use proptest::prelude::*;
 use uuid::Uuid;
 
 /// Cases per decoder property: cheap, so many.
@@ -318,16 +318,24 @@ fn damage_at() -> impl Strategy<Value = (usize, u8)> {
 }
 
 fn snapshot() -> impl Strategy<Value = Snapshot> {
-    (any::<u64>(), 1u32..=i32::MAX as u32, any::<i64>(), text(20), text(20), json_object()).prop_map(
-        |(version, snapshot_version, created, aggregate_id, snapshot_type, state)| Snapshot {
-            aggregate_id,
-            version,
-            snapshot_type,
-            snapshot_version,
-            state,
-            created_at: Timestamp::from_micros(created),
-        },
+    (
+        any::<u64>(),
+        1u32..=i32::MAX as u32,
+        any::<i64>(),
+        text(20),
+        text(20),
+        json_object(),
     )
+        .prop_map(
+            |(version, snapshot_version, created, aggregate_id, snapshot_type, state)| Snapshot {
+                aggregate_id,
+                version,
+                snapshot_type,
+                snapshot_version,
+                state,
+                created_at: Timestamp::from_micros(created),
+            },
+        )
 }
 
 fn snapshot_log(snapshots: &[Snapshot]) -> Vec<u8> {
@@ -343,19 +351,26 @@ fn snapshot_log(snapshots: &[Snapshot]) -> Vec<u8> {
 }
 
 fn archived_segment() -> impl Strategy<Value = ArchivedSegment> {
-    (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u64; 3]>(), any::<i64>()).prop_map(
-        |(segment_no, first_position, last_position, [len, compressed_len, checksum], at)| {
-            ArchivedSegment {
-                segment_no,
-                first_position,
-                last_position,
-                len,
-                compressed_len,
-                checksum,
-                last_recorded_at: at,
-            }
-        },
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<[u64; 3]>(),
+        any::<i64>(),
     )
+        .prop_map(
+            |(segment_no, first_position, last_position, [len, compressed_len, checksum], at)| {
+                ArchivedSegment {
+                    segment_no,
+                    first_position,
+                    last_position,
+                    len,
+                    compressed_len,
+                    checksum,
+                    last_recorded_at: at,
+                }
+            },
+        )
 }
 
 /// The records that `frame_ends` (ends of frames, as `journal_file` returns) keep when the

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use factstore_core::{
-    AggregateQuery, Commit, Direction, EventFilter, EventQuery, ExpectedVersion, NewEvent,
-    Snapshot, Timestamp,
+    AggregateQuery, Commit, Direction, EventFilter, EventQuery, ExpectedVersion, NewEvent, Snapshot,
+    Timestamp,
 };
 use factstore_engine::archive::manifest::{ArchivedSegment, check_sequence};
 use factstore_engine::index::manifest::{Manifest, ManifestRun};
@@ -387,12 +387,18 @@ fn commit_after_and_reopen(dir: &Path, engine: Engine, ev: &[Ev; 3], segment: &[
     )
     .prepare(engine.limits())
     .expect("valid");
-    let outcome = engine.commit_blocking(prepared).expect("commit after the fixture");
+    let outcome = engine
+        .commit_blocking(prepared)
+        .expect("commit after the fixture");
     assert_eq!(outcome.position, 4);
     engine.close();
     drop(engine);
     let on_disk = std::fs::read(dir.join("log/0000000001.seg")).expect("read segment");
-    assert_eq!(&on_disk[..segment.len()], segment, "the fixture's bytes are untouched");
+    assert_eq!(
+        &on_disk[..segment.len()],
+        segment,
+        "the fixture's bytes are untouched"
+    );
     let engine = Engine::open(dir, EngineOptions::default()).expect("reopen");
     let all = engine.read_events(&EventQuery::all(0, 100)).expect("scan");
     assert_eq!(all.events.len(), 4);
@@ -492,7 +498,11 @@ fn index_entries(ev: &[Ev; 3], locs: &[u64; 3]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// The bloom key of an index key: without its 8-byte suffix, whole for event ids.
 fn bloom_key(key: &[u8]) -> &[u8] {
-    if key[0] == b'E' { key } else { &key[..key.len() - 8] }
+    if key[0] == b'E' {
+        key
+    } else {
+        &key[..key.len() - 8]
+    }
 }
 
 /// "Bloom filter": k probes of xxh3-128 with fastrange into 64·w bits.
@@ -533,7 +543,11 @@ fn run_bytes(entries: &[(Vec<u8>, Vec<u8>)], extra: &[u8]) -> Vec<u8> {
         let mut block = Vec::new();
         let mut previous: &[u8] = &[];
         for (key, value) in block_entries {
-            let shared = previous.iter().zip(key.iter()).take_while(|(a, b)| a == b).count();
+            let shared = previous
+                .iter()
+                .zip(key.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
             u16le(&mut block, shared as u16);
             u32le(&mut block, (key.len() - shared) as u32);
             u32le(&mut block, value.len() as u32);
@@ -640,7 +654,9 @@ fn a_hand_written_index_run_and_manifest_serve_reads() {
     read_back_everything(&engine, &ev);
     commit_after_and_reopen(dir.path(), engine, &ev, &segment);
     assert_eq!(
-        std::fs::read(dir.path().join("index/000000000005.run")).ok().as_deref(),
+        std::fs::read(dir.path().join("index/000000000005.run"))
+            .ok()
+            .as_deref(),
         Some(run.as_slice()),
         "runs are immutable"
     );
@@ -688,10 +704,7 @@ fn a_hand_written_projection_journal_opens_with_its_records() {
     bytes.extend_from_slice(&journal_frame(&[batch, b""]));
     write(&path, &bytes);
     let want = vec![definition.to_vec(), live.to_vec(), batch.to_vec(), Vec::new()];
-    assert_eq!(
-        decode_all(&bytes, *b"FSPROJ01", &path).expect("decode"),
-        want
-    );
+    assert_eq!(decode_all(&bytes, *b"FSPROJ01", &path).expect("decode"), want);
     let (journal, records) =
         Journal::open(Arc::new(StdFileSystem), &path, *b"FSPROJ01").expect("open the fixture");
     assert_eq!(records, want);
@@ -715,8 +728,7 @@ fn a_hand_written_group_journal_opens_with_its_records() {
     bytes.extend_from_slice(&journal_frame(&[b"\x01image"]));
     bytes.extend_from_slice(&journal_frame(&[&ack]));
     write(&path, &bytes);
-    let (_, records) =
-        Journal::open(Arc::new(StdFileSystem), &path, *b"FSSUBGRP").expect("open the fixture");
+    let (_, records) = Journal::open(Arc::new(StdFileSystem), &path, *b"FSSUBGRP").expect("open the fixture");
     assert_eq!(records, vec![b"\x01image".to_vec(), ack.to_vec()]);
 }
 
@@ -745,8 +757,7 @@ fn a_hand_written_archive_manifest_decodes_exactly() {
     bytes.extend_from_slice(&journal_frame(&[&first]));
     bytes.extend_from_slice(&journal_frame(&[&second]));
     write(&path, &bytes);
-    let (_, records) =
-        Journal::open(Arc::new(StdFileSystem), &path, *b"FSARCHV1").expect("open the fixture");
+    let (_, records) = Journal::open(Arc::new(StdFileSystem), &path, *b"FSARCHV1").expect("open the fixture");
     let decoded: Vec<ArchivedSegment> = records
         .iter()
         .map(|r| ArchivedSegment::decode(r).expect("decode"))
@@ -780,7 +791,14 @@ fn a_hand_written_archive_manifest_decodes_exactly() {
 // ---------------------------------------------------------------------------------------------
 // Snapshot log ("Snapshot log")
 
-fn snapshot_record(version: u64, snapshot_version: u32, created_at: i64, id: &str, kind: &str, state: &str) -> Vec<u8> {
+fn snapshot_record(
+    version: u64,
+    snapshot_version: u32,
+    created_at: i64,
+    id: &str,
+    kind: &str,
+    state: &str,
+) -> Vec<u8> {
     let mut body = Vec::new();
     u64le(&mut body, version);
     u32le(&mut body, snapshot_version);
@@ -808,8 +826,22 @@ fn a_hand_written_snapshot_log_opens_with_its_snapshots() {
     u32le(&mut bytes, 1);
     let sum = crc(&bytes);
     u32le(&mut bytes, sum);
-    bytes.extend_from_slice(&snapshot_record(2, 1, T0, "account:1", "Balance", r#"{"total":5}"#));
-    bytes.extend_from_slice(&snapshot_record(4, 3, T0 + 7, "account:1", "Balance", r#"{"total":9}"#));
+    bytes.extend_from_slice(&snapshot_record(
+        2,
+        1,
+        T0,
+        "account:1",
+        "Balance",
+        r#"{"total":5}"#,
+    ));
+    bytes.extend_from_slice(&snapshot_record(
+        4,
+        3,
+        T0 + 7,
+        "account:1",
+        "Balance",
+        r#"{"total":9}"#,
+    ));
     bytes.extend_from_slice(&snapshot_record(1, 1, -5, "compte:é", "Solde", "{}"));
     write(&folder.join("snapshots.log"), &bytes);
     let snapshots = Snapshots::open(&StdFileSystem, &folder).expect("open the fixture");

@@ -135,7 +135,10 @@ fn aggregate_ids(data: &[u8]) -> Vec<String> {
     let mut ids = Vec::new();
     for at in find_all(data, &magic) {
         let rest = &data[at..];
-        let Some(len) = rest.get(4..8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else {
+        let Some(len) = rest
+            .get(4..8)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
             continue;
         };
         let end = snapshots::RECORD_HEADER_LEN.saturating_add(len as usize);
