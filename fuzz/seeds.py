@@ -99,6 +99,8 @@ def main():
     write("snapshot_log", "log", snap_head + snapshot(3, b"account-1", b"Balance", b'{"total":5}')
           + snapshot(4, b"account-1", b"Balance", b"{}"))
     write("archive_manifest", "record", archived(1, 1, 100))
+    # The record that made check_sequence overflow (see README.md, "Found so far").
+    write("archive_manifest", "last-position-max", archived(1, 1, 2**64 - 1))
     write("archive_manifest", "manifest", journal(b"FSARCHV1", [[archived(1, 1, 100)],
                                                                 [archived(2, 101, 150)]]))
 
