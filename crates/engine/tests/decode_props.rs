@@ -451,8 +451,42 @@ proptest! {
         } else {
             bytes[at] ^= mask;
         }
+        let exact = garbage.is_empty();
         bytes.extend_from_slice(&garbage);
-        check_snapshot_log(&bytes);
+        let held = check_snapshot_log(&bytes);
+        if exact {
+            // Where each record ends: the header, then the records back to back.
+            let mut ends = Vec::new();
+            let mut end = factstore_engine::snapshots::LOG_HEADER_LEN as usize;
+            for snapshot in &snapshots {
+                end += factstore_engine::snapshots::encode_record(snapshot).len();
+                ends.push(end);
+            }
+            let header = factstore_engine::snapshots::LOG_HEADER_LEN as usize;
+            let last_start = ends.len().checked_sub(2).map_or(header, |i| ends[i]);
+            // A cut keeps the whole records before it, and so does a flip in the last record
+            // (a torn tail); a flip anywhere else is refused, but for a file that is no more
+            // than a damaged header (a creation that did not finish: written afresh).
+            let kept = if mask == 0 || (at < header && bytes.len() <= header) {
+                Some(at)
+            } else if at >= last_start {
+                Some(last_start)
+            } else {
+                None
+            };
+            let want = kept.map(|len| {
+                let mut pairs: Vec<(String, u64)> = snapshots
+                    .iter()
+                    .zip(&ends)
+                    .filter(|(_, end)| **end <= len)
+                    .map(|(s, _)| (s.aggregate_id.clone(), s.version))
+                    .collect();
+                pairs.sort();
+                pairs.dedup();
+                pairs
+            });
+            prop_assert_eq!(held, want);
+        }
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub fn check_journal(data: &[u8], magic: [u8; 8]) -> Option<Vec<Vec<u8>>> {
 }
 
 /// `data` as one snapshot record, then as a snapshot log: see the module documentation.
-pub fn check_snapshot_log(data: &[u8]) {
+/// Returns the (aggregate, version) pairs the opened log holds, sorted, when it opens.
+pub fn check_snapshot_log(data: &[u8]) -> Option<Vec<(String, u64)>> {
     if let Ok(snapshot) = snapshots::decode_record(data) {
         assert_eq!(
             snapshots::encode_record(&snapshot),
@@ -97,13 +98,15 @@ pub fn check_snapshot_log(data: &[u8]) {
         Ok(opened) => opened,
         Err(error) => {
             assert_names(&error, &path);
-            return;
+            return None;
         }
     };
     // Every listed snapshot reads back, checked again from its record.
     let ids = aggregate_ids(data);
+    let mut held = Vec::new();
     for id in &ids {
         for info in opened.list(id) {
+            held.push((id.clone(), info.version));
             let got = opened
                 .latest(id, Some(info.version))
                 .expect("a listed snapshot reads")
@@ -127,6 +130,8 @@ pub fn check_snapshot_log(data: &[u8]) {
         Some(new),
         "a reopen lost the put"
     );
+    held.sort();
+    Some(held)
 }
 
 /// The aggregate ids of the records that decode anywhere in `data` (to ask the map for them).
