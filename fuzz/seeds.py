@@ -40,6 +40,29 @@ def frame(first_position, events) -> bytes:
     return head + struct.pack("<I", crc32c(head + body)) + b"\0\0\0\0" + body
 
 
+def journal(magic, appends) -> bytes:
+    """A journal file: header, then one frame ("JREC", length, CRC32C of the length and the
+    body) per append, each record a length and its bytes."""
+    head = magic + struct.pack("<I", 1)
+    out = head + struct.pack("<I", crc32c(head))
+    for records in appends:
+        body = b"".join(struct.pack("<I", len(r)) + r for r in records)
+        length = struct.pack("<I", len(body))
+        out += b"JREC" + length + struct.pack("<I", crc32c(length + body)) + body
+    return out
+
+
+def snapshot(version, aggregate_id, snapshot_type, state) -> bytes:
+    body = struct.pack("<QIqHBBI", version, 1, 1_700_000_000_000_000, len(aggregate_id),
+                       len(snapshot_type), 0, len(state)) + aggregate_id + snapshot_type + state
+    return b"SNAP" + struct.pack("<II", len(body), crc32c(body)) + body
+
+
+def archived(segment_no, first, last) -> bytes:
+    return bytes([1, 0, 0, 0]) + struct.pack("<IQQQQQq", segment_no, first, last, 4096, 900,
+                                             0x1234, 1_700_000_000_000_000)
+
+
 def write(target, name, data):
     folder = os.path.join(HERE, "corpus", target)
     os.makedirs(folder, exist_ok=True)
@@ -68,6 +91,18 @@ def main():
             write("recovery", f"k{kind}-cut-{file}", bytes([kind, 1, file]) + struct.pack("<I", 100 + 300 * file))
             write("recovery", f"k{kind}-append-{file}", bytes([kind, 2, file, 5]) + b"\xfa\x00\x01\x02\x03")
     write("recovery", "none", b"\x00")
+    write("journal_decode", "empty", journal(b"FSPROJ01", []))
+    write("journal_decode", "frames", journal(b"FSPROJ01", [[b'{"type":"live"}', b""], [b"x" * 20]]))
+    snap_head = b"FSSNAPLG" + struct.pack("<I", 1)
+    snap_head += struct.pack("<I", crc32c(snap_head))
+    write("snapshot_log", "record", snapshot(3, b"account-1", b"Balance", b'{"total":5}'))
+    write("snapshot_log", "log", snap_head + snapshot(3, b"account-1", b"Balance", b'{"total":5}')
+          + snapshot(4, b"account-1", b"Balance", b"{}"))
+    write("archive_manifest", "record", archived(1, 1, 100))
+    # The record that made check_sequence overflow (see README.md, "Found so far").
+    write("archive_manifest", "last-position-max", archived(1, 1, 2**64 - 1))
+    write("archive_manifest", "manifest", journal(b"FSARCHV1", [[archived(1, 1, 100)],
+                                                                [archived(2, 101, 150)]]))
 
 
 if __name__ == "__main__":

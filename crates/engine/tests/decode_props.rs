@@ -4,6 +4,10 @@
 //! - Events: any bytes, valid events, valid events with a flipped byte or cut short
 //!   (`decode_props/decoders.rs`, shared with the `event_decode` fuzz target).
 //! - Frames: the same for frames of records (shared with `frame_decode`).
+//! - Journals, the snapshot log and the archive manifest: any bytes, files written by the
+//!   engine with a flipped byte, cut short or followed by garbage
+//!   (`decode_props/state_files.rs`, shared with `journal_decode`, `snapshot_log` and
+//!   `archive_manifest`).
 //! - Recovery: a data folder written by the engine, damaged, then opened
 //!   (`decode_props/damage.rs`, shared with `recovery`): the store opens with a prefix of what
 //!   was committed, byte for byte, or refuses with a `Corruption` error naming the file; a
@@ -13,15 +17,24 @@
 mod damage;
 #[path = "decode_props/decoders.rs"]
 mod decoders;
+#[path = "decode_props/state_files.rs"]
+mod state_files;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use damage::{Damage, Expect, Fixture, Kind};
 use decoders::{check_event, check_frame, frame_is_valid};
-use factstore_core::{Event, EventFields, Timestamp};
+use factstore_core::{Event, EventFields, Snapshot, Timestamp};
+use factstore_engine::archive::manifest::{ArchivedSegment, check_sequence};
+use factstore_engine::journal::Journal;
 use factstore_engine::log::format::{FrameHeader, encode_record, split_records};
+use factstore_engine::snapshots::{Snapshots, decode_record};
+use factstore_testkit::faultfs::FaultFs;
 use proptest::prelude::*;
+use state_files::{
+    JOURNAL_MAGIC, check_archive_manifest, check_archive_record, check_journal, check_snapshot_log,
+};
 use uuid::Uuid;
 
 /// Cases per decoder property: cheap, so many.
@@ -269,6 +282,258 @@ fn split_records_does_not_allocate_what_the_event_count_claims() {
     encode_record(&mut body, &[0u8; 100]);
     assert!(split_records(&body, u32::MAX).is_err());
     assert_eq!(split_records(&body, 1).map(|r| r.len()), Ok(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journals, snapshot log, archive manifest
+
+/// A journal file as the engine writes it: one append per element of `appends`. Returns the
+/// bytes and the end offset of each frame.
+fn journal_file(magic: [u8; 8], appends: &[Vec<Vec<u8>>]) -> (Vec<u8>, Vec<usize>) {
+    let fs = Arc::new(FaultFs::new());
+    let path = std::path::Path::new("/j/file.journal");
+    let (journal, _) = Journal::open(fs.clone(), path, magic).expect("open");
+    let mut ends = Vec::new();
+    for append in appends {
+        let records: Vec<&[u8]> = append.iter().map(Vec::as_slice).collect();
+        journal.append(&records).expect("append");
+        ends.push(usize::try_from(journal.len()).expect("small"));
+    }
+    drop(journal);
+    (fs.read_file(path).expect("the journal"), ends)
+}
+
+/// Up to four appends of one to three records of up to 40 bytes (empty ones included).
+fn appends() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
+    prop::collection::vec(
+        // At least one record: an append of none writes nothing, so has no frame.
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4),
+        1..5,
+    )
+}
+
+/// A flip or a cut: an index (modulo the length), and a mask (0 = cut there).
+fn damage_at() -> impl Strategy<Value = (usize, u8)> {
+    (any::<usize>(), any::<u8>())
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (
+        any::<u64>(),
+        1u32..=i32::MAX as u32,
+        any::<i64>(),
+        text(20),
+        text(20),
+        json_object(),
+    )
+        .prop_map(
+            |(version, snapshot_version, created, aggregate_id, snapshot_type, state)| Snapshot {
+                aggregate_id,
+                version,
+                snapshot_type,
+                snapshot_version,
+                state,
+                created_at: Timestamp::from_micros(created),
+            },
+        )
+}
+
+fn snapshot_log(snapshots: &[Snapshot]) -> Vec<u8> {
+    let fs = FaultFs::new();
+    let dir = std::path::Path::new("/s");
+    let log = Snapshots::open(&fs, dir).expect("open");
+    for snapshot in snapshots {
+        log.put(snapshot).expect("put");
+    }
+    drop(log);
+    fs.read_file(dir.join(factstore_engine::snapshots::SNAPSHOT_LOG))
+        .expect("the log")
+}
+
+fn archived_segment() -> impl Strategy<Value = ArchivedSegment> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<[u64; 3]>(),
+        any::<i64>(),
+    )
+        .prop_map(
+            |(segment_no, first_position, last_position, [len, compressed_len, checksum], at)| {
+                ArchivedSegment {
+                    segment_no,
+                    first_position,
+                    last_position,
+                    len,
+                    compressed_len,
+                    checksum,
+                    last_recorded_at: at,
+                }
+            },
+        )
+}
+
+/// The records that `frame_ends` (ends of frames, as `journal_file` returns) keep when the
+/// file is cut at `len`: the appends whose frames are whole.
+fn whole_appends(appends: &[Vec<Vec<u8>>], frame_ends: &[usize], len: usize) -> Vec<Vec<u8>> {
+    appends
+        .iter()
+        .zip(frame_ends)
+        .filter(|(_, end)| **end <= len)
+        .flat_map(|(append, _)| append.clone())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(DECODER_CASES))]
+
+    #[test]
+    fn journal_reader_survives_any_bytes(
+        header in any::<bool>(),
+        tail in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut bytes = if header { journal_file(JOURNAL_MAGIC, &[]).0 } else { Vec::new() };
+        bytes.extend_from_slice(&tail);
+        check_journal(&bytes, JOURNAL_MAGIC);
+    }
+
+    #[test]
+    fn valid_journals_read_back(appends in appends()) {
+        let (bytes, _) = journal_file(JOURNAL_MAGIC, &appends);
+        let want: Vec<Vec<u8>> = appends.concat();
+        prop_assert_eq!(check_journal(&bytes, JOURNAL_MAGIC), Some(want));
+    }
+
+    /// A cut keeps exactly the whole appends before it; a flip in the last append drops it (a
+    /// torn tail); a flip anywhere else is refused.
+    #[test]
+    fn a_damaged_journal_keeps_whole_appends_or_is_refused(appends in appends(), (at, mask) in damage_at()) {
+        let (mut bytes, ends) = journal_file(JOURNAL_MAGIC, &appends);
+        let header = factstore_engine::journal::HEADER_LEN as usize;
+        let at = at % bytes.len();
+        let last_start = ends.len().checked_sub(2).map_or(header, |i| ends[i]);
+        if mask == 0 {
+            bytes.truncate(at);
+            let kept = check_journal(&bytes, JOURNAL_MAGIC);
+            let want = if at < header { Vec::new() } else { whole_appends(&appends, &ends, at) };
+            prop_assert_eq!(kept, Some(want));
+        } else {
+            bytes[at] ^= mask;
+            let kept = check_journal(&bytes, JOURNAL_MAGIC);
+            if at >= last_start {
+                prop_assert_eq!(kept, Some(whole_appends(&appends, &ends, last_start)));
+            } else {
+                prop_assert_eq!(kept, None);
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_reader_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        check_snapshot_log(&bytes);
+    }
+
+    /// Valid records with a flipped byte or a cut, or garbage after them.
+    #[test]
+    fn a_damaged_snapshot_log_opens_or_is_refused(
+        snapshots in prop::collection::vec(snapshot(), 0..4),
+        (at, mask) in damage_at(),
+        garbage in prop::collection::vec(any::<u8>(), 0..30),
+    ) {
+        let mut bytes = snapshot_log(&snapshots);
+        for snapshot in &snapshots {
+            let record = factstore_engine::snapshots::encode_record(snapshot);
+            prop_assert_eq!(decode_record(&record), Ok(snapshot.clone()));
+        }
+        let at = at % bytes.len();
+        if mask == 0 {
+            bytes.truncate(at);
+        } else {
+            bytes[at] ^= mask;
+        }
+        let exact = garbage.is_empty();
+        bytes.extend_from_slice(&garbage);
+        let held = check_snapshot_log(&bytes);
+        if exact {
+            // Where each record ends: the header, then the records back to back.
+            let mut ends = Vec::new();
+            let mut end = factstore_engine::snapshots::LOG_HEADER_LEN as usize;
+            for snapshot in &snapshots {
+                end += factstore_engine::snapshots::encode_record(snapshot).len();
+                ends.push(end);
+            }
+            let header = factstore_engine::snapshots::LOG_HEADER_LEN as usize;
+            let last_start = ends.len().checked_sub(2).map_or(header, |i| ends[i]);
+            // A cut keeps the whole records before it, and so does a flip in the last record
+            // (a torn tail); a flip anywhere else is refused, but for a file that is no more
+            // than a damaged header (a creation that did not finish: written afresh).
+            let kept = if mask == 0 || (at < header && bytes.len() <= header) {
+                Some(at)
+            } else if at >= last_start {
+                Some(last_start)
+            } else {
+                None
+            };
+            let want = kept.map(|len| {
+                let mut pairs: Vec<(String, u64)> = snapshots
+                    .iter()
+                    .zip(&ends)
+                    .filter(|(_, end)| **end <= len)
+                    .map(|(s, _)| (s.aggregate_id.clone(), s.version))
+                    .collect();
+                pairs.sort();
+                pairs.dedup();
+                pairs
+            });
+            prop_assert_eq!(held, want);
+        }
+    }
+
+    #[test]
+    fn archive_records_round_trip_or_are_refused(
+        segment in archived_segment(),
+        (at, mask) in damage_at(),
+    ) {
+        let mut record = segment.encode();
+        if let Some(decoded) = check_archive_record(&record) {
+            prop_assert_eq!(decoded, segment);
+        }
+        record[at % record.len()] ^= mask;
+        check_archive_record(&record);
+    }
+
+    /// A manifest journal of records in sequence, some changed: never a panic.
+    #[test]
+    fn archive_manifest_reader_survives_any_records(
+        lens in prop::collection::vec(1u64..1000, 0..4),
+        changed in prop::option::of((archived_segment(), any::<usize>())),
+        tail in prop::collection::vec(any::<u8>(), 0..60),
+    ) {
+        let mut first = 1u64;
+        let mut records: Vec<ArchivedSegment> = lens.iter().zip(1u32..).map(|(&n, segment_no)| {
+            let record = ArchivedSegment {
+                segment_no,
+                first_position: first,
+                last_position: first + n - 1,
+                len: 4096,
+                compressed_len: 100,
+                checksum: n,
+                last_recorded_at: 0,
+            };
+            first += n;
+            record
+        }).collect();
+        prop_assert_eq!(check_sequence(&records), Ok(()));
+        if let Some((other, at)) = changed {
+            let at = at % (records.len() + 1);
+            records.insert(at, other);
+        }
+        let appends: Vec<Vec<Vec<u8>>> = records.iter().map(|r| vec![r.encode().to_vec()]).collect();
+        let (mut bytes, _) = journal_file(factstore_engine::archive::manifest::MAGIC, &appends);
+        check_archive_manifest(&bytes);
+        bytes.extend_from_slice(&tail);
+        check_archive_manifest(&bytes);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,4 +805,27 @@ fn a_scan_that_starts_in_a_missing_part_of_the_log_is_corruption_not_a_hole() {
         ),
         "{outcome:?}"
     );
+}
+
+/// `check_sequence` computed the next expected position as `last_position + 1`, and
+/// `ArchivedSegment::events` as `last_position + 1 - first_position`: a record whose last
+/// position is `u64::MAX` (checksum-valid bytes that no writer makes) overflowed, a panic in a
+/// debug build and a wrap to 0 in a release one. Such a record is refused when decoded.
+#[test]
+fn an_archive_record_ending_at_the_largest_position_is_refused_not_an_overflow() {
+    let record = ArchivedSegment {
+        segment_no: 1,
+        first_position: 1,
+        last_position: u64::MAX,
+        len: 4096,
+        compressed_len: 100,
+        checksum: 0,
+        last_recorded_at: 0,
+    };
+    assert!(check_archive_record(&record.encode()).is_none());
+    let (bytes, _) = journal_file(
+        factstore_engine::archive::manifest::MAGIC,
+        &[vec![record.encode().to_vec()]],
+    );
+    check_archive_manifest(&bytes);
 }

@@ -81,7 +81,12 @@ impl ArchivedSegment {
             checksum: le_u64(&bytes[40..48]),
             last_recorded_at: le_u64(&bytes[48..56]) as i64,
         };
-        if record.last_position < record.first_position || record.segment_no == 0 {
+        // A last position of u64::MAX leaves no next position (and no event count that
+        // fits): no writer makes one, and the arithmetic over records must not overflow.
+        if record.last_position < record.first_position
+            || record.last_position == u64::MAX
+            || record.segment_no == 0
+        {
             return Err(format!(
                 "archive record of segment {} holds positions {}..={}",
                 record.segment_no, record.first_position, record.last_position
