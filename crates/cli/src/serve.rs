@@ -50,6 +50,30 @@ pub struct ServeArgs {
     #[arg(long, env = "FACTSTORE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0,
           value_parser = parse_seconds)]
     pub shutdown_timeout: f64,
+    /// How long a client may take to send a request's body once its head arrived, in seconds;
+    /// a connection whose body is still incomplete then is closed without an answer.
+    #[arg(long, env = "FACTSTORE_BODY_READ_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    pub body_read_timeout: f64,
+    /// The most connections served at once. Beyond it a few more are accepted to answer
+    /// /health and 503 (Retry-After) for anything else. Lowered, with a warning, to what the
+    /// file descriptor limit allows (the soft limit is raised towards the hard one first).
+    #[arg(
+        long,
+        env = "FACTSTORE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// The most live subscriptions (GET /v1/subscribe) at once; more are answered 503
+    /// store_unavailable with Retry-After until one ends.
+    #[arg(
+        long,
+        env = "FACTSTORE_MAX_SUBSCRIBERS",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub max_subscribers: usize,
     /// Memory for the live feed: the newest events with their JSON rendered once, shared by
     /// every subscription and by reads of the tail. Older events are read from the store.
     #[arg(long, env = "FACTSTORE_LIVE_FEED_BYTES", value_name = "BYTES", default_value = "64MiB",
@@ -242,6 +266,17 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let limits = args.limits.limits()?;
+    if args.body_read_timeout <= 0.0 {
+        bail!("--body-read-timeout must be more than 0 seconds");
+    }
+    for (flag, value) in [
+        ("--max-connections", args.max_connections),
+        ("--max-subscribers", args.max_subscribers),
+    ] {
+        if value == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
     let auth = match &args.auth {
         Some(path) => {
             let auth = Auth::load(path)?;
@@ -312,6 +347,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let drain = runtime.block_on(async {
         let mut config = ServerConfig::default();
         config.feed_bytes_max = args.live_feed_bytes;
+        config.subscribers_max = args.max_subscribers;
         if let Some(auth) = auth {
             config = config.with_auth(auth);
         }
@@ -349,6 +385,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let serve_options = ServeOptions {
             tls,
             drain_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+            body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
+            max_connections: crate::fdlimit::connections_allowed(
+                args.max_connections,
+                factstore_server::serve::OVERFLOW_CONNECTIONS,
+            ),
             ..ServeOptions::default()
         };
         tracing::info!(

@@ -22,6 +22,7 @@
 //! | `factstore_fsync_duration_seconds` | histogram | | the engine's data sync of a commit group |
 //! | `factstore_subscribers` | gauge | | open live subscriptions |
 //! | `factstore_head_position` | gauge | | the last committed position, at scrape time |
+//! | `factstore_response_bytes_pending` | gauge | | response chunks rendered, not yet written to a socket |
 //!
 //! `route` is the route's pattern (`/v1/aggregates/{aggregate_id}/events`), never the raw path,
 //! so ids do not create series; requests no route matched count as `unmatched`.
@@ -52,6 +53,7 @@ const APPEND_EVENTS: &str = "factstore_append_events_total";
 const APPEND_BYTES: &str = "factstore_append_bytes_total";
 const APPEND_BATCH: &str = "factstore_append_batch_events";
 const HEAD: &str = "factstore_head_position";
+const BODY_BYTES: &str = "factstore_response_bytes_pending";
 
 /// From 100 µs (an fsync on a fast NVMe disk, a cached read) to 10 s (a stalled disk).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -136,6 +138,11 @@ fn describe() {
     );
     describe_gauge!(SUBSCRIBERS, "Open live subscriptions (GET /v1/subscribe)");
     describe_gauge!(HEAD, "The last committed position, at scrape time");
+    describe_gauge!(
+        BODY_BYTES,
+        Unit::Bytes,
+        "Response chunks rendered and not yet written to a socket (clients that do not read)"
+    );
 }
 
 /// `GET /metrics`
@@ -219,6 +226,16 @@ impl CommitSize {
             metrics::counter!(APPEND_REQUESTS, "result" => "replayed").increment(1);
         }
     }
+}
+
+/// Counts `bytes` of a response chunk rendered (see [`crate::budget`]).
+pub(crate) fn body_bytes_add(bytes: usize) {
+    metrics::gauge!(BODY_BYTES).increment(bytes as f64);
+}
+
+/// Counts `bytes` of a response chunk written or dropped.
+pub(crate) fn body_bytes_sub(bytes: usize) {
+    metrics::gauge!(BODY_BYTES).decrement(bytes as f64);
 }
 
 /// Counts one open live subscription in `factstore_subscribers` until dropped.

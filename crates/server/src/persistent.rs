@@ -272,7 +272,12 @@ pub async fn poll(
         result = subscriptions.poll(&group, &body.consumer, body.max, wait) => result?,
         () = state.shutdown.cancelled() => Vec::new(),
     };
-    Ok(render::json_bytes(StatusCode::OK, render_deliveries(&deliveries)))
+    // Rendered a chunk at a time: a client that does not read holds one chunk, not 10,000
+    // events of JSON.
+    Ok(crate::chunked::deliveries(
+        deliveries,
+        state.budget.bodies.clone(),
+    ))
 }
 
 /// `{"events": [<event> + "attempt": n, …]}`: each event's own JSON with the attempt added
@@ -296,7 +301,7 @@ pub fn render_deliveries(deliveries: &[Delivery]) -> Vec<u8> {
     out
 }
 
-fn write_with_attempt(
+pub(crate) fn write_with_attempt(
     out: &mut Vec<u8>,
     event: &factstore_core::Event,
     attempt: u32,
