@@ -27,7 +27,7 @@
 //! At most [`ServeOptions::max_connections`] connections are served at once. Beyond that, up to
 //! [`OVERFLOW_CONNECTIONS`] more are accepted into a narrow lane: `GET /health` is answered as
 //! usual (so a monitor still sees the server alive), anything else 503 `store_unavailable` with
-//! `Retry-After: 1`, one request per connection, each closed within [`OVERFLOW_LIFETIME`].
+//! `Retry-After: 5`, one request per connection, each closed within [`OVERFLOW_LIFETIME`].
 //! Connections beyond both are accepted and closed at once, so the listen queue keeps moving
 //! and the process keeps file descriptors in hand. An accept that fails for lack of file
 //! descriptors (EMFILE) is retried after a pause, never in a spin.
