@@ -56,7 +56,8 @@ fn write_optional_u64(out: &mut Vec<u8>, value: Option<u64>) {
     }
 }
 
-/// `{"events": [...], "next_after_position": p, "head_position": h}`
+/// `{"events": [...], "next_after_position": p, "head_position": h}` in one buffer: the form
+/// `chunked::EventPageBody` writes a chunk at a time (tests compare the two).
 pub fn event_page(page: &EventPage) -> Vec<u8> {
     let mut out = Vec::with_capacity(estimate(&page.events));
     out.push(b'{');

@@ -64,6 +64,8 @@ use crate::error::ApiError;
 pub const OVERFLOW_CONNECTIONS: usize = 64;
 /// The longest an overflow connection stays open.
 pub const OVERFLOW_LIFETIME: Duration = Duration::from_secs(5);
+/// How often reaching the connection bound is logged, at most.
+const BOUND_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// The default of [`ServeOptions::max_connections`].
 pub const MAX_CONNECTIONS_DEFAULT: usize = 4096;
 
@@ -130,9 +132,9 @@ pub async fn serve_with(
         options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
-    // Whether the last connection found the bound reached: logged when that changes, not for
-    // every connection.
-    let mut at_bound = false;
+    // When the bound was last reported: at most once in [`BOUND_REPORT_INTERVAL`], however
+    // many connections find it reached.
+    let mut reported: Option<tokio::time::Instant> = None;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -153,17 +155,13 @@ pub async fn serve_with(
                         Err(_) => overflow.clone().try_acquire_owned().ok().map(|p| (p, Lane::Overflow)),
                     };
                     let full = !matches!(lane, Some((_, Lane::Normal)));
-                    if full != at_bound {
-                        at_bound = full;
-                        if full {
-                            tracing::warn!(
-                                max_connections = options.max_connections,
-                                "the connection limit is reached: new connections get 503 (/health \
-                                 still answers) until some close"
-                            );
-                        } else {
-                            tracing::info!("below the connection limit again");
-                        }
+                    if full && reported.is_none_or(|at| at.elapsed() >= BOUND_REPORT_INTERVAL) {
+                        reported = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            max_connections = options.max_connections,
+                            "the connection limit is reached: new connections get 503 (/health \
+                             still answers) until some close"
+                        );
                     }
                     let Some((permit, lane)) = lane else {
                         // Beyond the overflow lane too: closed at once.
