@@ -8,11 +8,11 @@
 //! chunks of about [`CHUNK_BYTES`], rendered only when hyper asks for the next one, and hyper's
 //! own write buffer stops asking once [`WRITE_BUFFER_BYTES`] are waiting for the socket
 //! (`serve.rs` sets it). A client that never reads thus holds at most one chunk in the
-//! handler's hands plus one write buffer in hyper's, about 128 KiB, whatever it asked for; the
+//! handler's hands plus one write buffer in hyper's, about 80 KiB, whatever it asked for; the
 //! kernel's socket buffers come on top, outside the process's memory.
 //!
 //! Why 64 KiB: a catch-up then costs 16 writes per MiB, which is nothing next to rendering
-//! the events, while 1,000 clients that stop reading hold about 128 MiB. A single event larger
+//! the events, while 1,000 clients that stop reading hold about 80 MiB of chunks. A single event larger
 //! than a chunk is still sent whole, alone in its chunk: an event is never split.
 //!
 //! # Accounting
@@ -31,10 +31,15 @@ use crate::error::ApiError;
 /// The size at which a long body is cut into its next chunk.
 pub const CHUNK_BYTES: usize = 64 << 10;
 
+/// Room kept in a chunk for what follows its events (a page's closing bytes, a subscription's
+/// `caught_up`), so that its buffer never grows past [`CHUNK_BYTES`]: a `Vec` that overflows
+/// doubles, and the chunk keeps the whole allocation.
+const CHUNK_SLACK_BYTES: usize = 256;
+
 /// hyper's write buffer per connection: it polls a body for more only while less than this is
 /// waiting to be written. Also the largest request head it reads (hyper uses one bound for
-/// both), which is far above any head this API needs.
-pub const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// both): 16 KiB, twice the 8 KiB most servers accept for a request line and its headers.
+pub const WRITE_BUFFER_BYTES: usize = 16 << 10;
 
 /// The default of `--max-subscribers`.
 pub const SUBSCRIBERS_MAX_DEFAULT: usize = 1000;
@@ -142,6 +147,12 @@ impl Slots {
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()
     }
+}
+
+/// Whether `next` more bytes fit in a chunk that holds `len`: always the first thing, else as
+/// long as the chunk stays within [`CHUNK_BYTES`] less the room for its closing bytes.
+pub fn fits(len: usize, next: usize) -> bool {
+    len == 0 || len + next + CHUNK_SLACK_BYTES <= CHUNK_BYTES
 }
 
 /// How many events to read next so that their JSON fills about one chunk, from the bytes and

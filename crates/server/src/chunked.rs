@@ -27,7 +27,7 @@ use factstore_core::{EventQuery, EventStore, StoreError};
 use factstore_subscriptions::Delivery;
 
 use crate::auth::Scope;
-use crate::budget::{BodyBytes, CHUNK_BYTES, batch_for};
+use crate::budget::{BodyBytes, CHUNK_BYTES, batch_for, fits};
 use crate::error::ApiError;
 use crate::feed::{Feed, Slice};
 
@@ -149,13 +149,15 @@ impl EventPageBody {
         if self.closed {
             return Ok(None);
         }
-        let mut out = Vec::with_capacity(CHUNK_BYTES + 1024);
+        let mut out = Vec::with_capacity(CHUNK_BYTES);
         if !self.opened {
             self.opened = true;
             out.extend_from_slice(b"{\"events\":[");
         }
-        while self.finished.is_none() && out.len() < CHUNK_BYTES {
-            self.fill(&mut out).await?;
+        while self.finished.is_none() {
+            if self.fill(&mut out).await? {
+                break;
+            }
         }
         if let Some(next) = self.finished {
             let _ = write!(
@@ -178,17 +180,18 @@ impl EventPageBody {
         self.rendered_events = self.rendered_events.saturating_add(1);
     }
 
-    /// Moves the cursor over the next events, writing those of the page into `out` until it
-    /// holds a chunk; sets `finished` when the page is complete.
-    async fn fill(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    /// Moves the cursor over the next events, writing those of the page into `out`; sets
+    /// `finished` when the page is complete. True when the chunk is full (the next event does
+    /// not fit).
+    async fn fill(&mut self, out: &mut Vec<u8>) -> Result<bool, ApiError> {
         if self.remaining == 0 {
             self.finished = Some(self.cursor);
-            return Ok(());
+            return Ok(false);
         }
         if let (Some(feed), Some(end)) = (self.feed.clone(), self.end) {
             if self.cursor >= end {
                 self.finished = Some(end.max(self.query.after_position));
-                return Ok(());
+                return Ok(false);
             }
             if let Slice::Events(slice) = feed.after(self.cursor, FEED_SCAN.min(self.remaining))
                 && !slice.is_empty()
@@ -197,22 +200,22 @@ impl EventPageBody {
                     let position = event.event.position();
                     if position > end {
                         self.cursor = end;
-                        return Ok(());
+                        return Ok(false);
                     }
-                    if out.len() >= CHUNK_BYTES {
-                        return Ok(());
-                    }
-                    self.cursor = position;
                     if self.query.matches(&event.event) {
+                        if !fits(out.len(), event.json().len() + 1) {
+                            return Ok(true);
+                        }
                         self.write(out, event.json());
                         self.remaining -= 1;
-                        if self.remaining == 0 {
-                            self.finished = Some(position);
-                            return Ok(());
-                        }
+                    }
+                    self.cursor = position;
+                    if self.remaining == 0 {
+                        self.finished = Some(position);
+                        return Ok(false);
                     }
                 }
-                return Ok(());
+                return Ok(false);
             }
             // Evicted, or the feed has not reached the head yet: the store from here on.
             self.feed = None;
@@ -242,14 +245,14 @@ impl EventPageBody {
         let full = page.events.len() >= limit;
         let mut json = Vec::new();
         for event in &page.events {
-            if out.len() >= CHUNK_BYTES {
-                // The rest is read again for the next chunk: nothing beyond a chunk is held
-                // while the client does not read.
-                return Ok(());
-            }
             if self.scope.allows(event) {
                 json.clear();
                 event.write_json(&mut json);
+                if !fits(out.len(), json.len() + 1) {
+                    // The rest is read again for the next chunk: nothing beyond a chunk is
+                    // held while the client does not read.
+                    return Ok(true);
+                }
                 self.write(out, &json);
             }
             self.cursor = event.position();
@@ -261,7 +264,7 @@ impl EventPageBody {
         } else if self.remaining == 0 {
             self.finished = Some(self.cursor);
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -271,6 +274,8 @@ pub fn deliveries(deliveries: Vec<Delivery>, bodies: Arc<BodyBytes>) -> Response
     let mut rest = Deliveries {
         deliveries: deliveries.into_iter(),
         bodies,
+        next: None,
+        json: Vec::new(),
         numbers: itoa::Buffer::new(),
         any: false,
         closed: false,
@@ -288,6 +293,10 @@ pub fn deliveries(deliveries: Vec<Delivery>, bodies: Arc<BodyBytes>) -> Response
 struct Deliveries {
     deliveries: std::vec::IntoIter<Delivery>,
     bodies: Arc<BodyBytes>,
+    /// A delivery that did not fit in the previous chunk.
+    next: Option<Delivery>,
+    /// One delivery's JSON, before it is known to fit.
+    json: Vec<u8>,
     numbers: itoa::Buffer,
     any: bool,
     closed: bool,
@@ -295,24 +304,32 @@ struct Deliveries {
 
 impl Deliveries {
     fn next_chunk(&mut self, opening: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(CHUNK_BYTES + 1024);
+        let mut out = Vec::with_capacity(CHUNK_BYTES);
         out.extend_from_slice(opening);
-        while out.len() < CHUNK_BYTES {
-            let Some(delivery) = self.deliveries.next() else {
+        loop {
+            let Some(delivery) = self.next.take().or_else(|| self.deliveries.next()) else {
                 out.extend_from_slice(b"]}");
                 self.closed = true;
                 break;
             };
-            if self.any {
-                out.push(b',');
-            }
-            self.any = true;
+            self.json.clear();
             crate::persistent::write_with_attempt(
-                &mut out,
+                &mut self.json,
                 &delivery.event,
                 delivery.attempt,
                 &mut self.numbers,
             );
+            // The opening alone does not count: a chunk holds at least one delivery.
+            let used = if self.any { out.len() } else { 0 };
+            if !fits(used, self.json.len() + 1) {
+                self.next = Some(delivery);
+                break;
+            }
+            if self.any {
+                out.push(b',');
+            }
+            self.any = true;
+            out.extend_from_slice(&self.json);
         }
         self.bodies.chunk(out)
     }

@@ -250,13 +250,12 @@ async fn connection(
     watcher: Watcher,
     limits: Limits,
 ) {
-    let lane = limits.lane;
-    let served = if lane == Lane::Overflow {
-        tokio::time::timeout(OVERFLOW_LIFETIME, serve_tcp(tcp, acceptor, app, watcher, &limits)).await
-    } else {
-        Ok(serve_tcp(tcp, acceptor, app, watcher, &limits).await)
-    };
-    if served.is_err() {
+    if limits.lane == Lane::Normal {
+        serve_tcp(tcp, acceptor, app, watcher, &limits).await;
+    } else if tokio::time::timeout(OVERFLOW_LIFETIME, serve_tcp(tcp, acceptor, app, watcher, &limits))
+        .await
+        .is_err()
+    {
         tracing::debug!("closed an overflow connection at the end of its lifetime");
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! # Why memory stays bounded
 //! The body is a pull stream: hyper asks for the next chunk only while its write buffer has
-//! room (see [`crate::budget`]). A chunk is cut at [`CHUNK_BYTES`] (and at most
+//! room (see [`crate::budget`]). A chunk is cut at [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) (and at most
 //! [`CHUNK_EVENTS`] events), and reads from the store ask for about as many events as fill one
 //! chunk, so a subscriber holds at most one chunk and a cursor, however large the events; a
 //! slow reader simply is not polled, and when it comes back it reads from the live feed if the
@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::auth::{Principal, Role, Scope};
-use crate::budget::{BodyBytes, CHUNK_BYTES, Slot, batch_for};
+use crate::budget::{BodyBytes, Slot, batch_for, fits};
 use crate::error::ApiError;
 use crate::extract::Params;
 use crate::feed::{Feed, Slice};
@@ -51,8 +51,11 @@ use crate::metrics;
 use crate::read::{FILTER_PARAMS, concat_names, filter_from};
 
 /// Most events per chunk written to the socket (and per read from the store); chunks are cut
-/// at [`CHUNK_BYTES`] first when events are larger than about 64 bytes of JSON.
+/// at [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) first when events are larger than about 64 bytes of JSON.
 pub const CHUNK_EVENTS: usize = 1000;
+
+/// The bytes an event's message adds to its JSON (`event: event`, `id: <position>`, `data: `).
+const SSE_FRAMING_BYTES: usize = 48;
 
 /// Events of the first read from the store, before their size is known.
 const FIRST_READ_EVENTS: usize = 16;
@@ -266,13 +269,13 @@ impl Subscription {
     }
 
     /// Moves the cursor over the next events after it, writing those that match into `out`,
-    /// until `out` holds [`CHUNK_BYTES`] (always at least one event).
+    /// until `out` holds [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) (always at least one event).
     async fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         match self.feed.after(self.cursor, CHUNK_EVENTS) {
             Slice::Events(events) => {
                 let mut upcast_json = Vec::new();
                 for event in &events {
-                    if out.len() >= CHUNK_BYTES {
+                    if !fits(out.len(), event.json().len() + SSE_FRAMING_BYTES) {
                         // The rest waits for the next chunk: the cursor stays before it.
                         break;
                     }
@@ -308,13 +311,13 @@ impl Subscription {
                 let mut json = Vec::new();
                 let mut cut = false;
                 for event in &page.events {
-                    if out.len() >= CHUNK_BYTES {
-                        cut = true;
-                        break;
-                    }
                     if self.scope.allows(event) {
                         json.clear();
                         event.write_json(&mut json);
+                        if !fits(out.len(), json.len() + SSE_FRAMING_BYTES) {
+                            cut = true;
+                            break;
+                        }
                         write_event(out, event.position(), &json);
                         self.rendered_bytes = self.rendered_bytes.saturating_add(json.len());
                         self.rendered_events = self.rendered_events.saturating_add(1);
