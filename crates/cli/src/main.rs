@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod client_cmds;
+mod fdlimit;
 mod postgres;
 mod serve;
 mod verify;

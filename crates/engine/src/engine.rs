@@ -347,7 +347,7 @@ impl Shared {
                 ))
                 .into());
             };
-            self.log.scan(start, from, to, |event| {
+            self.log.scan(start, from, to, limit - out.len(), |event| {
                 if query.matches(&event) {
                     out.push(event);
                     if out.len() >= limit {
@@ -374,14 +374,15 @@ impl Shared {
         }
         let mut best = known;
         if let Some((_, start)) = self.index.scan_start(known.max(1)) {
-            self.log.scan(start, known.max(1), unsure_end - 1, |event| {
-                if event.recorded_at().as_micros() <= micros {
-                    best = event.position();
-                    Ok(ControlFlow::Continue(()))
-                } else {
-                    Ok(ControlFlow::Break(()))
-                }
-            })?;
+            self.log
+                .scan(start, known.max(1), unsure_end - 1, usize::MAX, |event| {
+                    if event.recorded_at().as_micros() <= micros {
+                        best = event.position();
+                        Ok(ControlFlow::Continue(()))
+                    } else {
+                        Ok(ControlFlow::Break(()))
+                    }
+                })?;
         }
         Ok(best)
     }

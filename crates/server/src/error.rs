@@ -50,6 +50,9 @@ pub enum ApiError {
     /// A request for the leader (projections, persistent subscriptions) while no server leads
     /// or the leader cannot be reached: the message says which. Retried after a second.
     NoLeader(String),
+    /// The server is at one of its bounds on concurrent clients (`--max-subscribers`): the
+    /// message says which. Answered with `Retry-After`.
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -83,7 +86,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::NoLeader(_) | ApiError::Overloaded(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             ApiError::Store(StoreError::WrongExpectedVersion {
                 aggregate_id,
                 expected_version,
@@ -258,7 +263,8 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(message)
             | ApiError::Unauthorized(message)
             | ApiError::Forbidden(message)
-            | ApiError::NoLeader(message) => message.clone(),
+            | ApiError::NoLeader(message)
+            | ApiError::Overloaded(message) => message.clone(),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
@@ -332,6 +338,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(1));
+        }
+        if matches!(self, ApiError::Overloaded(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(crate::budget::RETRY_AFTER_SECONDS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.

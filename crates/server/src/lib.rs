@@ -14,6 +14,9 @@
 //! - [`admin`]: archiving to cold storage and the storage numbers.
 //! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`projections`], [`schemas`] and
 //!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
+//! - [`budget`]: long bodies in bounded chunks, and the bound on live subscriptions: what a
+//!   client that never reads can make the server hold. [`chunked`]: pages of events and poll
+//!   answers rendered a chunk at a time.
 //! - [`feed`]: the newest events with their JSON rendered once, shared by subscribers and
 //!   tail reads.
 //! - [`cluster`]: several servers on one database; the routes only the leader serves are
@@ -49,6 +52,8 @@ use tower_http::trace::TraceLayer;
 pub mod admin;
 pub mod append;
 pub mod auth;
+pub mod budget;
+pub mod chunked;
 pub mod cluster;
 pub mod error;
 pub mod extract;
@@ -85,6 +90,9 @@ pub struct ServerConfig {
     /// The live feed's budget: the newest events with their JSON, shared by subscribers and
     /// tail reads (see [`feed`]). Older events are read from the store.
     pub feed_bytes_max: usize,
+    /// The most live subscriptions at once (`--max-subscribers`); more are answered 503 with
+    /// `Retry-After` until one ends.
+    pub subscribers_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +101,7 @@ impl Default for ServerConfig {
             auth: None,
             subscribe: SubscribeTimers::default(),
             feed_bytes_max: 64 << 20,
+            subscribers_max: budget::SUBSCRIBERS_MAX_DEFAULT,
         }
     }
 }
@@ -121,6 +130,9 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down. Long-lived responses (subscriptions)
     /// watch it to tell their clients and end, so that the graceful drain can finish.
     pub shutdown: CancellationToken,
+    /// The bounds on what clients hold: places for live subscriptions, and the response
+    /// chunks not yet written.
+    pub budget: Arc<budget::Budget>,
     /// The live feed, started on first use (it needs the async runtime).
     feed: Arc<OnceLock<Arc<Feed>>>,
     /// The projections and persistent-subscription groups this server runs. Swapped whole
@@ -177,6 +189,7 @@ impl AppState {
                 subscriptions: Subscriptions::in_memory(upcast.clone()),
             })),
             store: upcast,
+            budget: Arc::new(budget::Budget::new(config.subscribers_max)),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),

@@ -24,6 +24,7 @@
 //! | `factstore_head_position` | gauge | | the last committed position, at scrape time |
 //! | `factstore_upcast_failures_total` | counter | | events read as stored because an upcaster failed on them (recorded by `factstore-schemas`) |
 //! | `factstore_store_writable` | gauge | | 1, or 0 while the store refuses writes until a restart (`/health` says why) |
+//! | `factstore_response_bytes_pending` | gauge | | response chunks rendered, not yet written to a socket |
 //!
 //! `route` is the route's pattern (`/v1/aggregates/{aggregate_id}/events`), never the raw path,
 //! so ids do not create series; requests no route matched count as `unmatched`.
@@ -55,6 +56,7 @@ const APPEND_BYTES: &str = "factstore_append_bytes_total";
 const APPEND_BATCH: &str = "factstore_append_batch_events";
 const HEAD: &str = "factstore_head_position";
 const WRITABLE: &str = "factstore_store_writable";
+const BODY_BYTES: &str = "factstore_response_bytes_pending";
 
 /// From 100 µs (an fsync on a fast NVMe disk, a cached read) to 10 s (a stalled disk).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -143,6 +145,11 @@ fn describe() {
         WRITABLE,
         "1 while the store accepts writes; 0 once it refuses them until a restart (see /health)"
     );
+    describe_gauge!(
+        BODY_BYTES,
+        Unit::Bytes,
+        "Response chunks rendered and not yet written to a socket (clients that do not read)"
+    );
 }
 
 /// `GET /metrics`
@@ -228,6 +235,16 @@ impl CommitSize {
             metrics::counter!(APPEND_REQUESTS, "result" => "replayed").increment(1);
         }
     }
+}
+
+/// Counts `bytes` of a response chunk rendered (see [`crate::budget`]).
+pub(crate) fn body_bytes_add(bytes: usize) {
+    metrics::gauge!(BODY_BYTES).increment(bytes as f64);
+}
+
+/// Counts `bytes` of a response chunk written or dropped.
+pub(crate) fn body_bytes_sub(bytes: usize) {
+    metrics::gauge!(BODY_BYTES).decrement(bytes as f64);
 }
 
 /// Counts one open live subscription in `factstore_subscribers` until dropped.

@@ -1598,8 +1598,7 @@ mod schemas {
         metadata: Option<Value>,
     }
 
-    // Written by `render::event_page` (from the store) and `render::feed_page` (from the live
-    // feed).
+    // Written by `chunked::EventPageBody` (from the store or the live feed), a chunk at a time.
     /// A page of `GET /v1/events`.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]
@@ -1890,7 +1889,7 @@ mod schemas {
         min_position: Option<u64>,
     }
 
-    // Written by `persistent::render_deliveries` (persistent.rs): `Event::write_json` with
+    // Written by `chunked::deliveries` and `persistent::list_parked`: `Event::write_json` with
     // `attempt` added.
     /// An event leased to a consumer, or a parked event.
     #[derive(ToSchema)]
@@ -1919,7 +1918,7 @@ mod schemas {
         attempt: u32,
     }
 
-    // Written by `persistent::render_deliveries` (persistent.rs).
+    // Written by `chunked::deliveries`, a chunk at a time.
     /// The answer to a poll.
     #[derive(ToSchema)]
     #[serde(deny_unknown_fields)]

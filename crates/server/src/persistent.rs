@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use factstore_subscriptions::registry::PutOutcome;
-use factstore_subscriptions::{Delivery, GroupDefinition, GroupStatus, validate_group_name};
+use factstore_subscriptions::{GroupDefinition, GroupStatus, validate_group_name};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -276,31 +276,17 @@ pub async fn poll(
         result = subscriptions.poll(&group, &body.consumer, body.max, wait) => result?,
         () = state.shutdown.cancelled() => Vec::new(),
     };
-    Ok(render::json_bytes(StatusCode::OK, render_deliveries(&deliveries)))
+    // Rendered a chunk at a time: a client that does not read holds one chunk, not 10,000
+    // events of JSON.
+    Ok(crate::chunked::deliveries(
+        deliveries,
+        state.budget.bodies.clone(),
+    ))
 }
 
-/// `{"events": [<event> + "attempt": n, …]}`: each event's own JSON with the attempt added
-/// before its closing brace, so no event is parsed or rebuilt.
-pub fn render_deliveries(deliveries: &[Delivery]) -> Vec<u8> {
-    let size = deliveries
-        .iter()
-        .map(|d| d.event.as_bytes().len() + 280)
-        .sum::<usize>()
-        + 16;
-    let mut out = Vec::with_capacity(size);
-    let mut numbers = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"events\":[");
-    for (i, delivery) in deliveries.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_with_attempt(&mut out, &delivery.event, delivery.attempt, &mut numbers);
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
-
-fn write_with_attempt(
+/// An event's own JSON with `"attempt": n` added before its closing brace, so no event is
+/// parsed or rebuilt.
+pub(crate) fn write_with_attempt(
     out: &mut Vec<u8>,
     event: &factstore_core::Event,
     attempt: u32,

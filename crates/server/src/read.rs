@@ -19,9 +19,9 @@ use factstore_core::{AggregateQuery, EventFilter, EventQuery, Limits, StoreError
 
 use crate::AppState;
 use crate::auth::{Principal, Role};
+use crate::chunked::EventPageBody;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, EventIdPath, Params};
-use crate::feed::{Feed, Slice};
 use crate::render;
 
 /// The page size when a read gives no `limit`.
@@ -165,60 +165,21 @@ pub async fn read_events(
     };
     let raw = params.bool("raw")?.unwrap_or(false);
     let scope = principal.restrict(&mut query);
-    if query.filter.is_empty() && scope.is_everything() && (raw || !state.schemas.upcasts()) {
-        // The tail of the log is usually in the live feed, JSON and all.
-        let head = *state.store.watch_head().borrow();
-        if let Some(page) = page_from_feed(&state.feed(), &query, head) {
-            return Ok(render::json_bytes(StatusCode::OK, render::feed_page(&page)));
-        }
-    }
-    let mut page = state.store_for(raw).read_events(query).await?;
-    scope.retain(&mut page.events);
-    Ok(render::json_bytes(StatusCode::OK, render::event_page(&page)))
+    // The tail of the log is usually in the live feed, JSON and all.
+    let feed = (query.filter.is_empty() && scope.is_everything() && (raw || !state.schemas.upcasts()))
+        .then(|| (state.feed(), *state.store.watch_head().borrow()));
+    // Read and rendered a chunk at a time (see `chunked`): a long page held by a client that
+    // does not read costs one chunk.
+    EventPageBody::new(
+        state.store_for(raw).clone(),
+        feed,
+        query,
+        scope,
+        state.budget.bodies.clone(),
+    )
+    .respond()
+    .await
 }
-
-/// The page `query` asks for, from the live feed, or `None` when the feed does not hold all of
-/// it (it starts past `after_position`, or has not reached `head` yet). `head` is the durable
-/// head when the read began, as the store would report it.
-fn page_from_feed(feed: &Feed, query: &EventQuery, head: u64) -> Option<render::FeedPage> {
-    let end = query.to_position.map_or(head, |to| to.min(head));
-    let mut events = Vec::new();
-    let mut cursor = query.after_position;
-    while cursor < end {
-        let Slice::Events(slice) = feed.after(cursor, FEED_SCAN) else {
-            return None;
-        };
-        if slice.is_empty() {
-            // The feed has not reached the head yet.
-            return None;
-        }
-        for event in slice {
-            let position = event.event.position();
-            if position > end {
-                break;
-            }
-            cursor = position;
-            if query.matches(&event.event) {
-                events.push(event);
-                if events.len() == query.limit {
-                    return Some(render::FeedPage {
-                        events,
-                        next_after_position: position,
-                        head_position: head,
-                    });
-                }
-            }
-        }
-    }
-    Some(render::FeedPage {
-        events,
-        next_after_position: end.max(query.after_position),
-        head_position: head,
-    })
-}
-
-/// Events taken from the feed per look.
-const FEED_SCAN: usize = 4096;
 
 /// `GET /v1/events/{event_id}`
 pub async fn get_event(

@@ -6,7 +6,6 @@
 //! the head) go through serde.
 
 use std::io::Write as _;
-use std::sync::Arc;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,6 @@ use factstore_core::{AggregatePage, AppendedEvent, Event, EventPage, Timestamp};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::feed::FeedEvent;
 
 /// A response with a JSON body already written.
 pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
@@ -58,7 +56,8 @@ fn write_optional_u64(out: &mut Vec<u8>, value: Option<u64>) {
     }
 }
 
-/// `{"events": [...], "next_after_position": p, "head_position": h}`
+/// `{"events": [...], "next_after_position": p, "head_position": h}` in one buffer: the form
+/// `chunked::EventPageBody` writes a chunk at a time (tests compare the two).
 pub fn event_page(page: &EventPage) -> Vec<u8> {
     let mut out = Vec::with_capacity(estimate(&page.events));
     out.push(b'{');
@@ -66,33 +65,6 @@ pub fn event_page(page: &EventPage) -> Vec<u8> {
     let _ = write!(
         out,
         ",\"next_after_position\":{},\"head_position\":{}}}",
-        page.next_after_position, page.head_position
-    );
-    out
-}
-
-/// A page of `GET /v1/events` served from the live feed: the JSON of each event is ready.
-#[derive(Debug)]
-pub struct FeedPage {
-    pub events: Vec<Arc<FeedEvent>>,
-    pub next_after_position: u64,
-    pub head_position: u64,
-}
-
-/// The same body as [`event_page`], copied from JSON rendered once.
-pub fn feed_page(page: &FeedPage) -> Vec<u8> {
-    let size = page.events.iter().map(|e| e.json().len() + 1).sum::<usize>() + 96;
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(b"{\"events\":[");
-    for (i, event) in page.events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(event.json());
-    }
-    let _ = write!(
-        out,
-        "],\"next_after_position\":{},\"head_position\":{}}}",
         page.next_after_position, page.head_position
     );
     out

@@ -15,11 +15,14 @@
 //! stream has passed that head.
 //!
 //! # Why memory stays bounded
-//! The body is a pull stream: hyper asks for the next chunk only once the previous one is
-//! written to the socket. A subscriber holds at most one chunk (at most [`CHUNK_EVENTS`]
-//! events) and a cursor; a slow reader simply is not polled, and when it comes back it reads
-//! from the live feed if the feed still has its position, else from the store. An idle
-//! subscriber is a parked future waiting on the feed's watch channel.
+//! The body is a pull stream: hyper asks for the next chunk only while its write buffer has
+//! room (see [`crate::budget`]). A chunk is cut at [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) (and at most
+//! [`CHUNK_EVENTS`] events), and reads from the store ask for about as many events as fill one
+//! chunk, so a subscriber holds at most one chunk and a cursor, however large the events; a
+//! slow reader simply is not polled, and when it comes back it reads from the live feed if the
+//! feed still has its position, else from the store. An idle subscriber is a parked future
+//! waiting on the feed's watch channel. At most `--max-subscribers` subscriptions live at once;
+//! more are answered 503 with `Retry-After`.
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -40,14 +43,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::auth::{Principal, Role, Scope};
+use crate::budget::{BodyBytes, Slot, batch_for, fits};
 use crate::error::ApiError;
 use crate::extract::Params;
 use crate::feed::{Feed, Slice};
 use crate::metrics;
 use crate::read::{FILTER_PARAMS, concat_names, filter_from};
 
-/// Events per chunk written to the socket (and per read from the store).
+/// Most events per chunk written to the socket (and per read from the store); chunks are cut
+/// at [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) first when events are larger than about 64 bytes of JSON.
 pub const CHUNK_EVENTS: usize = 1000;
+
+/// The bytes an event's message adds to its JSON (`event: event`, `id: <position>`, `data: `).
+const SSE_FRAMING_BYTES: usize = 48;
+
+/// Events of the first read from the store, before their size is known.
+const FIRST_READ_EVENTS: usize = 16;
 
 const SUBSCRIBE_PARAMS: [&str; 12] = concat_names(["after_position"], FILTER_PARAMS);
 /// How often a subscription speaks when it has nothing else to say.
@@ -94,6 +105,8 @@ pub async fn subscribe(
     // A token limited to aggregate prefixes sees only those aggregates' events; the others
     // are passed over like filtered ones (checkpoints move past them).
     let scope = principal.restrict(&mut query);
+    // After every check of the request: a bad request is 400 even when no place is free.
+    let slot = state.budget.subscribers.take()?;
     let head = state.store.head().await?.position;
     let feed = state.feed();
     let subscription = Subscription {
@@ -112,6 +125,10 @@ pub async fn subscribe(
         shutdown: state.shutdown.clone(),
         finished: false,
         scope,
+        bodies: state.budget.bodies.clone(),
+        rendered_bytes: 0,
+        rendered_events: 0,
+        _slot: slot,
         _counted: metrics::subscriber_guard(),
     };
     let body = futures::stream::unfold(subscription, |mut sub| async move {
@@ -176,6 +193,13 @@ struct Subscription {
     finished: bool,
     /// The aggregates the caller's token may see.
     scope: Scope,
+    /// Where the chunks sent are counted until written.
+    bodies: Arc<BodyBytes>,
+    /// JSON bytes and events written so far: the size of the next read from the store.
+    rendered_bytes: usize,
+    rendered_events: usize,
+    /// This subscription's place among `--max-subscribers`, freed when the stream is dropped.
+    _slot: Slot,
     /// Counts this subscription in `factstore_subscribers` while it lives.
     _counted: metrics::SubscriberGuard,
 }
@@ -200,7 +224,7 @@ impl Subscription {
                     tracing::warn!(%error, cursor = self.cursor, "a subscription could not read");
                     self.finished = true;
                     write_error(&mut out, &ApiError::from(error));
-                    return Some(Bytes::from(out));
+                    return Some(self.bodies.chunk(out));
                 }
             }
             if !self.caught_up && self.cursor >= self.history_head {
@@ -211,7 +235,7 @@ impl Subscription {
             }
             if !out.is_empty() {
                 self.last_write = Instant::now();
-                return Some(Bytes::from(out));
+                return Some(self.bodies.chunk(out));
             }
             if self.cursor < self.feed.last() {
                 // Everything read was filtered out and more is waiting: go on reading, letting
@@ -246,12 +270,17 @@ impl Subscription {
         }
     }
 
-    /// Moves the cursor over the next events after it, writing those that match into `out`.
+    /// Moves the cursor over the next events after it, writing those that match into `out`,
+    /// until `out` holds [`CHUNK_BYTES`](crate::budget::CHUNK_BYTES) (always at least one event).
     async fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         match self.feed.after(self.cursor, CHUNK_EVENTS) {
             Slice::Events(events) => {
                 let mut upcast_json = Vec::new();
                 for event in &events {
+                    if !fits(out.len(), event.json().len() + SSE_FRAMING_BYTES) {
+                        // The rest waits for the next chunk: the cursor stays before it.
+                        break;
+                    }
                     if self.query.matches(&event.event) && self.scope.allows(&event.event) {
                         match &self.upcast {
                             Some(registry) if registry.needs_upcast(&event.event) => {
@@ -269,19 +298,39 @@ impl Subscription {
                 Ok(())
             }
             Slice::Evicted => {
-                // Older than the feed: read a page from the store.
+                // Older than the feed: read from the store about as many events as fill a
+                // chunk. Those that do not fit are dropped and read again for the next chunk,
+                // so nothing beyond the chunk is held while the client does not read.
                 let mut query = self.query.clone();
                 query.after_position = self.cursor;
+                query.limit = batch_for(
+                    self.rendered_bytes,
+                    self.rendered_events,
+                    FIRST_READ_EVENTS,
+                    CHUNK_EVENTS,
+                );
                 let page = self.store.read_events(query).await?;
                 let mut json = Vec::new();
-                for event in page.events.iter().filter(|e| self.scope.allows(e)) {
-                    json.clear();
-                    event.write_json(&mut json);
-                    write_event(out, event.position(), &json);
-                    self.last_id = event.position();
-                    self.last_id_at = Instant::now();
+                let mut cut = false;
+                for event in &page.events {
+                    if self.scope.allows(event) {
+                        json.clear();
+                        event.write_json(&mut json);
+                        if !fits(out.len(), json.len() + SSE_FRAMING_BYTES) {
+                            cut = true;
+                            break;
+                        }
+                        write_event(out, event.position(), &json);
+                        self.rendered_bytes = self.rendered_bytes.saturating_add(json.len());
+                        self.rendered_events = self.rendered_events.saturating_add(1);
+                        self.last_id = event.position();
+                        self.last_id_at = Instant::now();
+                    }
+                    self.cursor = event.position();
                 }
-                self.cursor = self.cursor.max(page.next_after_position);
+                if !cut {
+                    self.cursor = self.cursor.max(page.next_after_position);
+                }
                 Ok(())
             }
         }

@@ -18,8 +18,13 @@ use crate::log::format::{
     FRAME_HEADER_LEN, Loc, RECORD_HEADER_LEN, RecordHead, SEGMENT_HEADER_LEN, record_head,
 };
 
-/// Bytes read at a time by sequential scans.
+/// Bytes read at a time by sequential scans, at most.
 const SCAN_CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes of a scan's first read, at least. A scan that wants few events starts small and
+/// doubles its reads up to [`SCAN_CHUNK_BYTES`]: the events it returns are slices of its read
+/// buffer, so a read of 16 events must not take (and keep alive) a whole MiB, a thousand times
+/// over when a thousand subscribers catch up at once.
+const SCAN_FIRST_BYTES_MIN: u64 = 64 << 10;
 /// Records closer than this are read with one read instead of two.
 const COALESCE_GAP_BYTES: u64 = 64 << 10;
 /// A first guess at a record's size, so most single reads take one system call.
@@ -222,18 +227,23 @@ impl Log {
     }
 
     /// Visits events in position order, starting at `start` (a record or frame boundary), from
-    /// `from_position` through `to_position`, until the visitor breaks.
+    /// `from_position` through `to_position`, until the visitor breaks. `events_wanted` (a
+    /// guess: the visitor may break sooner or later) sizes the first read.
     pub fn scan(
         &self,
         start: Loc,
         from_position: u64,
         to_position: u64,
+        events_wanted: usize,
         mut visit: impl FnMut(Event) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         let mut segment_no = start.segment_no();
         let mut offset = u64::from(start.offset());
         let mut expected: Option<u64> = None;
-        let mut want = SCAN_CHUNK_BYTES;
+        let mut chunk_bytes = (events_wanted as u64)
+            .saturating_mul(RECORD_GUESS_BYTES)
+            .clamp(SCAN_FIRST_BYTES_MIN, SCAN_CHUNK_BYTES);
+        let mut want = chunk_bytes;
         while let Some(segment) = self.segment(segment_no) {
             let durable = segment.durable_len();
             if offset >= durable {
@@ -290,7 +300,8 @@ impl Log {
                 want = want.saturating_mul(2);
                 continue;
             }
-            want = SCAN_CHUNK_BYTES;
+            chunk_bytes = chunk_bytes.saturating_mul(2).min(SCAN_CHUNK_BYTES);
+            want = chunk_bytes;
             offset += at as u64;
         }
         Ok(())
