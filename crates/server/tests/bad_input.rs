@@ -78,7 +78,10 @@ async fn json_nested_deeper_than_serde_json_parses_is_400() {
     let page = Call::get("/v1/events").send(&router).await;
     assert_eq!(page.status, StatusCode::OK);
     let parsed: Result<serde_json::Value, _> = serde_json::from_str(&page.text());
-    assert!(parsed.is_ok(), "a page holding the deepest payload parses: {parsed:?}");
+    assert!(
+        parsed.is_ok(),
+        "a page holding the deepest payload parses: {parsed:?}"
+    );
 }
 
 async fn start() -> SocketAddr {
