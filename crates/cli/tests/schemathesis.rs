@@ -11,7 +11,10 @@
 //! schemathesis is a Python program: `FACTSTORE_SCHEMATHESIS` names it, else the venv `.ci/run`
 //! makes (`.venv-schemathesis`); without it the test says so and returns, except in CI (`CI`
 //! set), where it fails. `FACTSTORE_SCHEMATHESIS_EXAMPLES` sets the cases per operation (30;
-//! about a minute per backend on two cores).
+//! about a minute per backend on two cores). The cases are drawn from a fixed seed, so that a
+//! pass that failed fails again and CI does not pass or fail by chance;
+//! `FACTSTORE_SCHEMATHESIS_SEED` draws others (run it with several seeds when the document or
+//! the server changes).
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -75,6 +78,7 @@ async fn keeps_to_its_document(backend: Backend) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let seed = std::env::var("FACTSTORE_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261208".to_owned());
     let dir = tempfile::tempdir().unwrap();
     let auth = dir.path().join("auth.toml");
     std::fs::write(
@@ -104,6 +108,7 @@ async fn keeps_to_its_document(backend: Backend) {
         .args(["--checks", "all"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--max-examples", &examples.to_string()])
+        .args(["--seed", &seed])
         .args(["--workers", "2", "--request-timeout", "20"])
         // No example database in the work tree: each pass draws its own cases.
         .args(["--generation-database", "none", "--no-color"])

@@ -15,6 +15,10 @@ import schemathesis
 DOCUMENTED = [
     # Limits are in bytes of UTF-8; JSON Schema's `maxLength` counts characters.
     ("ST202", 400, "invalid_request", " bytes, got "),
+    # One aggregate at most once in a commit's `appends`, and each event id at most once in a
+    # request: uniqueness by one field of the items, which `uniqueItems` cannot state.
+    ("ST202", 400, "invalid_request", "appears more than once in appends"),
+    ("ST202", 400, "invalid_request", "appears more than once in the request"),
     # `to` and `until` of an aggregate read are one bound under two names: give one.
     ("ST202", 400, "invalid_request", "to and until mean the same"),
     # An upcaster goes up: `to_version` (body) above `from_version` (path).
