@@ -47,6 +47,18 @@ pub const SUBSCRIBERS_MAX_DEFAULT: usize = 1000;
 /// Seconds a refused subscriber is told to wait (`Retry-After`).
 pub const RETRY_AFTER_SECONDS: u32 = 5;
 
+/// Chunks' worth of events one long read takes from the store at once when the shared
+/// read-ahead allows: a store read costs about as much as rendering a few hundred events, so
+/// reading one chunk's worth at a time would spend most of a page in reads.
+pub const READ_AHEAD_CHUNKS: usize = 16;
+
+/// Bytes of events that all long reads together may hold read and not yet rendered, beyond
+/// the one chunk's worth each may always hold. A reader that keeps up takes
+/// [`READ_AHEAD_CHUNKS`] chunks' worth from here per store read; readers that stop reading
+/// can hold no more than this between them, and once it is taken every read goes a chunk at a
+/// time.
+pub const READ_AHEAD_BYTES: usize = 32 << 20;
+
 /// The bounds of one app on what its clients hold.
 #[derive(Debug)]
 pub struct Budget {
@@ -54,6 +66,8 @@ pub struct Budget {
     pub subscribers: Slots,
     /// The response chunks rendered and not yet written.
     pub bodies: Arc<BodyBytes>,
+    /// Bytes of events read ahead by long reads ([`READ_AHEAD_BYTES`]).
+    pub read_ahead: Arc<Semaphore>,
 }
 
 impl Budget {
@@ -61,6 +75,7 @@ impl Budget {
         Budget {
             subscribers: Slots::new(subscribers_max),
             bodies: Arc::new(BodyBytes::default()),
+            read_ahead: Arc::new(Semaphore::new(READ_AHEAD_BYTES)),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! connection is closed without the body's last chunk), which every HTTP client reports as an
 //! error. A body that fits in one chunk is sent whole, with a `Content-Length`.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::Arc;
 
@@ -23,11 +24,13 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use factstore_core::{EventQuery, EventStore, StoreError};
+use factstore_core::{Event, EventQuery, EventStore, StoreError};
 use factstore_subscriptions::Delivery;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::auth::Scope;
-use crate::budget::{BodyBytes, CHUNK_BYTES, batch_for, fits};
+use crate::budget::{BodyBytes, CHUNK_BYTES, READ_AHEAD_CHUNKS, batch_for, fits};
 use crate::error::ApiError;
 use crate::feed::{Feed, Slice};
 
@@ -84,6 +87,17 @@ pub(crate) struct EventPageBody {
     closed: bool,
     rendered_bytes: usize,
     rendered_events: usize,
+    /// The shared read-ahead: bytes of events read and not yet rendered, beyond one chunk's
+    /// worth, for all long reads together.
+    read_ahead: Arc<Semaphore>,
+    /// Events read from the store and not yet rendered, in order.
+    held: VecDeque<Event>,
+    /// What `held` took from the read-ahead; given back once `held` is rendered.
+    held_permit: Option<OwnedSemaphorePermit>,
+    /// The read that filled `held` reached the end of the range: its `next_after_position`.
+    held_end: Option<u64>,
+    /// Whether `held` is copied out of the store's read buffers.
+    held_owned: bool,
 }
 
 impl EventPageBody {
@@ -96,6 +110,7 @@ impl EventPageBody {
         query: EventQuery,
         scope: Scope,
         bodies: Arc<BodyBytes>,
+        read_ahead: Arc<Semaphore>,
     ) -> EventPageBody {
         let (feed, end, head) = match feed {
             Some((feed, head)) => {
@@ -120,6 +135,11 @@ impl EventPageBody {
             closed: false,
             rendered_bytes: 0,
             rendered_events: 0,
+            read_ahead,
+            held: VecDeque::new(),
+            held_permit: None,
+            held_end: None,
+            held_owned: false,
         }
     }
 
@@ -220,17 +240,68 @@ impl EventPageBody {
             // Evicted, or the feed has not reached the head yet: the store from here on.
             self.feed = None;
         }
+        if self.held.is_empty() {
+            self.read().await?;
+        }
+        let mut json = Vec::new();
+        while let Some(event) = self.held.pop_front() {
+            if self.scope.allows(&event) {
+                json.clear();
+                event.write_json(&mut json);
+                if !fits(out.len(), json.len() + 1) {
+                    if self.held_permit.is_some() {
+                        // Held for the next chunk, which the client asks for only once it has
+                        // read this one, against the shared read-ahead.
+                        self.held.push_front(event);
+                        self.own_held();
+                    } else {
+                        // A chunk's worth read outside the read-ahead: what did not fit is read
+                        // again for the next chunk, so a client that stops reading holds
+                        // nothing beyond its chunk.
+                        self.held.clear();
+                        self.held_end = None;
+                    }
+                    return Ok(true);
+                }
+                self.write(out, &json);
+            }
+            self.cursor = event.position();
+            self.remaining -= 1;
+        }
+        // Rendered all it read: the read-ahead it took goes back.
+        self.held_permit = None;
+        if let Some(next) = self.held_end.take() {
+            self.finished = Some(next);
+        } else if self.remaining == 0 {
+            self.finished = Some(self.cursor);
+        }
+        Ok(false)
+    }
+
+    /// Reads the next events of the page from the store into `held`: a chunk's worth, or
+    /// [`READ_AHEAD_CHUNKS`] chunks' worth when the shared read-ahead has room for them.
+    async fn read(&mut self) -> Result<(), ApiError> {
         let mut query = self.query.clone();
         query.after_position = self.cursor;
         if let Some(end) = self.end {
             query.to_position = Some(end);
         }
-        let limit = batch_for(
+        let chunk_events = batch_for(
             self.rendered_bytes,
             self.rendered_events,
             FIRST_READ_EVENTS,
             self.remaining,
         );
+        let ahead_bytes = u32::try_from(CHUNK_BYTES * (READ_AHEAD_CHUNKS - 1)).unwrap_or(u32::MAX);
+        let limit = if self.rendered_events > 0
+            && chunk_events < self.remaining
+            && let Ok(permit) = self.read_ahead.clone().try_acquire_many_owned(ahead_bytes)
+        {
+            self.held_permit = Some(permit);
+            chunk_events.saturating_mul(READ_AHEAD_CHUNKS).min(self.remaining)
+        } else {
+            chunk_events
+        };
         query.limit = limit;
         let page = self.store.read_events(query).await?;
         if self.end.is_none() {
@@ -242,29 +313,29 @@ impl EventPageBody {
                     .map_or(page.head_position, |to| to.min(page.head_position)),
             );
         }
-        let full = page.events.len() >= limit;
-        let mut json = Vec::new();
-        for event in &page.events {
-            if self.scope.allows(event) {
-                json.clear();
-                event.write_json(&mut json);
-                if !fits(out.len(), json.len() + 1) {
-                    // The rest is read again for the next chunk: nothing beyond a chunk is
-                    // held while the client does not read.
-                    return Ok(true);
-                }
-                self.write(out, &json);
-            }
-            self.cursor = event.position();
-            self.remaining -= 1;
-        }
-        if !full {
+        if page.events.len() < limit {
             // A short read reached the end of the range.
-            self.finished = Some(page.next_after_position);
-        } else if self.remaining == 0 {
-            self.finished = Some(self.cursor);
+            self.held_end = Some(page.next_after_position);
         }
-        Ok(false)
+        self.held = page.events.into();
+        self.held_owned = false;
+        Ok(())
+    }
+
+    /// Copies the held events out of the store's read buffers, once per read, when they wait
+    /// for the client: an event read is a slice of a buffer that may be many times its size,
+    /// and a held slice would keep the whole buffer (a stalled client's few events, a whole
+    /// megabyte).
+    fn own_held(&mut self) {
+        if self.held_owned {
+            return;
+        }
+        self.held_owned = true;
+        for event in &mut self.held {
+            if let Ok(copy) = Event::from_checked_bytes(Bytes::copy_from_slice(event.as_bytes())) {
+                *event = copy;
+            }
+        }
     }
 }
 

@@ -176,6 +176,7 @@ pub async fn read_events(
         query,
         scope,
         state.budget.bodies.clone(),
+        state.budget.read_ahead.clone(),
     )
     .respond()
     .await
