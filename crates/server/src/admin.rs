@@ -1,6 +1,6 @@
 //! Administration: archiving to cold storage and where the store's bytes are.
 //!
-//! Both need the admin role: archiving is an administrator's decision (API.md), and the
+//! Both need the admin role: archiving is an administrator's decision (the contract), and the
 //! storage numbers describe the whole store, which a token limited to aggregate prefixes must
 //! not see (`auth::whole_store_reason` refuses it both routes before they run).
 

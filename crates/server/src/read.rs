@@ -39,7 +39,7 @@ const AGGREGATE_PARAMS: &[&str] = &[
     "raw",
 ];
 
-/// The filters of `GET /v1/events`, shared with `GET /v1/subscribe` (API.md: "the same
+/// The filters of `GET /v1/events`, shared with `GET /v1/subscribe` (the contract: "the same
 /// filters").
 pub(crate) const FILTER_PARAMS: [&str; 11] = [
     "event_type",

@@ -1,7 +1,7 @@
 //! The schema registry's endpoints: register and read JSON Schemas per event type and version,
 //! and the upcasters between versions.
 //!
-//! Admins register, readers read (API.md: admins manage schemas). Registering writes to disk,
+//! Admins register, readers read (the contract: admins manage schemas). Registering writes to disk,
 //! so it runs on the blocking pool.
 
 use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request, State};

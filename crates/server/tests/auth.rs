@@ -1,4 +1,4 @@
-//! `--auth`: every rule of API.md's "Security and operations", in-process.
+//! `--auth`: every rule of the contract's "Security and operations" (README.md, "Running the server"), in-process.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -408,7 +408,7 @@ struct Rule {
     limited: Limited,
 }
 
-/// The decision for every route of the router, from API.md "Security and operations" and
+/// The decision for every route of the router, from the contract's "Security and operations" and
 /// ARCHITECTURE.md. A route missing here fails the test: each new route needs one.
 fn decision(method: &Method, path: &str) -> Rule {
     use Limited::{ById, Filtered, NoAggregate, OneAggregate, WholeStore};
