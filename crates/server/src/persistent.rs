@@ -3,9 +3,10 @@
 //!
 //! Who may do what: admins create, replace and delete groups and replay parked events;
 //! readers (and so writers and admins) list groups, read their status and parked events, and
-//! poll, ack and nack. A token limited to aggregate id prefixes gets 403 on every route here:
-//! a group's events are not limited to the token's aggregates, and two consumers with
-//! different limits could not share one group's checkpoint.
+//! poll, ack and nack. A token limited to aggregate id prefixes gets 403 on every route here,
+//! before any handler (`auth::whole_store_reason`): a group's events are not limited to the
+//! token's aggregates, and two consumers with different limits could not share one group's
+//! checkpoint.
 //!
 //! Bodies and parameters are validated before the group is looked up.
 
@@ -73,19 +74,6 @@ async fn group_and_body<T: serde::de::DeserializeOwned>(
     let (group, request) = group_of(state, request).await?;
     let JsonBody(body) = JsonBody::<T>::from_request(request, state).await?;
     Ok((group, body))
-}
-
-/// 403 for a token limited to aggregate prefixes (see the module doc), then the role.
-fn allow(principal: &Principal, role: Role) -> Result<(), ApiError> {
-    principal.require(role)?;
-    if principal.prefixes().is_some() {
-        return Err(ApiError::Forbidden(
-            "persistent subscriptions need a token without aggregate_id_prefixes: a group's events \
-             are not limited to some aggregates"
-                .to_owned(),
-        ));
-    }
-    Ok(())
 }
 
 /// `{"subscriptions": [...]}`
@@ -180,7 +168,7 @@ pub async fn list_groups(
     principal: Principal,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     render::json(
         StatusCode::OK,
@@ -197,7 +185,7 @@ pub async fn put_group(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Admin)?;
+    principal.require(Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
     let (group, definition) = group_and_body::<GroupDefinition>(&state, request).await?;
     let (outcome, status) = state.subscriptions().put(&group, definition).await?;
@@ -215,7 +203,7 @@ pub async fn get_group(
     RawQuery(query): RawQuery,
     GroupPath(group): GroupPath,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     render::json(StatusCode::OK, &state.subscriptions().status(&group)?)
 }
@@ -227,7 +215,7 @@ pub async fn delete_group(
     RawQuery(query): RawQuery,
     GroupPath(group): GroupPath,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Admin)?;
+    principal.require(Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
     state.subscriptions().delete(&group).await?;
     Ok(no_content())
@@ -246,7 +234,7 @@ pub async fn poll(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     let (group, body) = group_and_body::<PollBody>(&state, request).await?;
     if body.consumer.is_empty()
@@ -308,7 +296,7 @@ pub async fn ack(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     let (group, body) = group_and_body::<AckBody>(&state, request).await?;
     check_positions(&body.positions)?;
@@ -323,7 +311,7 @@ pub async fn nack(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     let (group, body) = group_and_body::<NackBody>(&state, request).await?;
     check_positions(&body.positions)?;
@@ -341,7 +329,7 @@ pub async fn list_parked(
     RawQuery(query): RawQuery,
     GroupPath(group): GroupPath,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Reader)?;
+    principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), &["after_position", "limit"])?;
     let after = params.u64("after_position")?.unwrap_or(0);
     let limit = params.limit(PARKED_PAGE_DEFAULT, PARKED_PAGE_MAX)?;
@@ -380,7 +368,7 @@ pub async fn replay_parked(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    allow(&principal, Role::Admin)?;
+    principal.require(Role::Admin)?;
     Params::parse(query.as_deref(), &[])?;
     let (group, request) = group_of(&state, request).await?;
     // An empty body means "replay what is parked".

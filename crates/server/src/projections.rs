@@ -3,8 +3,9 @@
 //! Roles: creating, replacing, rebuilding and deleting a projection needs the admin role (the
 //! API contract: "admins also manage projections"); reading statuses and states needs the
 //! reader role. A token limited to aggregate id prefixes may not use projections at all
-//! (403): a projection folds events of any aggregate into states that cannot be filtered
-//! afterwards (a per-day total mixes every account). The event status route follows the rules
+//! (403, refused before any handler by `auth::whole_store_reason`): a projection folds events
+//! of any aggregate into states that cannot be filtered afterwards (a per-day total mixes
+//! every account). The event status route follows the rules
 //! of `GET /v1/events/{id}`: an event outside the token's prefixes is 404 for it.
 
 use std::time::Duration;
@@ -92,33 +93,16 @@ impl FromRequestParts<AppState> for ProjectionName {
     }
 }
 
-/// 403 for a token limited to aggregate prefixes.
-fn require_unrestricted(principal: &Principal) -> Result<(), ApiError> {
-    if principal.prefixes().is_some() {
-        return Err(ApiError::Forbidden(
-            "a token limited to aggregate id prefixes may not use projections: their states fold events of every aggregate"
-                .to_owned(),
-        ));
-    }
-    Ok(())
-}
-
-fn reader(principal: &Principal) -> Result<(), ApiError> {
-    principal.require(Role::Reader)?;
-    require_unrestricted(principal)
-}
-
 /// `PUT /v1/projections/{name}`: 201 for a new projection, 200 for a replaced one (a changed
 /// definition rebuilds; the same definition changes nothing). The body is the status.
 pub async fn put_projection(
     State(state): State<AppState>,
-    Admin(principal): Admin,
+    _: Admin,
     ProjectionName(name): ProjectionName,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    require_unrestricted(&principal)?;
     let JsonBody(definition) = JsonBody::<ProjectionDefinition>::from_request(request, &state).await?;
     let outcome = state.projections().put(&name, definition).await?;
     let status = match outcome {
@@ -134,7 +118,7 @@ pub async fn list_projections(
     principal: Principal,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    reader(&principal)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     render::json(
         StatusCode::OK,
@@ -151,7 +135,7 @@ pub async fn get_projection(
     ProjectionName(name): ProjectionName,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    reader(&principal)?;
+    principal.require(Role::Reader)?;
     Params::parse(query.as_deref(), &[])?;
     render::json(StatusCode::OK, &state.projections().status(&name)?)
 }
@@ -159,12 +143,11 @@ pub async fn get_projection(
 /// `DELETE /v1/projections/{name}`
 pub async fn delete_projection(
     State(state): State<AppState>,
-    Admin(principal): Admin,
+    _: Admin,
     ProjectionName(name): ProjectionName,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    require_unrestricted(&principal)?;
     state.projections().delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -173,12 +156,11 @@ pub async fn delete_projection(
 /// caught up.
 pub async fn rebuild_projection(
     State(state): State<AppState>,
-    Admin(principal): Admin,
+    _: Admin,
     ProjectionName(name): ProjectionName,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    require_unrestricted(&principal)?;
     state.projections().rebuild(&name).await?;
     render::json(StatusCode::ACCEPTED, &state.projections().status(&name)?)
 }
@@ -190,7 +172,7 @@ pub async fn get_projection_state(
     ProjectionName(name): ProjectionName,
     request: Request,
 ) -> Result<Response, ApiError> {
-    reader(&principal)?;
+    principal.require(Role::Reader)?;
     let (parts, _) = request.into_parts();
     let key = segment(&parts, 5, "the key")?;
     let params = Params::parse(
@@ -239,7 +221,7 @@ pub async fn list_projection_states(
     ProjectionName(name): ProjectionName,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    reader(&principal)?;
+    principal.require(Role::Reader)?;
     let params = Params::parse(query.as_deref(), &["after_key", "limit"])?;
     let limit = params.limit(STATES_PAGE_DEFAULT, STATES_PAGE_MAX)?;
     let page = state

@@ -45,6 +45,23 @@ async fn append(router: &Router, events: Vec<Value>) -> (StatusCode, Value) {
     .await
 }
 
+/// What a persistent group over every deposit, created now from the beginning, delivers to its
+/// first poll.
+async fn polled_from_the_start(router: &Router) -> Value {
+    let group = json!({"filter": {"event_types": ["MoneyDeposited"]}, "start": "beginning"});
+    let (status, body) = call(router, "PUT", "/v1/subscriptions/workers", Some(group)).await;
+    assert!(status.is_success(), "{body}");
+    let (status, polled) = call(
+        router,
+        "POST",
+        "/v1/subscriptions/workers/poll",
+        Some(json!({"consumer": "w1", "max": 10, "wait_ms": 2000})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{polled}");
+    polled
+}
+
 /// The first `n` events of a subscription's body, as (event_version, event_data).
 async fn subscribed(router: &Router, uri: &str, n: usize) -> Vec<(u64, Value)> {
     let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
@@ -237,17 +254,7 @@ async fn an_event_an_upcaster_cannot_apply_to_is_read_as_stored_and_the_rest_upc
     let streamed = subscribed(&router, "/v1/subscribe", 3).await;
     assert_eq!(streamed.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [1, 2, 1]);
 
-    let group = json!({"filter": {"event_types": ["MoneyDeposited"]}, "start": "beginning"});
-    let (status, body) = call(&router, "PUT", "/v1/subscriptions/workers", Some(group)).await;
-    assert!(status.is_success(), "{body}");
-    let (status, polled) = call(
-        &router,
-        "POST",
-        "/v1/subscriptions/workers/poll",
-        Some(json!({"consumer": "w1", "max": 10, "wait_ms": 2000})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{polled}");
+    let polled = polled_from_the_start(&router).await;
     assert_eq!(versions(&polled["events"]), [1, 2, 1]);
 }
 
@@ -282,17 +289,7 @@ async fn projections_and_persistent_subscriptions_see_upcast_events() {
     assert_eq!(status, StatusCode::OK, "{state}");
     assert_eq!(state["state"]["balance"], 507, "the v1 event was folded upcast");
 
-    let group = json!({"filter": {"event_types": ["MoneyDeposited"]}, "start": "beginning"});
-    let (status, body) = call(&router, "PUT", "/v1/subscriptions/workers", Some(group)).await;
-    assert!(status.is_success(), "{body}");
-    let (status, polled) = call(
-        &router,
-        "POST",
-        "/v1/subscriptions/workers/poll",
-        Some(json!({"consumer": "w1", "max": 10, "wait_ms": 2000})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{polled}");
+    let polled = polled_from_the_start(&router).await;
     let first = &polled["events"][0];
     assert_eq!(first["event_version"], 2);
     assert_eq!(first["event_data"], json!({"amount": 500}));
