@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{Call, assert_error};
 use factstore_core::{Commit, EventPage, EventQuery, EventStore, ExpectedVersion, NewEvent};
-use factstore_server::budget::{CHUNK_BYTES, WRITE_BUFFER_BYTES};
+use factstore_server::budget::{CHUNK_BYTES, READ_AHEAD_BYTES, READ_AHEAD_CHUNKS, WRITE_BUFFER_BYTES};
 use factstore_server::{AppState, ServeOptions, ServerConfig, app_with_state};
 use factstore_testkit::model::ModelStore;
 use http_body_util::BodyExt;
@@ -457,4 +457,49 @@ async fn beyond_the_overflow_lane_connections_are_closed_at_once_not_left_hangin
         "closed at once, without an answer"
     );
     drop(idle);
+}
+
+/// The read-ahead that pages take from (16 chunks' worth per store read, 32 MiB for all
+/// clients) is given back whole: when a page ends, and when a client that stopped reading
+/// leaves; while it waits, a page holds at most one read's worth of it.
+#[tokio::test]
+async fn read_ahead_is_given_back_when_pages_end_or_their_clients_leave() {
+    let store = Arc::new(ModelStore::new());
+    history(&store, 10_000).await;
+    let state = AppState::new(store, ServerConfig::default());
+    let available = || state.budget.read_ahead.available_permits();
+    let router = app_with_state(state.clone());
+    for _ in 0..3 {
+        let (status, body) = body_of(&router, "/v1/events?limit=10000").await;
+        assert_eq!(status, StatusCode::OK);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page["events"].as_array().map(Vec::len), Some(10_000));
+        assert_eq!(
+            available(),
+            READ_AHEAD_BYTES,
+            "a page that ended keeps no read-ahead"
+        );
+    }
+    let running = start(state.clone(), ServeOptions::default()).await;
+    let client = never_reads(
+        running.address,
+        "GET /v1/events?limit=10000 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    held_bytes(&running.state).await;
+    let taken = READ_AHEAD_BYTES - available();
+    assert!(
+        taken <= CHUNK_BYTES * (READ_AHEAD_CHUNKS - 1),
+        "a stalled page holds {taken} bytes of read-ahead"
+    );
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while available() != READ_AHEAD_BYTES {
+        assert!(
+            Instant::now() < deadline,
+            "a client that left still holds {} bytes",
+            READ_AHEAD_BYTES - available()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
