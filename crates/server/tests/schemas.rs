@@ -256,6 +256,18 @@ async fn an_event_an_upcaster_cannot_apply_to_is_read_as_stored_and_the_rest_upc
 
     let polled = polled_from_the_start(&router).await;
     assert_eq!(versions(&polled["events"]), [1, 2, 1]);
+
+    // Each event read as stored is counted, for an operator to see.
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let failures: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("factstore_upcast_failures_total "))
+        .unwrap_or_else(|| panic!("no factstore_upcast_failures_total in {text}"))
+        .parse()
+        .unwrap();
+    assert!(failures >= 6.0, "{failures}");
 }
 
 #[tokio::test]
