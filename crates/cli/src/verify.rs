@@ -23,8 +23,19 @@ pub fn run(data_dir: &Path, archive_url: Option<&str>) -> anyhow::Result<ExitCod
     let cold_ref = cold
         .as_ref()
         .map(|c| c as &dyn factstore_engine::archive::ColdStore);
-    let report = factstore_engine::verify::verify_with_archive(&StdFileSystem, data_dir, cold_ref)
-        .with_context(|| format!("cannot verify {}", data_dir.display()))?;
+    let report = match factstore_engine::verify::verify_with_archive(&StdFileSystem, data_dir, cold_ref) {
+        Ok(report) => report,
+        Err(factstore_engine::EngineError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            bail!(
+                "{} is in use by a running factstore server: stop it first (a folder being written \
+                 cannot be checked consistently), or check a backup of it",
+                data_dir.display()
+            )
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot verify {}", data_dir.display())),
+    };
     println!(
         "{} segments, {} frames, {} events, {} aggregates, {} index runs with {} entries, {} snapshots",
         report.segments,

@@ -8,6 +8,9 @@
 //! - At the end every event has been acked at least once, the checkpoint is the head and
 //!   nothing is parked.
 //!
+//! Every cycle gets answered appends and acks of its own, and its kill lands while requests
+//! are in flight; an unexpected answer or a failure before the kill fails the test.
+//!
 //! `FACTSTORE_SUBSCRIPTION_CRASH_CYCLES` sets the number of kills (default 3).
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,6 +23,7 @@ use serde_json::{Value, json};
 
 mod common;
 use common::ServeProcess;
+use common::kill::{CYCLE_DEADLINE, KillWindow};
 use common::pg::Backend;
 
 #[derive(Default)]
@@ -36,47 +40,64 @@ struct Ledger {
     redelivered_after_ack: Vec<u64>,
 }
 
-async fn writer(client: reqwest::Client, url: String, worker: usize, stop: Instant) {
+async fn writer(
+    client: reqwest::Client,
+    url: String,
+    worker: usize,
+    window: Arc<KillWindow>,
+) -> Result<(), String> {
     let mut rng = StdRng::from_os_rng();
-    while Instant::now() < stop {
+    let started = Instant::now();
+    loop {
+        window.check_deadline(started)?;
         let aggregate = format!("sub:{worker}:{}", rng.random_range(0..5));
         let events: Vec<Value> = (0..rng.random_range(1..=4))
             .map(|_| json!({"aggregate_type": "T", "event_type": "Tick", "event_data": {"w": worker}}))
             .collect();
-        let sent = client
+        let request = client
             .post(format!("{url}/v1/aggregates/{aggregate}/events"))
-            .json(&json!({ "events": events }))
-            .send()
-            .await;
-        if sent.is_err() {
-            return;
+            .json(&json!({ "events": events }));
+        let Some((status, body)) = window.send(request).await? else {
+            return Ok(());
+        };
+        if status.as_u16() != 201 {
+            return Err(format!(
+                "writer {worker}: an append answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
+        window.acked();
     }
 }
 
-/// Polls and acks until `stop` (or the server dies). Returns when a request fails.
+/// Polls and acks until `stop`, or until the server is killed. Any answer but a delivery
+/// (200) to a poll and 204 to an ack fails the test.
 async fn consumer(
     client: reqwest::Client,
     url: String,
     name: String,
     ledger: Arc<Mutex<Ledger>>,
+    window: Arc<KillWindow>,
     stop: Instant,
-) {
+) -> Result<(), String> {
     while Instant::now() < stop {
-        let Ok(response) = client
+        let request = client
             .post(format!("{url}/v1/subscriptions/bus/poll"))
-            .json(&json!({"consumer": name, "max": 50, "wait_ms": 200}))
-            .send()
-            .await
-        else {
-            return;
+            .json(&json!({"consumer": name, "max": 50, "wait_ms": 200}));
+        let Some((status, body)) = window.send(request).await? else {
+            return Ok(());
         };
-        let Ok(body) = response.json::<Value>().await else {
-            return;
-        };
-        let Some(events) = body["events"].as_array() else {
-            return;
-        };
+        if status.as_u16() != 200 {
+            return Err(format!(
+                "{name}: a poll answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let body: Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{name}: a poll answer that is not JSON: {e}"))?;
+        let events = body["events"]
+            .as_array()
+            .ok_or_else(|| format!("{name}: a poll answer without events: {body}"))?;
         let mut positions = Vec::new();
         {
             let mut ledger = ledger.lock().expect("lock");
@@ -98,20 +119,21 @@ async fn consumer(
             .expect("lock")
             .ack_sent
             .extend(positions.iter().copied());
-        let Ok(response) = client
+        let request = client
             .post(format!("{url}/v1/subscriptions/bus/ack"))
-            .json(&json!({ "positions": positions }))
-            .send()
-            .await
-        else {
-            return;
+            .json(&json!({ "positions": positions }));
+        let Some((status, body)) = window.send(request).await? else {
+            return Ok(());
         };
-        if response.status().as_u16() == 204 {
-            ledger.lock().expect("lock").acked.extend(positions);
-        } else {
-            return;
+        if status.as_u16() != 204 {
+            return Err(format!(
+                "{name}: an ack answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
+        ledger.lock().expect("lock").acked.extend(positions);
     }
+    Ok(())
 }
 
 /// Per aggregate, the positions received in one run never go down.
@@ -170,16 +192,17 @@ async fn never_again_across_kill_9(backend: Backend) {
         .expect("create");
     assert_eq!(created.status().as_u16(), 201);
 
-    for _ in 0..cycles {
-        let run = Duration::from_millis(rand::rng().random_range(600..1500));
-        let stop = Instant::now() + Duration::from_secs(30);
+    for cycle in 0..cycles {
+        let window = Arc::new(KillWindow::default());
+        let acked_before = ledger.lock().expect("lock").acked.len();
+        let stop = Instant::now() + CYCLE_DEADLINE;
         let mut tasks = Vec::new();
         for worker in 0..3 {
             tasks.push(tokio::spawn(writer(
                 client.clone(),
                 server.url.clone(),
                 worker,
-                stop,
+                window.clone(),
             )));
         }
         for c in 0..4 {
@@ -188,16 +211,21 @@ async fn never_again_across_kill_9(backend: Backend) {
                 server.url.clone(),
                 format!("c{c}"),
                 ledger.clone(),
+                window.clone(),
                 stop,
             )));
         }
-        tokio::time::sleep(run).await;
+        window.first_ack(&tasks, cycle).await;
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(600..1500))).await;
+        window.kill();
         server.kill();
-        for task in tasks {
-            task.await.expect("task");
-        }
+        window.join(tasks, cycle).await;
         {
             let mut ledger = ledger.lock().expect("lock");
+            assert!(
+                ledger.acked.len() > acked_before,
+                "cycle {cycle}: no ack was answered before the kill"
+            );
             check_order(&ledger.received);
             ledger.received.clear();
         }
@@ -209,6 +237,8 @@ async fn never_again_across_kill_9(backend: Backend) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let stop = Instant::now() + Duration::from_millis(500);
+        // Never killed: any failure fails the test.
+        let window = Arc::new(KillWindow::default());
         let mut tasks = Vec::new();
         for c in 0..2 {
             tasks.push(tokio::spawn(consumer(
@@ -216,11 +246,14 @@ async fn never_again_across_kill_9(backend: Backend) {
                 server.url.clone(),
                 format!("final{c}"),
                 ledger.clone(),
+                window.clone(),
                 stop,
             )));
         }
         for task in tasks {
-            task.await.expect("task");
+            if let Err(failure) = task.await.expect("a consumer panicked") {
+                panic!("the final consumers: {failure}");
+            }
         }
         let status: Value = client
             .get(format!("{}/v1/subscriptions/bus", server.url))

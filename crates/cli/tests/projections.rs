@@ -7,9 +7,13 @@
 //! an event applied twice or skipped shows), `source=event_store` reads agree (they start from
 //! the projection's snapshots), and `factstore verify` still passes at the end.
 //!
+//! Every cycle gets acknowledgements of its own, and its kill lands while appends are in flight
+//! and while the projection has events left to fold.
+//!
 //! `FACTSTORE_PROJECTION_CRASH_CYCLES` sets the number of cycles (default 6).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -18,11 +22,19 @@ use serde_json::{Value, json};
 
 mod common;
 use common::ServeProcess;
+use common::kill::{CYCLE_DEADLINE, KillWindow};
 use common::pg::Backend;
 
-async fn writer(client: reqwest::Client, url: String, worker: usize, stop: Instant) {
+async fn writer(
+    client: reqwest::Client,
+    url: String,
+    worker: usize,
+    window: Arc<KillWindow>,
+) -> Result<(), String> {
     let mut rng = StdRng::from_os_rng();
-    while Instant::now() < stop {
+    let started = Instant::now();
+    loop {
+        window.check_deadline(started)?;
         let aggregate = format!("acc:{worker}:{}", rng.random_range(0..3));
         let events: Vec<Value> = (0..rng.random_range(1..=4))
             .map(|_| {
@@ -30,14 +42,43 @@ async fn writer(client: reqwest::Client, url: String, worker: usize, stop: Insta
                        "event_data": {"amount": rng.random_range(1..100)}})
             })
             .collect();
-        let sent = client
+        let request = client
             .post(format!("{url}/v1/aggregates/{aggregate}/events"))
-            .json(&json!({"events": events}))
+            .json(&json!({"events": events}));
+        let Some((status, body)) = window.send(request).await? else {
+            return Ok(());
+        };
+        if status.as_u16() != 201 {
+            return Err(format!(
+                "writer {worker}: an append answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        window.acked();
+    }
+}
+
+/// Waits until a projection is behind the head (it has events to fold), so that a kill right
+/// after lands while it folds.
+async fn wait_lagging(client: &reqwest::Client, url: &str, name: &str, cycle: usize) {
+    let deadline = Instant::now() + CYCLE_DEADLINE;
+    loop {
+        let status: Value = client
+            .get(format!("{url}/v1/projections/{name}"))
             .send()
-            .await;
-        if !sent.is_ok_and(|r| r.status().is_success()) {
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if status["lag"].as_u64().expect("lag") > 0 {
             return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "cycle {cycle}: {name} never fell behind the appends: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -194,6 +235,10 @@ async fn survive_kill_9(backend: Backend) {
         let head = events
             .last()
             .map_or(0, |e| e["position"].as_u64().expect("position"));
+        assert!(
+            cycle == 0 || head > 0,
+            "cycle {cycle}: the acknowledged appends are gone"
+        );
         wait_caught_up(&client, &running.url, "accounts", head).await;
         wait_caught_up(&client, &running.url, "totals", head).await;
         let (accounts, totals) = expected(&events);
@@ -228,15 +273,25 @@ async fn survive_kill_9(backend: Backend) {
             running.kill();
             break;
         }
-        let stop = Instant::now() + Duration::from_secs(5);
+        let window = Arc::new(KillWindow::default());
         let writers: Vec<_> = (0..6)
-            .map(|worker| tokio::spawn(writer(client.clone(), running.url.clone(), worker, stop)))
+            .map(|worker| {
+                tokio::spawn(writer(
+                    client.clone(),
+                    running.url.clone(),
+                    worker,
+                    window.clone(),
+                ))
+            })
             .collect();
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
+        // The kill comes at a random moment after this cycle's first acknowledgement, when
+        // the projection has events to fold.
+        window.first_ack(&writers, cycle).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        wait_lagging(&client, &running.url, "accounts", cycle).await;
+        window.kill();
         running.kill();
-        for task in writers {
-            let _ = task.await;
-        }
+        window.join(writers, cycle).await;
     }
     backend.finish(dir.path()).await;
 }

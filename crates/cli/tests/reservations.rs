@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 mod common;
+use common::kill::KillWindow;
 use common::{ServeProcess, assert_verify_ok};
 const CLIENTS: usize = 32;
 const SEATS: usize = 20;
@@ -451,12 +452,19 @@ async fn free_for_all(
     url: String,
     seats: Arc<Vec<(String, Guard)>>,
     ledger: Arc<Mutex<Ledger>>,
+    window: Arc<KillWindow>,
     stop: Instant,
 ) {
     let taken = Arc::new(Mutex::new(HashSet::<usize>::new()));
     let mut tasks = JoinSet::new();
     for customer in 0..CLIENTS {
-        let (url, seats, ledger, taken) = (url.clone(), seats.clone(), ledger.clone(), taken.clone());
+        let (url, seats, ledger, taken, window) = (
+            url.clone(),
+            seats.clone(),
+            ledger.clone(),
+            taken.clone(),
+            window.clone(),
+        );
         tasks.spawn(async move {
             let http = http_client();
             let mut n = 0;
@@ -473,8 +481,14 @@ async fn free_for_all(
                 n += 1;
                 let outcome = attempt(&http, &url, *guard, seat, customer, n, None).await;
                 let gone = matches!(outcome, Attempt::Unknown { .. } | Attempt::Unreachable);
+                if matches!(outcome, Attempt::Won { .. } | Attempt::Lost { .. }) {
+                    window.acked();
+                }
                 ledger.lock().expect("lock").record(seat, customer, outcome);
                 if gone {
+                    if let Err(failure) = window.cut_by_kill(&format!("customer {customer} on {seat}")) {
+                        panic!("{failure}");
+                    }
                     return;
                 }
                 taken.lock().expect("lock").insert(pick);
@@ -514,15 +528,25 @@ async fn kill_9_never_leaves_half_a_reservation() {
             };
             seats.push((format!("c{cycle}s{i}"), guard));
         }
+        let window = Arc::new(KillWindow::default());
         let load = tokio::spawn(free_for_all(
             server.url.clone(),
             Arc::new(seats.clone()),
             ledger.clone(),
+            window.clone(),
             Instant::now() + Duration::from_secs(10),
         ));
-        tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
+        // The kill comes at a random moment after this cycle's first answered commit.
+        let load = [load];
+        window.first_ack(&load, cycle).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
+        window.kill();
         server.kill();
-        load.await.expect("the load");
+        let [load] = load;
+        if let Err(panicked) = load.await {
+            std::panic::resume_unwind(panicked.into_panic());
+        }
+        window.assert_cut(cycle);
     }
     // A last run without a kill reserves whatever is still free.
     let server = Server::start(dir.path(), &http).await;
@@ -530,6 +554,7 @@ async fn kill_9_never_leaves_half_a_reservation() {
         server.url.clone(),
         Arc::new(seats.clone()),
         ledger.clone(),
+        Arc::new(KillWindow::default()), // never killed: a request that fails fails the test
         Instant::now() + Duration::from_secs(30),
     )
     .await;

@@ -15,12 +15,18 @@ use crate::query::Params;
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The answer of `POST /v1/admin/archive`: totals of every archive run so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveOutcome {
     /// Events whose only copy is in cold storage.
     pub archived_events: u64,
     /// Bytes of the log moved to cold storage, as they were on local disk.
     pub archived_bytes: u64,
+    /// Events recorded before this run's cut that stay on local disk; 0 when every one moved.
+    #[serde(default)]
+    pub hot_before_cut: u64,
+    /// Why `hot_before_cut` events stay (a code, e.g. `shares_segment_with_later_events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_reason: Option<String>,
 }
 
 /// The answer of `GET /v1/admin/storage`.

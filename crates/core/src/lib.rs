@@ -38,5 +38,5 @@ pub use query::{
     validate_position,
 };
 pub use snapshot::{PutSnapshot, Snapshot, SnapshotInfo, SnapshotStored};
-pub use store::{ArchiveOutcome, EventStore, StorageStats, StoreHealth};
+pub use store::{ArchiveOutcome, EventStore, StaysHot, StorageStats, StoreHealth};
 pub use time::Timestamp;

@@ -20,6 +20,33 @@ pub struct ArchiveOutcome {
     pub archived_events: u64,
     /// Bytes of the log moved to cold storage, as they were on local disk (before compression).
     pub archived_bytes: u64,
+    /// Events recorded before this run's cut that stay on local disk after it; 0 when every
+    /// one moved.
+    pub hot_before_cut: u64,
+    /// Why `hot_before_cut` events stay, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_reason: Option<StaysHot>,
+}
+
+/// Why events recorded before an archiving cut stay on local disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum StaysHot {
+    /// They share a log segment with events recorded at or after the cut, and a segment
+    /// moves to cold storage whole (embedded engine).
+    SharesSegmentWithLaterEvents,
+}
+
+impl StaysHot {
+    /// The reason in words, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StaysHot::SharesSegmentWithLaterEvents => {
+                "they share a log segment with events recorded at or after the cut, and a segment moves whole"
+            }
+        }
+    }
 }
 
 /// Where the store's bytes are.

@@ -21,7 +21,7 @@ use crate::index::keys::TermKind;
 use crate::io::{FileSystem, StdFileSystem};
 use crate::log::format::Loc;
 use crate::log::reader::Log;
-use crate::log::writer::{WriteRequest, Writer};
+use crate::log::writer::{WriteRequest, Writer, WriterJob};
 use crate::snapshots::Snapshots;
 use crate::{indexer, log::recovery};
 
@@ -498,7 +498,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Engine {
     shared: Arc<Shared>,
-    requests: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    requests: Mutex<Option<mpsc::Sender<WriterJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     head_rx: watch::Receiver<u64>,
     /// The snapshot log, written by callers' threads, never by the writer thread.
@@ -567,7 +567,7 @@ impl Engine {
     }
 
     /// The writer's queue, unless the store is poisoned or closed.
-    fn writer_queue(&self) -> Result<mpsc::Sender<WriteRequest>> {
+    fn writer_queue(&self) -> Result<mpsc::Sender<WriterJob>> {
         if let Some(reason) = self.shared.poisoned() {
             return Err(EngineError::Poisoned(reason));
         }
@@ -578,7 +578,7 @@ impl Engine {
     pub async fn commit_prepared(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
         let (reply, answer) = oneshot::channel();
         self.writer_queue()?
-            .send(WriteRequest { commit, reply })
+            .send(WriterJob::Commit(WriteRequest { commit, reply }))
             .await
             .map_err(|_| EngineError::Closed)?;
         answer.await.map_err(|_| EngineError::Closed)?
@@ -588,7 +588,7 @@ impl Engine {
     pub fn commit_blocking(&self, commit: PreparedCommit) -> Result<CommitOutcome> {
         let (reply, answer) = oneshot::channel();
         self.writer_queue()?
-            .blocking_send(WriteRequest { commit, reply })
+            .blocking_send(WriterJob::Commit(WriteRequest { commit, reply }))
             .map_err(|_| EngineError::Closed)?;
         answer.blocking_recv().map_err(|_| EngineError::Closed)?
     }
@@ -654,19 +654,43 @@ impl Engine {
         self.snapshots.poisoned()
     }
 
-    /// Moves the sealed segments recorded wholly before `before` to cold storage (see
-    /// [`crate::archive`]); returns the totals archived so far. Blocking: call it from a
-    /// blocking thread. `ArchiveNotConfigured` without cold storage.
+    /// Moves the events recorded before `before` to cold storage (see [`crate::archive`]):
+    /// first seals the active segment when it holds such events and checkpoints the index
+    /// through the head, so that every segment they fill lies below the checkpoint; then
+    /// archives segment by segment. Returns the totals archived so far, with the events
+    /// before the cut that stay hot (those sharing a segment with later events). Blocking:
+    /// call it from a blocking thread. `ArchiveNotConfigured` without cold storage.
     pub fn archive(
         &self,
         before: Timestamp,
         progress: impl FnMut(&crate::archive::ArchivedSegment),
     ) -> Result<ArchiveOutcome> {
         let archive = self.archive.as_ref().ok_or(StoreError::ArchiveNotConfigured)?;
-        if self.requests.lock().is_none() {
-            return Err(EngineError::Closed);
+        let head = self.shared.head();
+        // The last position recorded before the cut (`before` is exclusive).
+        let cut = Timestamp::from_micros(before.as_micros().saturating_sub(1));
+        let last_before = self.shared.last_recorded_at_or_before(cut, head)?;
+        if last_before > 0 {
+            let active_first = self.shared.log.segments().last().map_or(1, |s| s.first_position);
+            self.checkpoint(last_before >= active_first)?;
         }
-        archive.archive(&self.shared, before, progress)
+        let mut outcome = archive.archive(&self.shared, before, progress)?;
+        let first_hot = archive.outcome().archived_events + 1;
+        if last_before >= first_hot {
+            outcome.hot_before_cut = last_before - first_hot + 1;
+            outcome.hot_reason = Some(factstore_core::StaysHot::SharesSegmentWithLaterEvents);
+        }
+        Ok(outcome)
+    }
+
+    /// Has the writer checkpoint the index through every event written so far, sealing the
+    /// active segment first when `seal` (see [`WriterJob::Checkpoint`]). Blocking.
+    fn checkpoint(&self, seal: bool) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.writer_queue()?
+            .blocking_send(WriterJob::Checkpoint { seal, reply })
+            .map_err(|_| EngineError::Closed)?;
+        answer.blocking_recv().map_err(|_| EngineError::Closed)?
     }
 
     /// Where the store's bytes are: local files (log and index) and cold storage.

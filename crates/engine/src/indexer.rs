@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::engine::Shared;
 use crate::error::{EngineError, Result};
@@ -37,6 +38,22 @@ use crate::index::manifest::{self, Manifest, ManifestRun};
 use crate::index::memtable::MemTable;
 use crate::index::run::{Run, RunWriter, merge_runs};
 use crate::index::table::PositionTable;
+use crate::log::format::Loc;
+
+/// What the writer hands the indexer, in order.
+#[derive(Debug)]
+pub enum IndexerJob {
+    /// A frozen memtable to write to a run.
+    Flush(Arc<MemTable>),
+    /// Answered once every job before it is done: the checkpoint then covers every memtable
+    /// frozen before. `resume`, when later than the checkpoint, moves it there with no run:
+    /// the writer sends it when nothing was left to freeze but the memtable's end moved past
+    /// a new segment's header.
+    Barrier {
+        resume: Option<Loc>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
 
 #[derive(Debug)]
 pub struct Indexer {
@@ -61,7 +78,7 @@ impl Indexer {
     /// a second thread, started and joined here: a merge of large runs takes seconds, and
     /// flushes must not wait behind it, or the writer, which waits when too many memtables
     /// are frozen, would stall.
-    pub fn run(self, frozen: Receiver<Arc<MemTable>>) {
+    pub fn run(self, jobs: Receiver<IndexerJob>) {
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let stopping = Arc::new(AtomicBool::new(false));
         let merger = Indexer {
@@ -78,7 +95,14 @@ impl Indexer {
         }
         // Runs left mergeable by the last session.
         let _ = wake.try_send(());
-        while let Ok(memtable) = frozen.recv() {
+        while let Ok(job) = jobs.recv() {
+            let memtable = match job {
+                IndexerJob::Flush(memtable) => memtable,
+                IndexerJob::Barrier { resume, reply } => {
+                    let _ = reply.send(self.barrier(resume));
+                    continue;
+                }
+            };
             if self.shared.poisoned().is_some() {
                 continue;
             }
@@ -132,6 +156,31 @@ impl Indexer {
         *manifest = next;
         // Under the manifest lock, so that memory changes in the order the manifests were stored.
         self.shared.index.replace_frozen(frozen, Arc::new(source));
+        Ok(())
+    }
+
+    /// See [`IndexerJob::Barrier`].
+    fn barrier(&self, resume: Option<Loc>) -> Result<()> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(EngineError::Poisoned(reason));
+        }
+        let Some(resume) = resume else {
+            return Ok(());
+        };
+        let mut manifest = self.manifest.lock();
+        if resume.0 > manifest.resume {
+            let mut next = manifest.clone();
+            next.resume = resume.0;
+            if let Err(error) = next.store(&*self.shared.fs, &self.shared.index_dir()) {
+                tracing::error!(%error, "index checkpoint failed; the store is poisoned and accepts no more writes");
+                self.shared.poison(format!(
+                    "writing an index checkpoint failed: {}",
+                    error.public_reason()
+                ));
+                return Err(error);
+            }
+            *manifest = next;
+        }
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Offline verification of a data folder: every record, every frame, every index entry.
 //!
-//! `factstore verify` runs this on a folder no server is using. It reads, never writes, and
-//! reports every problem it finds rather than stopping at the first: a checksum that does not
+//! `factstore verify` runs this on a folder no server is using: it holds the folder's lock
+//! (the `LOCK` file a server holds while it runs, created empty if missing) for the whole
+//! check, so it refuses a folder a server is writing, and no server opens the folder while it
+//! reads. Apart from that lock it reads, never writes, and reports every problem it finds rather than stopping at the first: a checksum that does not
 //! match, a position or version out of sequence, an event id stored twice, an index entry that
 //! is missing, wrong, or extra, a run file that is damaged. Memory grows with the number of
 //! aggregates and of events (a set of event ids), which is acceptable for an offline tool.
@@ -72,6 +74,9 @@ pub fn verify_with_archive(
     dir: &Path,
     cold: Option<&dyn crate::archive::ColdStore>,
 ) -> Result<Report> {
+    // A running server changes the folder under the check: what it reports would be neither
+    // the folder's state before nor after.
+    let _lock = fs.lock_dir(dir).map_err(crate::EngineError::io(dir))?;
     let mut report = Report::default();
     let archive_path = dir.join(crate::archive::manifest::FILE_NAME);
     let mut archived = Vec::new();

@@ -1177,6 +1177,7 @@ fn a_bad_last_frame_is_a_torn_tail_cut_off() {
     let engine = open(log_only(&process, 1 << 20));
     assert_holds_exactly(&engine, &now, "after a crash");
     engine.close();
+    drop(engine); // verify takes the folder's lock
     verify_clean(&disk, "after the cut");
 }
 
@@ -1302,6 +1303,7 @@ fn a_bad_record_below_the_checkpoint_is_an_error_on_read_and_in_verify() {
             .is_err()
     );
     engine.close();
+    drop(engine); // verify takes the folder's lock
     let report = factstore_engine::verify::verify(&disk, Path::new(DIR)).expect("verify runs");
     assert!(
         report.problems.iter().any(|p| p.contains("0000000001.seg")),

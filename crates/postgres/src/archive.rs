@@ -439,6 +439,8 @@ impl Archive {
         Ok(ArchiveOutcome {
             archived_events: events as u64,
             archived_bytes: bytes as u64,
+            // Every event at or below the head recorded before the cut moved, chunk by chunk.
+            ..ArchiveOutcome::default()
         })
     }
 

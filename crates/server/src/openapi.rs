@@ -1381,9 +1381,11 @@ fn put_schema() -> &'static [ErrorCode] {
     summary = "Move old events to cold storage",
     description = "Moves the events recorded before `before` (exclusive; a date means the start of \
 that day, UTC) to the cold storage of `--archive-url`, and frees their local copy only after the \
-cold copy is verified. Whole segments of the log move, oldest first, so events recorded shortly \
-before `before` may stay hot until their segment is complete; the newest segment always stays. \
-Answers when done, with the totals archived so far (all runs). Every read, query, subscription \
+cold copy is verified. Whole segments of the log move, oldest first; the newest segment is \
+sealed first when it holds events recorded before `before`, so that they move too. Events \
+before `before` that share a segment with events recorded at or after it stay hot: \
+`hot_before_cut` counts them and `hot_reason` says why (on PostgreSQL every one moves). Answers \
+when done, with the totals archived so far (all runs). Every read, query, subscription \
 and replay still returns archived events, at the same positions. 409 `archive_not_configured` \
 without `--archive-url`. Needs the admin role. Takes no query parameters.",
     request_body(content = ArchiveBody, example = json!({"before": "2023-01-01"})),

@@ -70,6 +70,19 @@ pub fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                 human_bytes(outcome.archived_bytes)
             ))?;
         }
+        if outcome.hot_before_cut > 0 {
+            let why = match outcome.hot_reason.as_deref() {
+                Some("shares_segment_with_later_events") => {
+                    "they share a log segment with events recorded at or after the cut, and a segment moves whole"
+                }
+                Some(other) => other,
+                None => "the server gave no reason",
+            };
+            eprintln!(
+                "{} events recorded before {before} stay on local disk: {why}",
+                outcome.hot_before_cut
+            );
+        }
         printer.flush()?;
         Ok(ExitCode::SUCCESS)
     })

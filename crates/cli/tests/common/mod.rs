@@ -1,6 +1,7 @@
 //! A `factstore serve` process for the tests that run the binary.
 #![allow(dead_code)] // each test binary uses a part of it
 
+pub mod kill;
 pub mod pg;
 
 use std::net::{TcpListener, TcpStream};

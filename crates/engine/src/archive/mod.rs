@@ -169,6 +169,7 @@ impl Archive {
         ArchiveOutcome {
             archived_events: records.iter().map(ArchivedSegment::events).sum(),
             archived_bytes: records.iter().map(|r| r.len).sum(),
+            ..ArchiveOutcome::default()
         }
     }
 

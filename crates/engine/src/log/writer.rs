@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::engine::Shared;
 use crate::error::{EngineError, Result};
-use crate::index::memtable::MemTable;
+use crate::indexer::IndexerJob;
 use crate::io::OpenMode;
 use crate::log::format::{
     FRAME_HEADER_LEN, FrameHeader, Loc, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
@@ -44,6 +44,23 @@ use crate::log::reader::Segment;
 pub struct WriteRequest {
     pub commit: PreparedCommit,
     pub reply: oneshot::Sender<Result<CommitOutcome>>,
+}
+
+/// What the writer thread is asked to do, in the order asked.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "commits are nearly every message: boxing them would allocate once per commit"
+)]
+pub enum WriterJob {
+    Commit(WriteRequest),
+    /// Checkpoint the index through every event written so far, sealing the active segment
+    /// first when `seal` (and it holds events), so that archiving can move every segment below
+    /// it (see [`Writer::checkpoint`]). Answered once the checkpoint is durable.
+    Checkpoint {
+        seal: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Frozen memtables waiting for the indexer before the writer waits too.
@@ -82,7 +99,7 @@ pub struct Writer {
     cache_entries_max: usize,
     segment_bytes_max: u64,
     memtable_events_max: usize,
-    flush: std::sync::mpsc::Sender<Arc<MemTable>>,
+    flush: std::sync::mpsc::Sender<IndexerJob>,
     /// Reused between groups: the frame being built (header space first).
     frame: Vec<u8>,
 }
@@ -109,7 +126,7 @@ impl Writer {
         shared: Arc<Shared>,
         start: WriterStart,
         options: &crate::EngineOptions,
-        flush: std::sync::mpsc::Sender<Arc<MemTable>>,
+        flush: std::sync::mpsc::Sender<IndexerJob>,
     ) -> Writer {
         Writer {
             shared,
@@ -126,24 +143,73 @@ impl Writer {
         }
     }
 
-    /// Runs until every sender of `requests` is gone.
-    pub fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+    /// Runs until every sender of `requests` is gone. A checkpoint asked for while commits
+    /// wait ends their group: it covers every commit asked for before it.
+    pub fn run(mut self, mut requests: mpsc::Receiver<WriterJob>) {
         while let Some(first) = requests.blocking_recv() {
+            let first = match first {
+                WriterJob::Commit(request) => request,
+                WriterJob::Checkpoint { seal, reply } => {
+                    self.checkpoint(seal, reply);
+                    continue;
+                }
+            };
             let mut events = first.commit.event_count;
             let mut bytes = commit_bytes(&first.commit);
             let mut group = vec![first];
+            let mut then = None;
             while events < GROUP_EVENTS_MAX && bytes < GROUP_BYTES_MAX {
                 match requests.try_recv() {
-                    Ok(request) => {
+                    Ok(WriterJob::Commit(request)) => {
                         events += request.commit.event_count;
                         bytes += commit_bytes(&request.commit);
                         group.push(request);
+                    }
+                    Ok(WriterJob::Checkpoint { seal, reply }) => {
+                        then = Some((seal, reply));
+                        break;
                     }
                     Err(_) => break,
                 }
             }
             self.process(group);
+            if let Some((seal, reply)) = then {
+                self.checkpoint(seal, reply);
+            }
         }
+    }
+
+    /// Makes the index checkpoint cover every event written so far: seals the active segment
+    /// when asked (and it holds events), freezes the memtable however small, and has the
+    /// indexer answer `reply` once everything frozen before is flushed and the manifest
+    /// stored. Sealing moves the memtable's end to the new segment's first frame, so the
+    /// checkpoint resumes there and the sealed segment lies wholly below it.
+    fn checkpoint(&mut self, seal: bool, reply: oneshot::Sender<Result<()>>) {
+        if let Some(reason) = self.shared.poisoned() {
+            let _ = reply.send(Err(EngineError::Poisoned(reason)));
+            return;
+        }
+        if seal && self.write_offset > SEGMENT_HEADER_LEN as u64 {
+            // Nothing was written if this fails (a half-made segment file is removed), so the
+            // store goes on in the segment it has.
+            if let Err(error) = self.rotate(self.next_position) {
+                let _ = reply.send(Err(error));
+                return;
+            }
+            // Every frame before the new segment is in the memtable.
+            let start = Loc::new(self.segment.no, SEGMENT_HEADER_LEN as u32);
+            self.shared.index.state.write().active.set_end(start);
+        }
+        let resume = match self.shared.index.freeze() {
+            Some(frozen) => {
+                let _ = self.flush.send(IndexerJob::Flush(frozen));
+                None
+            }
+            // Nothing to flush, but the checkpoint may still move past a segment header.
+            None => Some(self.shared.index.state.read().active.end()),
+        };
+        // When the indexer is gone the reply is dropped, and the caller sees the store closed.
+        let _ = self.flush.send(IndexerJob::Barrier { resume, reply });
     }
 
     fn process(&mut self, group: Vec<WriteRequest>) {
@@ -285,7 +351,7 @@ impl Writer {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         if let Some(frozen) = self.shared.index.freeze() {
-            let _ = self.flush.send(frozen);
+            let _ = self.flush.send(IndexerJob::Flush(frozen));
         }
     }
 
