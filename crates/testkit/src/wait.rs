@@ -117,3 +117,65 @@ pub async fn join_all<T: 'static>(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn until_returns_once_the_condition_holds() {
+        let checks = AtomicUsize::new(0);
+        until("the third check", Duration::from_secs(5), || async {
+            checks.fetch_add(1, Ordering::SeqCst) + 1 >= 3
+        })
+        .await;
+        assert_eq!(checks.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waited 50ms for the door to open, and it never came (last seen: shut)")]
+    async fn until_ok_fails_naming_what_and_the_last_seen() {
+        until_ok("the door to open", SHORT, || async { Err::<(), _>("shut") }).await;
+    }
+
+    #[test]
+    #[should_panic(expected = "waited 50ms for a flag")]
+    fn until_blocking_fails_naming_what() {
+        until_blocking("a flag", SHORT, || false);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waited 50ms for an answer")]
+    async fn within_fails_on_a_future_that_does_not_finish() {
+        within("an answer", SHORT, std::future::pending::<()>()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a read finished at once; it should have been waiting")]
+    async fn spawn_waiting_fails_on_a_future_that_does_not_wait() {
+        spawn_waiting("a read", async {}).await;
+    }
+
+    #[tokio::test]
+    async fn spawn_waiting_hands_over_a_waiter_that_is_woken_later() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let waiting = spawn_waiting("a receiver", rx).await;
+        tx.send(7).expect("the receiver is there");
+        let got = within("the receiver", Duration::from_secs(5), waiting).await;
+        assert_eq!(got.expect("join").expect("received"), 7);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "task 2 failed")]
+    async fn join_all_passes_a_task_panic_on() {
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..3 {
+            tasks.spawn(async move { assert_ne!(task, 2, "task 2 failed") });
+        }
+        join_all("the tasks", Duration::from_secs(5), &mut tasks).await;
+    }
+}
