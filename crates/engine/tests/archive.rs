@@ -21,6 +21,7 @@ use factstore_engine::log::format::segment_file_name;
 use factstore_engine::verify::verify_with_archive;
 use factstore_engine::{Engine, EngineError, EngineOptions};
 use factstore_testkit::faultfs::{CrashMode, FaultFs};
+use factstore_testkit::wait;
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 
@@ -279,13 +280,11 @@ fn fill(engine: &Engine, salt: usize, n: usize) {
 /// Waits until the indexer has flushed what is due, so that the checkpoint covers the sealed
 /// segments.
 fn settle(engine: &Engine) {
-    for _ in 0..2000 {
-        if engine.shared().index_quiet() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    panic!("the indexer did not settle");
+    wait::until_blocking(
+        "the indexer to settle",
+        std::time::Duration::from_secs(10),
+        || engine.shared().index_quiet(),
+    );
 }
 
 /// Every read path, as a comparable value.
@@ -387,6 +386,7 @@ fn assert_positions_dense(all: &[Event], context: &str) {
 
 /// A moment after everything committed so far.
 fn now_plus() -> Timestamp {
+    // Time passes on purpose: the moment is strictly after the last commit's time.
     std::thread::sleep(std::time::Duration::from_millis(2));
     Timestamp::now()
 }

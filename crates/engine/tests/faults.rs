@@ -38,6 +38,7 @@ use factstore_engine::log::format::{FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADE
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineError, EngineOptions};
 use factstore_testkit::faultfs::{CrashMode, CrashReport, FaultFs, Repeat};
+use factstore_testkit::wait;
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use uuid::Uuid;
@@ -499,15 +500,15 @@ const WORKLOAD_COMMITS: usize = 20;
 /// sequential workload makes the same writes and syncs in the same order on every run, and
 /// a fault counted in operations always lands on the same one.
 fn settle(engine: &Engine, memtable_events_max: usize) {
-    let started = std::time::Instant::now();
-    loop {
-        let caught_up = engine.shared().index.state.read().active.len() < memtable_events_max
-            && engine.shared().index_quiet();
-        if caught_up || engine.poisoned().is_some() || started.elapsed() > std::time::Duration::from_secs(5) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
+    wait::until_blocking(
+        "the indexer to catch up with the writer, or a failure to poison the store",
+        std::time::Duration::from_secs(10),
+        || {
+            let caught_up = engine.shared().index.state.read().active.len() < memtable_events_max
+                && engine.shared().index_quiet();
+            caught_up || engine.poisoned().is_some()
+        },
+    );
 }
 
 /// What a fault-free run of the workload does: the operations a sweep walks through.
@@ -864,9 +865,7 @@ fn crash_round(
                 }
             });
         }
-        while let Some(joined) = tasks.join_next().await {
-            joined.expect("a writer panicked");
-        }
+        wait::join_all("the writers", std::time::Duration::from_secs(60), &mut tasks).await;
     });
     // The writers finished before the crash point: crash now (a no-op after a crash).
     let report = process.crash(mode);

@@ -7,6 +7,8 @@ mod common;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +20,7 @@ use factstore_core::{
 use factstore_engine::archive::{ColdStore, ObjectColdStore};
 use factstore_postgres::PgStore;
 use factstore_postgres::archive::ArchiveOptions;
+use factstore_testkit::wait::join_all;
 use parking_lot::Mutex;
 use serde_json::json;
 use uuid::Uuid;
@@ -215,6 +218,7 @@ async fn on_cold_folder(schema: &TestSchema) -> (tempfile::TempDir, Arc<dyn Cold
 /// Appends events, then more after a split time; returns the split and the early commits.
 async fn two_rounds(store: &PgStore) -> (Timestamp, Vec<(Commit, CommitOutcome)>) {
     let early = append(store, 0, 30).await;
+    // Time passes on purpose: the split lies strictly between the two rounds' times.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let split = Timestamp::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -616,7 +620,11 @@ async fn a_replay_of_archived_events_waits_for_cold_storage_alone() {
 #[derive(Debug)]
 struct Counting {
     inner: Arc<dyn ColdStore>,
-    gets: std::sync::atomic::AtomicUsize,
+    gets: AtomicUsize,
+    /// Readers of the store that have started a read and not finished it (the test counts).
+    reading: AtomicUsize,
+    /// `reading` as the last object read ended: the readers that met that read.
+    reading_at_get: AtomicUsize,
 }
 
 impl ColdStore for Counting {
@@ -625,8 +633,10 @@ impl ColdStore for Counting {
     }
 
     fn get(&self, key: &str) -> io::Result<Bytes> {
-        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gets.fetch_add(1, SeqCst);
+        // Slow on purpose, as a cold store over a network is.
         std::thread::sleep(Duration::from_millis(50));
+        self.reading_at_get.store(self.reading.load(SeqCst), SeqCst);
         self.inner.get(key)
     }
 
@@ -648,25 +658,38 @@ async fn readers_of_one_uncached_chunk_fetch_it_once() {
     // A server started afresh: nothing cached. Eight readers of the first archived events.
     let counting = Arc::new(Counting {
         inner: cold.clone(),
-        gets: std::sync::atomic::AtomicUsize::new(0),
+        gets: AtomicUsize::new(0),
+        reading: AtomicUsize::new(0),
+        reading_at_get: AtomicUsize::new(0),
     });
     let fresh = open_with(&schema, Some(counting.clone())).await.expect("open");
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let fresh = fresh.clone();
-        readers.spawn(async move { fresh.read_events(EventQuery::all(0, 5)).await });
+        let (fresh, counting) = (fresh.clone(), counting.clone());
+        readers.spawn(async move {
+            counting.reading.fetch_add(1, SeqCst);
+            let page = fresh.read_events(EventQuery::all(0, 5)).await;
+            counting.reading.fetch_sub(1, SeqCst);
+            page
+        });
     }
-    let mut pages = Vec::new();
-    while let Some(page) = readers.join_next().await {
-        pages.push(page.expect("reader").expect("read"));
-    }
+    let pages: Vec<_> = join_all("the readers", Duration::from_secs(30), &mut readers)
+        .await
+        .into_iter()
+        .map(|page| page.expect("read"))
+        .collect();
+    assert_eq!(
+        counting.reading_at_get.load(SeqCst),
+        8,
+        "every reader was reading while the chunk was fetched"
+    );
     assert!(
         pages
             .iter()
             .all(|page| page.events.len() == 5 && page.events == pages[0].events)
     );
     assert_eq!(
-        counting.gets.load(std::sync::atomic::Ordering::SeqCst),
+        counting.gets.load(SeqCst),
         1,
         "the first five events are in one chunk, fetched once for eight readers"
     );

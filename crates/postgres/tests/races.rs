@@ -9,11 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestSchema;
+use common::{TestSchema, backend_pid, blocked_by};
 use factstore_core::{Commit, Event, EventQuery, EventStore, ExpectedVersion, NewEvent, StoreError};
 use factstore_postgres::PgStore;
+use factstore_testkit::wait::{join_all, until_ok, within};
 use serde_json::json;
 use tokio::task::JoinSet;
+
+/// How long a commit that waited on a lock may take once the lock is released.
+const LOCK_RELEASED: Duration = Duration::from_secs(10);
 
 /// A subscriber as the server's are: wait for the head to move, read pages after the last
 /// position seen. Returns once it holds `n` events, and fails on a gap or a repeat.
@@ -98,6 +102,8 @@ async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_or
     let on_b = tokio::spawn(subscribe(server_b.clone(), 2));
 
     let slow = schema.connect().await;
+    let observer = schema.connect().await;
+    let slow_pid = backend_pid(&slow).await;
     let slow_position = take_next_position(&slow, "slow:1").await;
     assert_eq!(slow_position, 1);
     // The fast commit arrives while the slow transaction holds position 1.
@@ -105,13 +111,27 @@ async fn a_slow_transaction_and_a_fast_one_reach_every_subscriber_in_position_or
         let store = server_b.clone();
         async move { store.commit(one("fast:1", "Fast")).await }
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // PostgreSQL shows the fast commit waiting on a lock the slow transaction holds (its row
+    // at position 1, or the head): the two met, and the order below is the lock's doing.
+    let blocked = blocked_by(
+        &observer,
+        slow_pid,
+        "the fast commit to wait on the slow transaction's lock",
+    )
+    .await;
     assert!(
         !fast.is_finished(),
-        "the fast commit must wait for the slow one's position to commit"
+        "the fast commit must wait for the slow one's position to commit (it waits in {blocked:?})"
     );
     slow.batch_execute("COMMIT").await.expect("commit the slow one");
-    let fast = fast.await.expect("join").expect("the fast commit succeeds");
+    let fast = within(
+        "the fast commit, once the slow one committed",
+        LOCK_RELEASED,
+        fast,
+    )
+    .await
+    .expect("join")
+    .expect("the fast commit succeeds");
     assert_eq!(
         fast.position, 2,
         "the fast commit takes the position after the slow one"
@@ -134,14 +154,35 @@ async fn a_rolled_back_append_leaves_no_gap_and_stalls_no_subscriber() {
     let subscriber = tokio::spawn(subscribe(store.clone(), 2));
 
     let doomed = schema.connect().await;
+    let observer = schema.connect().await;
+    let doomed_pid = backend_pid(&doomed).await;
     assert_eq!(take_next_position(&doomed, "doomed:1").await, 1);
     let waiting = tokio::spawn({
         let store = store.clone();
         async move { store.commit(one("kept:1", "Kept")).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The commit must be waiting on a lock the doomed transaction holds (its row at position
+    // 1, or the head) when it rolls back: otherwise the position it takes says nothing about a
+    // rollback under it.
+    let blocked = blocked_by(
+        &observer,
+        doomed_pid,
+        "the commit to wait on the doomed transaction's lock",
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the commit waits while the doomed transaction holds position 1 (it waits in {blocked:?})"
+    );
     doomed.batch_execute("ROLLBACK").await.expect("roll back");
-    let kept = waiting.await.expect("join").expect("the waiting commit succeeds");
+    let kept = within(
+        "the waiting commit, once the doomed one rolled back",
+        LOCK_RELEASED,
+        waiting,
+    )
+    .await
+    .expect("join")
+    .expect("the waiting commit succeeds");
     assert_eq!(
         kept.position, 1,
         "the rolled-back position is taken again, leaving no gap"
@@ -174,7 +215,8 @@ async fn two_servers_on_one_schema_commit_dense_positions_seen_by_both() {
 
     let mut tasks = JoinSet::new();
     for task in 0..TASKS {
-        let store = if task % 2 == 0 { a.clone() } else { b.clone() };
+        let on_a = task % 2 == 0;
+        let store = if on_a { a.clone() } else { b.clone() };
         tasks.spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..COMMITS {
@@ -185,25 +227,39 @@ async fn two_servers_on_one_schema_commit_dense_positions_seen_by_both() {
                 let commit = Commit::single(&aggregate, ExpectedVersion::Any, events);
                 outcomes.push(store.commit(commit).await.expect("commit"));
             }
-            outcomes
+            (on_a, outcomes)
         });
     }
     let total: usize = (0..COMMITS).map(|i| 1 + i % 3).sum::<usize>() * TASKS;
     let on_a = tokio::spawn(subscribe(a.clone(), total));
     let on_b = tokio::spawn(subscribe(b.clone(), total));
     let mut by_position: HashMap<u64, uuid::Uuid> = HashMap::new();
-    while let Some(outcomes) = tasks.join_next().await {
-        for outcome in outcomes.expect("task") {
+    let mut server_of: BTreeMap<u64, bool> = BTreeMap::new();
+    for (committed_on_a, outcomes) in join_all("the writers", Duration::from_secs(60), &mut tasks).await {
+        for outcome in outcomes {
             for event in outcome.appends.iter().flat_map(|a| &a.events) {
                 assert!(
                     by_position.insert(event.position, event.event_id).is_none(),
                     "position {} given twice",
                     event.position
                 );
+                server_of.insert(event.position, committed_on_a);
             }
         }
     }
     assert_eq!(by_position.len(), total);
+    // The servers committed at the same time, not one after the other: in position order, A's
+    // events and B's alternate (A, B, A at the least).
+    let turns = server_of
+        .values()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] != w[1])
+        .count();
+    assert!(
+        turns >= 2,
+        "the two servers' commits did not interleave ({turns} turns)"
+    );
     for subscriber in [on_a, on_b] {
         let events = subscriber.await.expect("subscriber");
         assert_eq!(events.len(), total);
@@ -244,8 +300,8 @@ async fn each_commit_of_a_group_is_decided_on_its_own() {
         });
     }
     let (mut won, mut lost) = (0, 0);
-    while let Some(result) = tasks.join_next().await {
-        match result.expect("join") {
+    for result in join_all("the claims", Duration::from_secs(60), &mut tasks).await {
+        match result {
             Ok(_) => won += 1,
             Err(StoreError::WrongExpectedVersion {
                 current_version: 1, ..
@@ -286,7 +342,6 @@ async fn pages_read_through_a_server_that_heard_nothing_carry_the_head_of_now() 
     assert_eq!(first.events.len(), 1000);
     assert_eq!(first.head_position, 3000);
     // A commits after B's first page; B's next page must show the head with it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let last = a
         .commit(one("agg:later", "Later"))
         .await
@@ -341,25 +396,28 @@ async fn a_table_that_outgrows_its_statistics_is_analyzed_and_its_time_indexes_s
         store.commit(commit).await.expect("commit");
     }
     let db = schema.connect().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let planned: f32 = db
-            .query_one(
-                "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass",
-                &[],
-            )
-            .await
-            .expect("reltuples")
-            .get(0);
-        if planned >= 10_000.0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "12,000 events and the planner still thinks there are {planned}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_ok(
+        "autovacuum to analyze the table",
+        Duration::from_secs(30),
+        || async {
+            let planned: f32 = db
+                .query_one(
+                    "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass",
+                    &[],
+                )
+                .await
+                .expect("reltuples")
+                .get(0);
+            if planned >= 10_000.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "12,000 events, and the planner thinks there are {planned}"
+                ))
+            }
+        },
+    )
+    .await;
 
     // Reads by time use the BRIN indexes only where their ranges are summarized: a window of
     // the first commit must read a few ranges, not every block of the table.
@@ -387,34 +445,36 @@ async fn a_table_that_outgrows_its_statistics_is_analyzed_and_its_time_indexes_s
         blocks > 4 * 128,
         "the table spans several BRIN ranges ({blocks} blocks)"
     );
-    loop {
-        let messages = db
-            .simple_query(&format!(
-                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT position FROM events \
-                 WHERE created_at >= '{at}' AND created_at <= '{at}'"
-            ))
-            .await
-            .expect("explain");
-        let plan = messages
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .expect("a plan");
-        let lossy: i64 =
-            serde_json::from_str::<serde_json::Value>(&plan).expect("json")[0]["Plan"]["Lossy Heap Blocks"]
+    until_ok(
+        "autovacuum to summarize the time indexes",
+        Duration::from_secs(30),
+        || async {
+            let messages = db
+                .simple_query(&format!(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) SELECT position FROM events \
+                     WHERE created_at >= '{at}' AND created_at <= '{at}'"
+                ))
+                .await
+                .expect("explain");
+            let plan = messages
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .expect("a plan");
+            let lossy: i64 = serde_json::from_str::<serde_json::Value>(&plan).expect("json")[0]["Plan"]
+                ["Lossy Heap Blocks"]
                 .as_i64()
                 .expect("a bitmap heap scan");
-        if lossy <= 2 * 128 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a window of one commit still reads {lossy} of {blocks} blocks: the time index is not summarized"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            if lossy <= 2 * 128 {
+                Ok(())
+            } else {
+                Err(format!("a window of one commit reads {lossy} of {blocks} blocks"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Groups are inserted while the group before them is still inserting, planned on what it will
@@ -480,8 +540,7 @@ async fn groups_planned_behind_a_group_that_fails_are_planned_again_without_a_ga
     }
     let mut acknowledged: HashMap<u64, uuid::Uuid> = HashMap::new();
     let mut refused = 0;
-    while let Some(result) = tasks.join_next().await {
-        let (events, failed) = result.expect("task");
+    for (events, failed) in join_all("the writers", Duration::from_secs(120), &mut tasks).await {
         refused += failed;
         for (position, id) in events {
             assert!(

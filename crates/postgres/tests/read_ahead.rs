@@ -7,6 +7,7 @@ mod common;
 use common::TestSchema;
 use factstore_core::{Commit, EventFilter, EventPage, EventQuery, EventStore, ExpectedVersion, NewEvent};
 use factstore_postgres::PgStore;
+use factstore_testkit::wait::within;
 use serde_json::json;
 
 async fn append(store: &PgStore, aggregate: &str, event_type: &str, n: usize) {
@@ -83,25 +84,37 @@ async fn readers_paging_while_others_append_get_every_event_once_in_order() {
         let store = store.clone();
         tokio::spawn(async move {
             let mut seen = Vec::new();
+            let mut heads = std::collections::BTreeSet::new();
             let mut after = 0;
             loop {
                 let page = store.read_events(EventQuery::all(after, 37)).await.expect("read");
                 seen.extend(positions(&page));
+                heads.insert(page.head_position);
                 after = page.next_after_position;
                 if page.events.is_empty() && after >= page.head_position {
+                    // Caught up with the head for now: a pause before looking again.
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     if *store.watch_head().borrow() == after && seen.len() >= 500 + 300 {
-                        return seen;
+                        return (seen, heads);
                     }
                 }
             }
         })
     };
-    writer.await.expect("writer");
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), everything)
+    within("the writer", std::time::Duration::from_secs(30), writer)
         .await
-        .expect("the reader caught up")
-        .expect("reader");
+        .expect("writer");
+    let (seen, heads) = within(
+        "the reader to catch up",
+        std::time::Duration::from_secs(30),
+        everything,
+    )
+    .await
+    .expect("reader");
+    assert!(
+        heads.len() > 1,
+        "the reader paged while the writer appended: it saw the head at {heads:?}"
+    );
     let head = store.head().await.expect("head").position;
     assert_eq!(
         seen,

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestSchema;
+use common::{TestSchema, backend_pid, blocked_by};
 use deadpool_postgres::Pool;
 use factstore_core::{Commit, EventStore, ExpectedVersion, Limits, NewEvent};
 use factstore_postgres::PgStore;
@@ -17,6 +17,7 @@ use factstore_projections::storage::ProjectionStorage;
 use factstore_projections::{ProjectionError, Projections, ProjectionsOptions};
 use factstore_schemas::{SchemaError, SchemaRegistry};
 use factstore_subscriptions::{GroupDefinition, Options, Storage, SubscriptionError, Subscriptions};
+use factstore_testkit::wait::{until, within};
 use serde_json::json;
 use tokio::runtime::Handle;
 
@@ -249,18 +250,28 @@ async fn an_epoch_bump_waits_for_a_write_in_flight_and_fences_the_next() {
     // A new leader's bump, not yet committed: the old leader's append waits on the row, then
     // finds the epoch changed and writes nothing.
     let mut client = fx.schema.connect().await;
+    let observer = fx.schema.connect().await;
+    let bumper = backend_pid(&client).await;
     let tx = client.transaction().await.unwrap();
     tx.execute("UPDATE factstore_leader SET epoch = epoch + 1 WHERE id = 1", &[])
         .await
         .unwrap();
     let append = tokio::task::spawn_blocking(move || log.append(&[b"late"]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // PostgreSQL shows the append waiting on the bump's lock of the leader row: the write was
+    // in flight while the bump was, and what follows is what the lock made of it.
+    let blocked = blocked_by(&observer, bumper, "the append to wait on the bump's lock").await;
     assert!(
         !append.is_finished(),
-        "the append waits for the bump to commit or roll back"
+        "the append waits for the bump to commit or roll back (it waits in {blocked:?})"
     );
     tx.commit().await.unwrap();
-    let result = append.await.unwrap();
+    let result = within(
+        "the append, once the bump committed",
+        Duration::from_secs(10),
+        append,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(&result, Err(ProjectionError::Unavailable(m)) if m.contains("lease was lost")),
         "{result:?}"
@@ -568,9 +579,28 @@ async fn the_refresh_task_brings_in_other_servers_schemas() {
     let a = registry(&fx.pool).await;
     let b = registry(&fx.pool).await;
     let task = factstore_postgres::state::spawn_schema_refresh(b.clone(), &fx.schema.options());
-    // Let the listener start, so that the notification (not the poll) is what brings it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = tokio::time::Instant::now();
+    // The listener is listening before the schema is put, so that the notification (not only
+    // the poll) can bring it.
+    let observer = fx.schema.connect().await;
+    let listen = format!(
+        "LISTEN \"{}\"",
+        factstore_postgres::state::schema_channel(&fx.schema.name)
+    );
+    until(
+        "the registry's listener to listen",
+        Duration::from_secs(10),
+        || async {
+            observer
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+                    &[&listen],
+                )
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
     blocking(move || {
         a.put_schema(
             "Deposited",
@@ -581,12 +611,11 @@ async fn the_refresh_task_brings_in_other_servers_schemas() {
         .unwrap()
     })
     .await;
-    while b.get("Deposited").is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the refresh never came"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "the refresh to bring the schema",
+        Duration::from_secs(5),
+        || async { b.get("Deposited").is_ok() },
+    )
+    .await;
     task.abort();
 }

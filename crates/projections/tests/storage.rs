@@ -17,6 +17,7 @@ use factstore_projections::storage::{JournalStorage, ProjectionStorage, replay};
 use factstore_projections::{Projections, ProjectionsOptions, Status};
 use factstore_testkit::faultfs::{CrashMode, FaultFs, Repeat};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait;
 use serde_json::{Value, json};
 
 const ROOT: &str = "/data/projections";
@@ -80,19 +81,25 @@ fn model_fold(definition: &ProjectionDefinition, events: &[Event], position: u64
     states
 }
 
+/// Waits until the status of projection `name` passes `done`; fails with the last status.
 async fn wait_until(
     projections: &Projections,
     name: &str,
     mut done: impl FnMut(&factstore_projections::ProjectionStatus) -> bool,
 ) {
-    for _ in 0..2000 {
+    let what = format!("projection {name} to reach the status awaited");
+    wait::until_ok(&what, Duration::from_secs(10), || {
         let status = projections.status(name).unwrap();
-        if done(&status) {
-            return;
+        let reached = done(&status);
+        async move {
+            if reached {
+                Ok(())
+            } else {
+                Err(format!("{status:?}"))
+            }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out: {:?}", projections.status(name));
+    })
+    .await;
 }
 
 async fn states(projections: &Projections, name: &str) -> BTreeMap<String, Value> {
@@ -142,6 +149,8 @@ async fn a_crash_at_any_moment_keeps_states_and_checkpoint_consistent() {
                 tokio::task::yield_now().await;
             }
         }
+        // Time passes on purpose, a different while for each seed: the crash comes wherever
+        // the fold has got to by then.
         tokio::time::sleep(Duration::from_micros(200 * seed)).await;
         let mode = if seed % 2 == 0 {
             CrashMode::DropUnsynced
@@ -198,6 +207,7 @@ async fn a_failed_sync_stops_the_projection_and_a_restart_resumes_it() {
         "{status:?}"
     );
     append(&store, 2, 1).await;
+    // Time passes on purpose: a window in which a log that took more would show it.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         projections.status("counts").unwrap().position,

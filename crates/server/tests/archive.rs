@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -14,6 +15,7 @@ use factstore_engine::archive::{ArchiveOptions, ObjectColdStore};
 use factstore_engine::store::EmbeddedStore;
 use factstore_engine::{Engine, EngineOptions};
 use factstore_server::{AppState, Auth, ServerConfig, app_with_state};
+use factstore_testkit::wait::until;
 use serde_json::{Value, json};
 
 fn engine(data: &Path, cold: &Path) -> Arc<Engine> {
@@ -39,13 +41,10 @@ fn router(engine: &Arc<Engine>, auth: Option<&str>) -> Router {
 }
 
 async fn settle(engine: &Engine) {
-    for _ in 0..5000 {
-        if engine.shared().index_quiet() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    panic!("the indexer did not settle");
+    until("the indexer to settle", Duration::from_secs(10), || async {
+        engine.shared().index_quiet()
+    })
+    .await;
 }
 
 /// Every HTTP read path whose answer does not depend on the time of the read.

@@ -17,6 +17,7 @@ use factstore_core::{Commit, EventPage, EventQuery, EventStore, ExpectedVersion,
 use factstore_server::budget::{CHUNK_BYTES, READ_AHEAD_BYTES, READ_AHEAD_CHUNKS, WRITE_BUFFER_BYTES};
 use factstore_server::{AppState, ServeOptions, ServerConfig, app_with_state};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{until, until_ok};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,13 +86,15 @@ async fn never_reads(address: SocketAddr, request: &str) -> TcpStream {
 /// The most response bytes the server holds, rendered and not yet written, watched for a
 /// while after they first appear.
 async fn held_bytes(state: &AppState) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state.budget.bodies.pending() == 0 {
-        assert!(Instant::now() < deadline, "the server rendered nothing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "the server to render a response",
+        Duration::from_secs(10),
+        || async { state.budget.bodies.pending() > 0 },
+    )
+    .await;
     let mut most = 0;
     let watch = Instant::now();
+    // Time passes on purpose: whatever the server would pile up, it has 1.5 s to.
     while watch.elapsed() < Duration::from_millis(1500) {
         most = most.max(state.budget.bodies.pending());
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -152,15 +155,19 @@ async fn a_poll_answer_that_is_never_read_holds_one_chunk() {
     let created = Call::put("/v1/subscriptions/g", &json!({})).send(&router).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     // The group reads its events ahead; wait until all are there to be leased.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = Call::get("/v1/subscriptions/g").send(&router).await;
-        if status.body["pending"].as_u64() == Some(10_000) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", status.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_ok(
+        "the group to read every event ahead",
+        Duration::from_secs(10),
+        || async {
+            let status = Call::get("/v1/subscriptions/g").send(&router).await;
+            if status.body["pending"].as_u64() == Some(10_000) {
+                Ok(())
+            } else {
+                Err(status.text())
+            }
+        },
+    )
+    .await;
     let running = start(state, ServeOptions::default()).await;
     let body = r#"{"consumer":"c","max":10000}"#;
     let _client = never_reads(
@@ -370,6 +377,7 @@ async fn a_request_body_that_stalls_has_its_connection_closed_within_the_bound()
     )
     .await
     .unwrap();
+    // Slow on purpose: the body comes in pieces, with pauses between them.
     tokio::time::sleep(Duration::from_millis(100)).await;
     slow.write_all(&body.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -402,12 +410,13 @@ async fn at_the_connection_cap_health_answers_the_rest_get_503_and_service_resum
         options,
     )
     .await;
-    // Four connections that send nothing take every place.
+    // Four connections that send nothing take every place. The server takes connections in
+    // the order they were made, and a place as it takes one: the next connection finds them
+    // all taken, with nothing to wait for.
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(TcpStream::connect(running.address).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let health = request(running.address, "/health").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -422,15 +431,15 @@ async fn at_the_connection_cap_health_answers_the_rest_get_503_and_service_resum
 
     // Once they close, the API answers again.
     drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until_ok("the API to answer again", Duration::from_secs(5), || async {
         let head = request(running.address, "/v1/head").await;
         if head.starts_with("HTTP/1.1 200") {
-            break;
+            Ok(())
+        } else {
+            Err(head)
         }
-        assert!(Instant::now() < deadline, "{head}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -445,10 +454,10 @@ async fn beyond_the_overflow_lane_connections_are_closed_at_once_not_left_hangin
     )
     .await;
     let mut idle = Vec::new();
+    // Taken in the order they were made (see above): the next finds both lanes full.
     for _ in 0..1 + factstore_server::serve::OVERFLOW_CONNECTIONS {
         idle.push(TcpStream::connect(running.address).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut extra = TcpStream::connect(running.address).await.unwrap();
     let closed = closed_within(&mut extra, Duration::from_secs(2)).await;
     assert_eq!(
@@ -493,13 +502,15 @@ async fn read_ahead_is_given_back_when_pages_end_or_their_clients_leave() {
         "a stalled page holds {taken} bytes of read-ahead"
     );
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while available() != READ_AHEAD_BYTES {
-        assert!(
-            Instant::now() < deadline,
-            "a client that left still holds {} bytes",
-            READ_AHEAD_BYTES - available()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_ok(
+        "the read-ahead of a client that left",
+        Duration::from_secs(10),
+        || async {
+            match READ_AHEAD_BYTES - available() {
+                0 => Ok(()),
+                held => Err(format!("{held} bytes still held")),
+            }
+        },
+    )
+    .await;
 }

@@ -19,6 +19,7 @@ use factstore_server::{AppState, Auth, ServerConfig, app, app_with_state};
 use factstore_subscriptions::{FileStorage, Options, Subscriptions};
 use factstore_testkit::faultfs::{FaultFs, Repeat};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{spawn_waiting, until, within};
 use serde_json::{Value, json};
 
 fn delete(uri: &str) -> Call {
@@ -182,17 +183,22 @@ async fn start_filter_and_long_polls() {
     assert_eq!(poll(&router, "from-end", "w", 10, 0).await, []);
     assert_eq!(status(&router, "from-end").await["checkpoint"], 4);
 
-    // A long poll answers as soon as an event is appended.
+    // A long poll answers as soon as an event is appended: the poll is waiting first.
     let waiting = {
         let router = router.clone();
-        tokio::spawn(async move { poll(&router, "from-end", "w", 10, 10_000).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    append(&router, "order:2", 1).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        spawn_waiting("a long poll of a group with nothing to lease", async move {
+            poll(&router, "from-end", "w", 10, 10_000).await
+        })
         .await
-        .unwrap()
-        .unwrap();
+    };
+    append(&router, "order:2", 1).await;
+    let got = within(
+        "the long poll, once an event came",
+        Duration::from_secs(5),
+        waiting,
+    )
+    .await
+    .unwrap();
     assert_eq!(positions(&got), [5]);
     // The filter passes over order:2; its position still counts as done.
     ack(&router, "after-1", &[2]).await;
@@ -208,12 +214,12 @@ async fn an_unacked_event_comes_again_after_the_ack_timeout_and_is_parked_after_
     // The timer releases the lease and wakes the long poll.
     let again = poll(&router, "g", "w2", 1, 2000).await;
     assert_eq!((again[0].0, again[0].1), (1, 2));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let s = status(&router, "g").await;
-    assert_eq!(
-        (s["parked"].clone(), s["checkpoint"].clone()),
-        (json!(1), json!(1))
-    );
+    // The second lease runs out too, and that was the last delivery: the event is parked.
+    until("the event to be parked", Duration::from_secs(5), || async {
+        let s = status(&router, "g").await;
+        (s["parked"].clone(), s["checkpoint"].clone()) == (json!(1), json!(1))
+    })
+    .await;
     let parked = Call::get("/v1/subscriptions/g/parked").send(&router).await;
     assert_eq!(parked.body["events"][0]["position"], 1);
     assert_eq!(parked.body["events"][0]["attempt"], 2);

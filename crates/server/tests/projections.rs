@@ -20,6 +20,7 @@ use factstore_core::{
 use factstore_projections::{MemoryStorage, Projections, ProjectionsOptions};
 use factstore_server::{AppState, Auth, ServerConfig, app_with_state};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{spawn_waiting, until, until_ok, within};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -357,10 +358,10 @@ async fn read_your_writes_waits_for_the_position_or_answers_503() {
     assert_error(&late, StatusCode::SERVICE_UNAVAILABLE, "not_yet_materialized");
     assert_eq!(late.header("retry-after"), Some("1"));
     assert_eq!(late.body["error"]["min_position"], position + 1);
-    // A wait that an append ends.
+    // A wait that an append ends: the read is waiting first.
     let waiting = {
         let router = router.clone();
-        tokio::spawn(async move {
+        spawn_waiting("a read of a state not yet materialized", async move {
             get(
                 &router,
                 &format!(
@@ -370,15 +371,17 @@ async fn read_your_writes_waits_for_the_position_or_answers_503() {
             )
             .await
         })
+        .await
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
     append(
         &router,
         "account:1",
         vec![ev("MoneyDeposited", json!({"amount": 2}))],
     )
     .await;
-    let answer = waiting.await.unwrap();
+    let answer = within("the read, once the event came", Duration::from_secs(5), waiting)
+        .await
+        .unwrap();
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(answer.body["state"]["balance"], 3);
     assert!(answer.body["position"].as_u64().unwrap() > position);
@@ -412,6 +415,7 @@ async fn event_store_reads_and_time_travel_agree_with_a_fold_with_snapshots() {
                 .unwrap()
                 .to_owned(),
         );
+        // Time passes on purpose: each event is recorded at a time of its own.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let maintained = state_at(&router, "balances", "account:1", last).await;
@@ -526,16 +530,10 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
         "rebuilding"
     );
     store.open();
-    let mut swapped = false;
-    for _ in 0..500 {
-        let status = get(&router, "/v1/projections/balances").await;
-        if status.body["status"] == "running" {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(swapped, "the rebuild never swapped in");
+    until("the rebuild to swap in", Duration::from_secs(10), || async {
+        get(&router, "/v1/projections/balances").await.body["status"] == "running"
+    })
+    .await;
     let new = get(&router, "/v1/projections/balances/state/account:0").await;
     assert_eq!(new.body["state"]["balance"], 120);
     assert!(new.body["position"].as_u64().unwrap() >= last);
@@ -544,12 +542,12 @@ async fn a_rebuild_serves_the_old_state_until_the_new_one_has_caught_up() {
         .send(&router)
         .await;
     assert_eq!(rebuild.status, StatusCode::ACCEPTED, "{}", rebuild.text());
-    for _ in 0..500 {
-        if get(&router, "/v1/projections/balances").await.body["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "the second rebuild to swap in",
+        Duration::from_secs(10),
+        || async { get(&router, "/v1/projections/balances").await.body["status"] == "running" },
+    )
+    .await;
     let status = get(&router, "/v1/projections/balances").await;
     assert_eq!(status.body["status"], "running");
     assert_eq!(
@@ -583,15 +581,15 @@ async fn a_failing_operation_stops_the_projection_at_the_event_before() {
         vec![ev("MoneyDeposited", json!({"amount": 7}))],
     )
     .await;
-    let mut status = Value::Null;
-    for _ in 0..500 {
-        status = get(&router, "/v1/projections/balances").await.body;
+    let status = until_ok("the projection to fail", Duration::from_secs(10), || async {
+        let status = get(&router, "/v1/projections/balances").await.body;
         if status["status"] == "failed" {
-            break;
+            Ok(status)
+        } else {
+            Err(status)
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(status["status"], "failed", "{status}");
+    })
+    .await;
     assert_eq!(status["position"], ok);
     let error = status["error"].as_str().unwrap();
     assert!(error.contains(&format!("position {bad}")), "{error}");

@@ -12,6 +12,7 @@ use factstore_core::{
 };
 use factstore_server::{Drain, ServeOptions, app};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{until, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -129,14 +130,12 @@ async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
 
 /// Waits until connecting to `address` is refused.
 async fn wait_refused(address: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(address).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still accepting connections after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "connections to be refused after shutdown",
+        Duration::from_secs(5),
+        || async { TcpStream::connect(address).await.is_err() },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -145,7 +144,12 @@ async fn shutdown_answers_requests_in_flight_and_refuses_new_connections() {
     let running = start(store.clone(), ServeOptions::default()).await;
     let mut client = TcpStream::connect(running.address).await.unwrap();
     client.write_all(append_request().as_bytes()).await.unwrap();
-    store.entered.notified().await;
+    within(
+        "the append to reach the store",
+        Duration::from_secs(10),
+        store.entered.notified(),
+    )
+    .await;
 
     running.stop.send(()).unwrap();
     wait_refused(running.address).await;
@@ -177,7 +181,12 @@ async fn a_stuck_request_cannot_hold_the_drain_past_its_bound() {
     let running = start(store.clone(), options).await;
     let mut client = TcpStream::connect(running.address).await.unwrap();
     client.write_all(append_request().as_bytes()).await.unwrap();
-    store.entered.notified().await;
+    within(
+        "the append to reach the store",
+        Duration::from_secs(10),
+        store.entered.notified(),
+    )
+    .await;
     let stopping = Instant::now();
     running.stop.send(()).unwrap();
     let drained = tokio::time::timeout(Duration::from_secs(5), running.server)
@@ -204,7 +213,15 @@ async fn idle_connections_close_at_shutdown_and_half_sent_requests_are_answered(
     // A request whose head is half sent when shutdown begins is in flight: it is answered.
     let mut half = TcpStream::connect(running.address).await.unwrap();
     half.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server takes connections in the order they were made and reads each as it takes
+    // it: once a connection made after this one is answered, the half-sent head was read.
+    let mut later = TcpStream::connect(running.address).await.unwrap();
+    let answer = exchange(
+        &mut later,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let stopping = Instant::now();
     running.stop.send(()).unwrap();

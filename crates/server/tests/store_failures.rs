@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -21,6 +21,7 @@ use factstore_server::{AppState, ServerConfig, app_with_state};
 use factstore_subscriptions::storage::FileStorage;
 use factstore_subscriptions::{Options as SubscriptionOptions, Subscriptions};
 use factstore_testkit::faultfs::{FaultFs, Repeat};
+use factstore_testkit::wait::until_ok;
 use serde_json::json;
 
 /// The data folder: a name no answer may contain.
@@ -116,19 +117,15 @@ async fn no_answer_names_a_file_of_the_server() {
 
     // The running projection cannot record the events it folds: it fails, and says so.
     assert_eq!(append(&router, 2).await.status, StatusCode::CREATED);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
+    let status = until_ok("the projection to fail", Duration::from_secs(10), || async {
         let answer = Call::get("/v1/projections/before").send(&router).await;
         if answer.body["status"] == "failed" {
-            break answer;
+            Ok(answer)
+        } else {
+            Err(answer.text())
         }
-        assert!(
-            Instant::now() < deadline,
-            "the projection never failed: {}",
-            answer.text()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     assert!(
         status.body["error"]
             .as_str()

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode, header};
 use factstore_core::{Commit, EventStore, ExpectedVersion, NewEvent};
 use factstore_server::{AppState, ServerConfig, SubscribeTimers, app_with_state};
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{until, within};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -48,14 +49,22 @@ impl Stream {
         }
     }
 
-    /// The next message that is not a keep-alive.
+    /// The next message that is not a keep-alive: keep-alives alone do not keep it waiting
+    /// past 10 s.
     async fn next_message(&mut self) -> Message {
-        loop {
-            let message = self.next().await.expect("the stream ended");
-            if !message.comment {
-                return message;
-            }
-        }
+        within(
+            "a message other than a keep-alive",
+            Duration::from_secs(10),
+            async {
+                loop {
+                    let message = self.next().await.expect("the stream ended");
+                    if !message.comment {
+                        return message;
+                    }
+                }
+            },
+        )
+        .await
     }
 
     /// Positions of the next `n` events, checking that nothing else comes in between.
@@ -344,9 +353,12 @@ async fn reads_of_the_tail_from_the_feed_match_the_store() {
         setup.append(&format!("x-{}", i % 3), "E", 5).await;
     }
     let feed = setup.state.feed();
-    while feed.last() < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the feed to hold every event",
+        Duration::from_secs(10),
+        || async { feed.last() >= 100 },
+    )
+    .await;
     let router = app_with_state(setup.state.clone());
     for uri in [
         "/v1/events?after_position=0&limit=7",
@@ -527,14 +539,22 @@ async fn a_client_cut_off_mid_stream_resumes_with_last_event_id_without_a_gap_or
                 let n = i % 3 + 1;
                 setup.append(&format!("a-{}", i % 5), "E", n).await;
                 head += n as u64;
+                // Paced on purpose, so that the client's cuts come while it writes.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             done.send_replace(head);
             head
         })
     };
-    let seen = read_across_cuts(&setup, "/v1/subscribe", done_rx, &[1, 7, 3, 16, 2]).await;
-    let head = writer.await.unwrap();
+    let seen = within(
+        "the client to read every event across its cuts",
+        Duration::from_secs(60),
+        read_across_cuts(&setup, "/v1/subscribe", done_rx, &[1, 7, 3, 16, 2]),
+    )
+    .await;
+    let head = within("the writer", Duration::from_secs(10), writer)
+        .await
+        .unwrap();
     assert_eq!(seen.positions, range(1, head), "every position exactly once");
     assert!(
         seen.cuts_while_writing >= 5,
@@ -565,7 +585,8 @@ async fn a_filtered_stream_resumes_from_a_checkpoint_id_without_a_gap_or_a_dupli
                 setup.append("other", "Other", 5).await;
                 head += n + 5;
                 // Now and then a pause longer than the checkpoint interval after passed-over
-                // events: the stream sends a checkpoint past the last wanted event.
+                // events: the stream sends a checkpoint past the last wanted event. (Time
+                // passes on purpose here, as in any pause of this writer.)
                 let pause = if round % 4 == 3 { 30 } else { 1 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
@@ -576,8 +597,15 @@ async fn a_filtered_stream_resumes_from_a_checkpoint_id_without_a_gap_or_a_dupli
             wanted
         })
     };
-    let seen = read_across_cuts(&setup, "/v1/subscribe?event_type=Wanted", done_rx, &[2, 5, 3, 9]).await;
-    let wanted = writer.await.unwrap();
+    let seen = within(
+        "the client to read every wanted event across its cuts",
+        Duration::from_secs(60),
+        read_across_cuts(&setup, "/v1/subscribe?event_type=Wanted", done_rx, &[2, 5, 3, 9]),
+    )
+    .await;
+    let wanted = within("the writer", Duration::from_secs(10), writer)
+        .await
+        .unwrap();
     assert_eq!(seen.positions, wanted, "every wanted position exactly once");
     assert!(
         seen.resumed_from_checkpoint >= 2,

@@ -12,6 +12,7 @@ use factstore_subscriptions::{
     GroupDefinition, GroupLog, Options, Storage, SubscriptionError, Subscriptions,
 };
 use factstore_testkit::model::ModelStore;
+use factstore_testkit::wait::{spawn_waiting, within};
 use parking_lot::Mutex;
 
 /// Journals in memory whose appends take a while (a slow disk), counted; a group named
@@ -31,6 +32,7 @@ struct SlowLog {
 
 impl GroupLog for SlowLog {
     fn append(&self, records: &[&[u8]]) -> Result<(), SubscriptionError> {
+        // Slow on purpose: acks that come while a write is under way wait for the next.
         std::thread::sleep(Duration::from_millis(30));
         if self.broken {
             return Err(SubscriptionError::Unavailable("the disk is gone".into()));
@@ -102,9 +104,12 @@ async fn concurrent_acks_share_journal_writes() {
         let p = delivery.event.position();
         acks.push(tokio::spawn(async move { subscriptions.ack("g", &[p]).await }));
     }
-    for ack in acks {
-        ack.await.unwrap().unwrap();
-    }
+    within("the acks", Duration::from_secs(30), async {
+        for ack in acks {
+            ack.await.unwrap().unwrap();
+        }
+    })
+    .await;
     let writes = storage.appends.load(Ordering::SeqCst) - before;
     assert!(writes < 20, "40 concurrent acks took {writes} journal writes");
     assert_eq!(subscriptions.status("g").unwrap().checkpoint, 40);
@@ -169,14 +174,19 @@ async fn deleting_a_group_ends_its_long_polls() {
     subscriptions.put("g", GroupDefinition::default()).await.unwrap();
     let waiting = {
         let subscriptions = subscriptions.clone();
-        tokio::spawn(async move { subscriptions.poll("g", "w", 5, Duration::from_secs(30)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    subscriptions.delete("g").await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        spawn_waiting("a long poll of an empty group", async move {
+            subscriptions.poll("g", "w", 5, Duration::from_secs(30)).await
+        })
         .await
-        .unwrap()
-        .unwrap();
+    };
+    subscriptions.delete("g").await.unwrap();
+    let answer = within(
+        "the long poll, once its group was deleted",
+        Duration::from_secs(5),
+        waiting,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(answer, Err(SubscriptionError::NotFound { .. })),
         "{answer:?}"

@@ -34,6 +34,8 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::wait::join_all;
+
 /// Expands to a module `conformance` with one `#[tokio::test]` per case of the suite.
 ///
 /// `$open` is an expression (typically an `async` block) that yields an
@@ -159,6 +161,10 @@ crate::__conformance_cases!(@with [names]);
 // ---------------------------------------------------------------------------------------------
 
 type Store = Arc<dyn EventStore>;
+
+/// How long concurrent tasks of a case may take, together, before the case fails instead of
+/// hanging.
+const TASKS_FINISH: Duration = Duration::from_secs(60);
 
 /// Long enough for any clock to tick between two commits.
 const CLOCK_STEP: Duration = Duration::from_millis(5);
@@ -597,10 +603,11 @@ pub async fn recorded_at_is_shared_by_a_commit_and_never_decreases(store: Store)
             outcomes
         });
     }
-    let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        outcomes.extend(joined.expect("a writer task panicked"));
-    }
+    let outcomes: Vec<_> = join_all("the writers", TASKS_FINISH, &mut tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     for outcome in &outcomes {
         let first = outcome.appends[0].events[0].recorded_at;
         assert!(
@@ -2054,8 +2061,7 @@ pub async fn concurrent_seat_reservations_let_exactly_one_win(store: Store) {
         });
     }
     let mut winners = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (task, result) = joined.expect("a reserving task panicked");
+    for (task, result) in join_all("the reservations", TASKS_FINISH, &mut tasks).await {
         match result {
             Ok(_) => winners.push(task),
             Err(StoreError::ConditionFailed { .. } | StoreError::WrongExpectedVersion { .. }) => {}
@@ -3068,10 +3074,11 @@ pub async fn concurrent_appends_are_dense_and_atomic(store: Store) {
             outcomes
         });
     }
-    let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        outcomes.extend(joined.expect("a writer task panicked"));
-    }
+    let outcomes: Vec<_> = join_all("the writers", TASKS_FINISH, &mut tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let total = (TASKS * EVENTS_PER_TASK) as u64;
     let events = all_events(&store).await;
     assert_eq!(

@@ -7,7 +7,10 @@
 //!   every file and folder, fails the Nth write or sync, tears writes, and simulates a crash by
 //!   dropping every byte that was not synced.
 //! - [`conformance`]: the suite of behaviours every `EventStore` must show.
+//! - [`wait`]: waits with a deadline that fail naming what they waited for: a condition that
+//!   must come true, a future that must finish, a future that must be waiting.
 
 pub mod conformance;
 pub mod faultfs;
 pub mod model;
+pub mod wait;

@@ -43,6 +43,7 @@ use factstore_engine::log::format::{
 };
 use factstore_engine::{Engine, EngineError, EngineOptions};
 use factstore_testkit::faultfs::FaultFs;
+use factstore_testkit::wait;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -284,17 +285,10 @@ fn frames_of(bytes: &[u8]) -> Vec<FrameSpan> {
 
 /// Waits until no flush is pending or running, so that run boundaries do not depend on timing.
 fn wait_for_indexer(engine: &Engine) {
-    let started = std::time::Instant::now();
-    loop {
-        {
-            let state = engine.shared().index.state.read();
-            if state.active.len() < INDEXED_MEMTABLE_EVENTS_MAX && state.frozen.is_empty() {
-                return;
-            }
-        }
-        assert!(started.elapsed() < INDEXER_WAIT_MAX, "the indexer did not flush");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait::until_blocking("the indexer to flush", INDEXER_WAIT_MAX, || {
+        let state = engine.shared().index.state.read();
+        state.active.len() < INDEXED_MEMTABLE_EVENTS_MAX && state.frozen.is_empty()
+    });
 }
 
 /// Asserts that an error is a clean refusal: `Corruption` or `Io`, naming a data file.

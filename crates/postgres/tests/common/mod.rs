@@ -102,6 +102,36 @@ impl TestSchema {
     }
 }
 
+/// Waits until a backend of this database waits for a lock (`wait_event_type = 'Lock'`) that
+/// the session with process id `holder` holds, and returns that backend's query; fails naming
+/// `what` after 10 s. `observer` must be a connection of its own, outside any transaction:
+/// within one, `pg_stat_activity` is read once and then shown unchanged.
+pub async fn blocked_by(observer: &tokio_postgres::Client, holder: i32, what: &str) -> String {
+    factstore_testkit::wait::until_ok(what, Duration::from_secs(10), || async {
+        observer
+            .query_opt(
+                "SELECT coalesce(query, '') FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND $1 = ANY (pg_blocking_pids(pid)) LIMIT 1",
+                &[&holder],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .map(|row| row.get::<_, String>(0))
+            .ok_or("no backend waits on its lock")
+    })
+    .await
+}
+
+/// The process id of the backend of `client`'s session, as `pg_stat_activity` names it.
+pub async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid")
+        .get(0)
+}
+
 /// An error with its causes ("error connecting to server: Connection refused").
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
