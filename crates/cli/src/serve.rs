@@ -25,10 +25,15 @@ pub struct ServeArgs {
     /// The embedded engine's data folder, created if missing.
     #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
     pub data_dir: PathBuf,
-    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database
-    /// (the schema is created or migrated at start).
+    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database,
+    /// with sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert=FILE as
+    /// libpq reads them (the tables are created or migrated at start).
     #[arg(long, env = "FACTSTORE_STORAGE", value_name = "URL")]
     pub storage: Option<String>,
+    /// With --storage postgres://: the schema of factstore's tables (created if missing; the
+    /// tables of a version that kept them in public are moved there).
+    #[arg(long, env = "FACTSTORE_PG_SCHEMA", value_name = "NAME", default_value = factstore_postgres::DEFAULT_SCHEMA)]
+    pub pg_schema: String,
     /// The address to listen on.
     #[arg(long, env = "FACTSTORE_LISTEN", default_value = "127.0.0.1:6180")]
     pub listen: SocketAddr,
@@ -337,7 +342,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (engine, store_location) = match &args.storage {
         Some(url) => {
             let url = crate::postgres::storage_url(url)?;
-            (None, crate::postgres::redact(url))
+            (
+                None,
+                format!("{} (schema {})", crate::postgres::redact(url), args.pg_schema),
+            )
         }
         None => {
             let engine = Engine::open(&args.data_dir, options)
@@ -377,6 +385,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 let advertise = advertise_url(args.advertise_url.as_deref(), scheme, args.listen)?;
                 let (state, cluster) = crate::postgres::open_shared(
                     url,
+                    &args.pg_schema,
                     advertise,
                     limits,
                     pg_archive,

@@ -567,7 +567,7 @@ async fn the_refresh_task_brings_in_other_servers_schemas() {
     };
     let a = registry(&fx.pool).await;
     let b = registry(&fx.pool).await;
-    let task = factstore_postgres::state::spawn_schema_refresh(b.clone(), &fx.schema.options());
+    let task = factstore_postgres::state::spawn_schema_refresh(b.clone(), &fx.schema.connector());
     // Let the listener start, so that the notification (not the poll) is what brings it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = tokio::time::Instant::now();
