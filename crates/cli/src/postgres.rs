@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use factstore_core::{EventStore, Limits};
 use factstore_postgres::lease::{LeaderInfo, Lease, LeaseOptions, Role};
 use factstore_postgres::state::{PgGroupStorage, PgProjectionStorage, PgSchemaStorage, spawn_schema_refresh};
-use factstore_postgres::{PgOptions, PgStore};
+use factstore_postgres::{Connector, PgOptions, PgStore};
 use factstore_projections::{Projections, ProjectionsOptions};
 use factstore_schemas::SchemaRegistry;
 use factstore_server::{AppState, Cluster, Leadership, Placement, ServerConfig, Services};
@@ -60,6 +60,7 @@ impl Drop for SharedCluster {
 /// `advertise` is the URL other servers forward the leader's requests to.
 pub async fn open_shared(
     url: &str,
+    schema: &str,
     advertise: String,
     limits: Limits,
     archive: factstore_postgres::archive::ArchiveOptions,
@@ -67,9 +68,10 @@ pub async fn open_shared(
     projections_options: ProjectionsOptions,
 ) -> anyhow::Result<(AppState, SharedCluster)> {
     let mut options = PgOptions::new(url);
+    options.schema = schema.to_owned();
     options.limits = limits;
     options.archive = archive;
-    let where_ = redact(url);
+    let where_ = format!("{} (schema {schema})", redact(url));
     let pg = PgStore::open(options.clone())
         .await
         .with_context(|| format!("cannot open the store on PostgreSQL at {where_}"))?;
@@ -81,9 +83,9 @@ pub async fn open_shared(
         .context("opening the schema registry")?
         .with_context(|| format!("cannot open the schema registry on PostgreSQL at {where_}"))?;
     let schemas = Arc::new(schemas);
-    let refresh = spawn_schema_refresh(schemas.clone(), &options);
+    let refresh = spawn_schema_refresh(schemas.clone(), pg.connector());
     let node = uuid::Uuid::new_v4().to_string();
-    let leadership = Arc::new(PgLeadership::start(&options, node, advertise)?);
+    let leadership = Arc::new(PgLeadership::start(pg.connector().clone(), node, advertise));
     let store: Arc<dyn EventStore> = Arc::new(pg.clone());
     let state = AppState::with_schemas(store, schemas, config).with_cluster(Cluster::new(leadership.clone()));
     let pool = pg.pool();
@@ -123,14 +125,13 @@ pub struct PgLeadership {
 
 impl PgLeadership {
     /// Starts competing for leadership on the store's database.
-    pub fn start(options: &PgOptions, node: String, url: String) -> anyhow::Result<PgLeadership> {
-        let config = factstore_postgres::store::pg_config(options)?;
-        let lease = Lease::start(config, LeaseOptions::new(&node, Some(url)));
-        Ok(PgLeadership {
+    pub fn start(connector: Connector, node: String, url: String) -> PgLeadership {
+        let lease = Lease::start(connector, LeaseOptions::new(&node, Some(url)));
+        PgLeadership {
             lease,
             node,
             serving: AtomicI64::new(-1),
-        })
+        }
     }
 }
 
@@ -169,7 +170,7 @@ pub async fn follow_lease(state: AppState, leadership: Arc<PgLeadership>, open: 
                     stop(old).await;
                 }
                 Err(error) => {
-                    tracing::error!(epoch, error = %format!("{error:#}"), "cannot open the projections and groups; retrying");
+                    tracing::error!(epoch, error = %crate::client_cmds::one_line(&error), "cannot open the projections and groups; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -223,9 +224,13 @@ pub fn redact(url: &str) -> String {
 /// `factstore migrate --storage URL`: applies the missing migrations and exits.
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// The PostgreSQL database: postgres://user@host:port/database.
+    /// The PostgreSQL database: postgres://user@host:port/database (sslmode and sslrootcert as
+    /// libpq reads them).
     #[arg(long, env = "FACTSTORE_STORAGE", value_name = "URL")]
     pub storage: String,
+    /// The schema of factstore's tables, created if missing.
+    #[arg(long, env = "FACTSTORE_PG_SCHEMA", value_name = "NAME", default_value = factstore_postgres::DEFAULT_SCHEMA)]
+    pub pg_schema: String,
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -234,19 +239,22 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let mut options = PgOptions::new(url);
+    options.schema = args.pg_schema.clone();
     let applied = runtime
-        .block_on(factstore_postgres::store::migrate(&PgOptions::new(url)))
-        .with_context(|| format!("cannot migrate {}", redact(url)))?;
+        .block_on(factstore_postgres::store::migrate(&options))
+        .with_context(|| format!("cannot migrate schema {} of {}", args.pg_schema, redact(url)))?;
     let newest = factstore_postgres::migrate::MIGRATIONS
         .last()
         .map_or(0, |m| m.version);
     if applied.is_empty() {
-        println!("schema is up to date (migration {newest})");
+        println!("schema {} is up to date (migration {newest})", args.pg_schema);
     } else {
         let list: Vec<String> = applied.iter().map(i32::to_string).collect();
         println!(
-            "applied migration(s) {}; schema is at migration {newest}",
-            list.join(", ")
+            "applied migration(s) {}; schema {} is at migration {newest}",
+            list.join(", "),
+            args.pg_schema
         );
     }
     Ok(ExitCode::SUCCESS)

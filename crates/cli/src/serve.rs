@@ -25,10 +25,15 @@ pub struct ServeArgs {
     /// The embedded engine's data folder, created if missing.
     #[arg(long, env = "FACTSTORE_DATA_DIR", default_value = "./factstore-data")]
     pub data_dir: PathBuf,
-    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database
-    /// (the schema is created or migrated at start).
+    /// Run on PostgreSQL instead of the embedded engine: postgres://user@host:port/database,
+    /// with sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert=FILE as
+    /// libpq reads them (the tables are created or migrated at start).
     #[arg(long, env = "FACTSTORE_STORAGE", value_name = "URL")]
     pub storage: Option<String>,
+    /// With --storage postgres://: the schema of factstore's tables (created if missing; the
+    /// tables of a version that kept them in public are moved there).
+    #[arg(long, env = "FACTSTORE_PG_SCHEMA", value_name = "NAME", default_value = factstore_postgres::DEFAULT_SCHEMA)]
+    pub pg_schema: String,
     /// The address to listen on.
     #[arg(long, env = "FACTSTORE_LISTEN", default_value = "127.0.0.1:6180")]
     pub listen: SocketAddr,
@@ -332,12 +337,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..EngineOptions::default()
     };
     let fs = options.fs.clone();
+    // The address is taken before the store is opened, so that a taken port leaves no data
+    // folder behind; it is listened on once the store is open (until then connections are
+    // refused, not left waiting).
+    let socket = reserve(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     // The embedded engine opens before the runtime starts (it holds the data folder's lock);
     // PostgreSQL inside it, and needs no folder: everything it keeps is in the database.
     let (engine, store_location) = match &args.storage {
         Some(url) => {
             let url = crate::postgres::storage_url(url)?;
-            (None, crate::postgres::redact(url))
+            (
+                None,
+                format!("{} (schema {})", crate::postgres::redact(url), args.pg_schema),
+            )
         }
         None => {
             let engine = Engine::open(&args.data_dir, options)
@@ -377,6 +389,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 let advertise = advertise_url(args.advertise_url.as_deref(), scheme, args.listen)?;
                 let (state, cluster) = crate::postgres::open_shared(
                     url,
+                    &args.pg_schema,
                     advertise,
                     limits,
                     pg_archive,
@@ -390,9 +403,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let shutdown = state.shutdown.clone();
         let app = factstore_server::app_with_state(state.clone());
-        // Bound once the store is open: a client that can connect is answered.
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        // Listening once the store is open: a client that can connect is answered.
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("no local address")?;
         let serve_options = ServeOptions {
@@ -444,6 +457,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connections the kernel queues for the accept loop (tokio's own default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `address` and not yet listening. SO_REUSEADDR as for any listener: a
+/// restarted server may bind while its predecessor's connections are in TIME_WAIT.
+fn reserve(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    Ok(socket)
 }
 
 /// The URL other servers forward to: the one given, or this server's own address.

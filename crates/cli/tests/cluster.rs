@@ -17,13 +17,14 @@ use common::pg::PgSchema;
 
 /// `count` servers on the schema, each with a data folder it must not need.
 fn start_servers(schema: &PgSchema, count: usize) -> (Vec<tempfile::TempDir>, Vec<ServeProcess>) {
-    let storage = schema.storage();
+    let args = schema.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dirs: Vec<_> = (0..count)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
     let servers = dirs
         .iter()
-        .map(|dir| ServeProcess::start(dir.path(), &["--storage", &storage]))
+        .map(|dir| ServeProcess::start(dir.path(), &args))
         .collect();
     (dirs, servers)
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 mod common;
-use common::pg::PgSchema;
+use common::pg::{PgDatabase, PgSchema};
 use common::{BIN, ServeProcess};
 
 fn event(i: u64) -> NewEvent {
@@ -39,10 +39,12 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
     let Some(schema) = PgSchema::create("the two-server test").await else {
         return;
     };
-    let storage = schema.storage();
+    let args = schema.args();
+    let storage: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let migrate = Command::new(BIN)
-        .args(["migrate", "--storage", &storage])
+        .arg("migrate")
+        .args(&storage)
         .output()
         .expect("run factstore migrate");
     assert!(
@@ -54,7 +56,8 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
         .last()
         .map_or(0, |m| m.version);
     assert!(
-        String::from_utf8_lossy(&migrate.stdout).contains(&format!("schema is at migration {newest}")),
+        String::from_utf8_lossy(&migrate.stdout)
+            .contains(&format!("schema {} is at migration {newest}", schema.name)),
         "{}",
         String::from_utf8_lossy(&migrate.stdout)
     );
@@ -64,8 +67,8 @@ async fn servers_on_one_database_share_appends_and_survive_each_others_crash() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    let a = ServeProcess::start(dir_a.path(), &["--storage", &storage]);
-    let b = ServeProcess::start(dir_b.path(), &["--storage", &storage]);
+    let a = ServeProcess::start(dir_a.path(), &storage);
+    let b = ServeProcess::start(dir_b.path(), &storage);
     let client_a = Client::new(a.url.clone()).expect("client a");
     let client_b = Client::new(b.url.clone()).expect("client b");
 
@@ -159,13 +162,14 @@ async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start
     let Some(schema) = PgSchema::create("the PostgreSQL archive test").await else {
         return;
     };
-    let storage = schema.storage();
+    let args = schema.args();
+    let storage: Vec<&str> = args.iter().map(String::as_str).collect();
     let (dir, cold) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
     let cold_url = format!("file://{}", cold.path().display());
-    let serve_args = ["--storage", storage.as_str(), "--archive-url", cold_url.as_str()];
+    let serve_args = [&storage[..], &["--archive-url", cold_url.as_str()]].concat();
     let server = ServeProcess::start(dir.path(), &serve_args);
     let client = Client::new(server.url.clone()).expect("client");
     for i in 1..=40 {
@@ -198,7 +202,7 @@ async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start
         .args(["serve", "--data-dir"])
         .arg(dir.path())
         .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["--storage", &storage])
+        .args(&storage)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -227,4 +231,73 @@ async fn archiving_on_postgres_reads_the_same_and_needs_the_archive_url_to_start
     );
     server.kill();
     schema.drop_schema().await;
+}
+
+/// Two servers started at the same moment on a database factstore has never seen: one creates
+/// the schema `factstore` and its tables while the other waits on the migrations' lock, and
+/// both come up. Neither log carries PostgreSQL's "already exists" notices (or any notice) at
+/// the default level, and nothing is left in `public`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_starting_at_once_on_a_fresh_database_both_come_up_quietly() {
+    let Some(db) = PgDatabase::create("the fresh-database start test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers: Vec<(std::process::Child, u16, std::path::PathBuf)> = (0..2)
+        .map(|i| {
+            let port = common::free_port();
+            let log = dir.path().join(format!("serve-{i}.log"));
+            let child = Command::new(BIN)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("data-{i}")))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--storage", &db.url])
+                .env("FACTSTORE_LOG", "info")
+                .env_remove("FACTSTORE_PG_SCHEMA")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("start factstore serve");
+            (child, port, log)
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (child, port, log) in &mut servers {
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            let exited = child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "a server did not come up ({exited:?}):\n{}",
+                std::fs::read_to_string(&*log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = Client::new(format!("http://127.0.0.1:{port}")).expect("client");
+        client
+            .append("account:1", AppendRequest::new([event(*port as u64)]))
+            .await
+            .expect("append");
+    }
+    for (child, _, log) in &mut servers {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&*log).expect("log");
+        assert!(
+            !text.contains("already exists") && !text.contains("NOTICE"),
+            "a notice in a server's log:\n{text}"
+        );
+    }
+    let client = db.connect().await;
+    let in_public: i64 = client
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(in_public, 0, "tables were made in public");
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM factstore.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(events, 2);
 }

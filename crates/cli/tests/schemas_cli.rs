@@ -58,8 +58,8 @@ fn on_postgres_the_registry_from_the_shell_survives_a_restart_and_export_keeps_t
     let Some(schema) = runtime.block_on(PgSchema::create("the schema registry test on PostgreSQL")) else {
         return;
     };
-    let storage = schema.storage();
-    registry_survives_a_restart(&["--storage", &storage]);
+    let args = schema.args();
+    registry_survives_a_restart(&args.iter().map(String::as_str).collect::<Vec<_>>());
     runtime.block_on(schema.drop_schema());
 }
 

@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 use tokio_postgres::Client;
 
 use crate::PgError;
+use crate::connect::Connector;
 
 /// What this server is, as far as leadership goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +89,9 @@ impl Drop for Lease {
 impl Lease {
     /// Starts competing. Must run inside a Tokio runtime. The role starts as a follower that
     /// knows no leader.
-    pub fn start(config: tokio_postgres::Config, options: LeaseOptions) -> Lease {
+    pub fn start(connector: Connector, options: LeaseOptions) -> Lease {
         let (sender, role) = watch::channel(Role::Follower { leader: None });
-        let task = tokio::spawn(compete(config, options, sender)).abort_handle();
+        let task = tokio::spawn(compete(connector, options, sender)).abort_handle();
         Lease { role, task }
     }
 
@@ -113,10 +114,10 @@ pub const SESSION_IDLE_MAX: Duration = Duration::from_secs(5);
 /// database each have their own leader.
 const LOCK_KEY: &str = "hashtextextended('factstore.leader.' || current_schema(), 0)";
 
-async fn compete(config: tokio_postgres::Config, options: LeaseOptions, role: watch::Sender<Role>) {
+async fn compete(connector: Connector, options: LeaseOptions, role: watch::Sender<Role>) {
     let mut backoff = options.retry_every;
     loop {
-        match session(&config, &options, &role).await {
+        match session(&connector, &options, &role).await {
             Ok(()) => backoff = options.retry_every,
             Err(error) => {
                 tracing::warn!(%error, "leadership session ended");
@@ -136,12 +137,11 @@ async fn compete(config: tokio_postgres::Config, options: LeaseOptions, role: wa
 /// One session: connect, then follow until the lock is taken, then lead until the session
 /// fails. Returns only with an error (or never).
 async fn session(
-    config: &tokio_postgres::Config,
+    connector: &Connector,
     options: &LeaseOptions,
     role: &watch::Sender<Role>,
 ) -> Result<(), PgError> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let connection = tokio::spawn(connection);
+    let (client, connection) = connector.connect_with_driver().await?;
     let _end = AbortOnDrop(connection.abort_handle());
     // A leader whose host vanishes sends no FIN: PostgreSQL would keep its session, and so the
     // lock, until the operating system's keepalive gives up (hours by default); probing the

@@ -16,7 +16,10 @@
 //!   epoch that fences state writes): the leader runs projections and persistent subscriptions.
 //! - [`archive`]: archiving the payloads of the oldest events to cold storage, and filling
 //!   them back in on reads.
-//! - [`migrate`]: the versioned schema migrations embedded in the binary.
+//! - [`migrate`]: the versioned schema migrations embedded in the binary, and the move of an
+//!   older version's tables out of `public`.
+//! - [`connect`]: how connections are made: the URL, TLS ([`tls`]: libpq's `sslmode` and
+//!   `sslrootcert` on rustls), the schema as `search_path`, notices logged at debug.
 //! - [`state`]: the schema registry, projections and persistent-subscription groups in
 //!   tables, shared by the servers; projection and group writes fenced by the leader epoch.
 //! - `types`: `timestamptz` and `json` in PostgreSQL's binary formats.
@@ -44,16 +47,20 @@
 
 pub mod archive;
 mod chain;
+pub mod connect;
+mod conninfo;
 pub mod lease;
 pub mod migrate;
 mod read_ahead;
 mod sql;
 pub mod state;
 pub mod store;
+pub mod tls;
 mod types;
 mod writer;
 
-pub use store::{PgOptions, PgStore};
+pub use connect::Connector;
+pub use store::{DEFAULT_SCHEMA, PgOptions, PgStore};
 
 /// What can go wrong talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +93,21 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
+    chain_text(error)
+}
+
+/// An error and its causes, joined by ": ", each text once: an error that says its cause in
+/// its own text and also gives it as its source (as [`PgError::Db`] does) would otherwise
+/// have it said twice, so a cause whose text is already there is left out.
+pub fn chain_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text

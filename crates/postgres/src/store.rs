@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use factstore_core::snapshot::validate_latest_query;
 use factstore_core::{
     AggregatePage, AggregateQuery, ArchiveOutcome, CommitOutcome, Direction, Event, EventPage, EventQuery,
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::PgError;
 use crate::archive::{Archive, ArchiveOptions, Payloads};
 use crate::chain::Sequencer;
+use crate::connect::Connector;
 use crate::read_ahead::{ReadAhead, continuation, small};
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row, event_from_row_at};
 use crate::types::{JsonText, Ts};
@@ -29,12 +30,13 @@ use crate::writer::{GroupLimits, WriteRequest, Writer};
 /// How to open a [`PgStore`].
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// `postgres://user[:password]@host[:port]/database[?options]` (or a key=value string).
-    /// TLS is not supported: connect over a trusted network or a local socket.
+    /// `postgres://user[:password]@host[:port]/database[?options]` (or a key=value string),
+    /// with libpq's `sslmode` and `sslrootcert` (see [`crate::tls`]). It may not set
+    /// `search_path`: that is `schema`.
     pub url: String,
-    /// The schema to use (set as `search_path`); by default the database's `search_path`
-    /// (usually `public`). The schema must exist.
-    pub schema: Option<String>,
+    /// The schema every table is in (created by the migrations if missing), set as the
+    /// connections' `search_path`. [`DEFAULT_SCHEMA`] unless told otherwise.
+    pub schema: String,
     /// Run the missing migrations at open (the default). When false, a schema that is not at
     /// the newest migration is refused.
     pub migrate: bool,
@@ -59,11 +61,15 @@ pub struct PgOptions {
     pub archive: ArchiveOptions,
 }
 
+/// The schema factstore's tables are in unless told otherwise: a schema of their own, so
+/// that their names (`events`, the migrations table) meet no other application's.
+pub const DEFAULT_SCHEMA: &str = "factstore";
+
 impl PgOptions {
     pub fn new(url: &str) -> PgOptions {
         PgOptions {
             url: url.to_owned(),
-            schema: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
             migrate: true,
             pool_size: 16,
             head_poll: Duration::from_millis(500),
@@ -102,41 +108,11 @@ async fn read_ahead(store: Weak<Inner>, mut query: EventQuery, pages: mpsc::Send
     }
 }
 
-/// The connection settings of `options`: the URL, plus the schema as `search_path`.
-pub fn pg_config(options: &PgOptions) -> Result<tokio_postgres::Config, PgError> {
-    let mut config: tokio_postgres::Config = options
-        .url
-        .parse()
-        .map_err(|e| PgError::Config(format!("bad PostgreSQL URL: {e}")))?;
-    if let Some(schema) = &options.schema {
-        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(PgError::Config(format!(
-                "schema '{schema}': use letters, digits and '_' only"
-            )));
-        }
-        let mut extra = config.get_options().unwrap_or_default().to_owned();
-        if !extra.is_empty() {
-            extra.push(' ');
-        }
-        extra.push_str(&format!("-c search_path={schema}"));
-        config.options(extra);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("factstore");
-    }
-    config.connect_timeout(Duration::from_secs(10));
-    Ok(config)
-}
-
 /// Runs the missing migrations and returns the versions applied (`factstore migrate`).
 pub async fn migrate(options: &PgOptions) -> Result<Vec<i32>, PgError> {
-    let config = pg_config(options)?;
-    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(connection);
-    let applied = crate::migrate::migrate(&mut client).await;
-    drop(client);
-    let _ = task.await;
-    applied
+    let connector = Connector::new(options)?;
+    let mut client = connector.connect().await?;
+    crate::migrate::migrate(&mut client, connector.schema()).await
 }
 
 /// The event store on PostgreSQL. Cheap to clone.
@@ -148,6 +124,7 @@ pub struct PgStore {
 #[derive(Debug)]
 struct Inner {
     pool: Pool,
+    connector: Connector,
     limits: Limits,
     requests: mpsc::Sender<WriteRequest>,
     head: Arc<watch::Sender<u64>>,
@@ -176,15 +153,12 @@ impl PgStore {
     /// the head poll. Must run inside a Tokio runtime, which runs those tasks.
     pub async fn open(options: PgOptions) -> Result<PgStore, PgError> {
         options.limits.check().map_err(PgError::Config)?;
-        let config = pg_config(&options)?;
-        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
+        let connector = Connector::new(&options)?;
+        let mut client = connector.connect().await?;
         if options.migrate {
-            crate::migrate::migrate(&mut client).await?;
+            crate::migrate::migrate(&mut client, connector.schema()).await?;
         }
-        let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await?.get(0);
-        let schema =
-            schema.ok_or_else(|| PgError::Config("the first schema of search_path does not exist".into()))?;
+        let schema = connector.schema().to_owned();
         check_schema_version(&client, &schema).await?;
         let archive = Arc::new(Archive::new(options.archive.clone()));
         archive.check_configured(&client).await?;
@@ -195,16 +169,7 @@ impl PgStore {
         drop(client);
 
         let channel = channel_name(&schema);
-        let pool = Pool::builder(Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        ))
-        .max_size(options.pool_size.max(1))
-        .build()
-        .map_err(|e| PgError::Config(format!("connection pool: {e}")))?;
+        let pool = connector.pool(options.pool_size)?;
         let (head, _) = watch::channel(head_position as u64);
         let head = Arc::new(head);
         let (requests, receiver) = mpsc::channel(4096);
@@ -213,7 +178,7 @@ impl PgStore {
         let sequencer = Arc::new(Sequencer::default());
         for _ in 0..options.writers.max(1) {
             let writer = Writer::new(
-                config.clone(),
+                connector.clone(),
                 channel.clone(),
                 head.clone(),
                 GroupLimits {
@@ -226,12 +191,13 @@ impl PgStore {
             );
             tasks.push(tokio::spawn(writer.run(receiver.clone())).abort_handle());
         }
-        tasks.push(tokio::spawn(listen(config, channel.clone(), head.clone())).abort_handle());
+        tasks.push(tokio::spawn(listen(connector.clone(), channel.clone(), head.clone())).abort_handle());
         tasks.push(tokio::spawn(poll_head(pool.clone(), head.clone(), options.head_poll)).abort_handle());
         tasks.push(tokio::spawn(maintain_events(pool.clone(), head.subscribe())).abort_handle());
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
+                connector,
                 limits: options.limits,
                 requests,
                 head,
@@ -247,6 +213,12 @@ impl PgStore {
     /// groups, schemas).
     pub fn pool(&self) -> Pool {
         self.inner.pool.clone()
+    }
+
+    /// How the store connects: for other sessions on its database and schema (the
+    /// leadership's, the schema registry's listener).
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
     }
 
     /// The NOTIFY channel commits to this schema are announced on.
@@ -351,12 +323,12 @@ impl PgStore {
 async fn check_schema_version(client: &tokio_postgres::Client, schema: &str) -> Result<(), PgError> {
     let newest = crate::migrate::MIGRATIONS.last().map_or(0, |m| m.version);
     let exists: bool = client
-        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .query_one("SELECT to_regclass('factstore_migrations') IS NOT NULL", &[])
         .await?
         .get(0);
     let at: Option<i32> = if exists {
         client
-            .query_one("SELECT max(version) FROM schema_migrations", &[])
+            .query_one("SELECT max(version) FROM factstore_migrations", &[])
             .await?
             .get(0)
     } else {
@@ -391,10 +363,10 @@ fn advance(head: &watch::Sender<u64>, position: u64) {
 
 /// Listens for other writers' commits (and this one's) on the channel; reconnects when the
 /// connection drops. Each notification carries the head position its commit reached.
-async fn listen(config: tokio_postgres::Config, channel: String, head: Arc<watch::Sender<u64>>) {
+async fn listen(connector: Connector, channel: String, head: Arc<watch::Sender<u64>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match config.connect(tokio_postgres::NoTls).await {
+        match connector.connect_raw().await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::PgError;
 use crate::archive::{Archive, Payloads};
 use crate::chain::{Pending, Plan, Sequencer, Ticket};
+use crate::connect::Connector;
 use crate::sql::{EVENT_COLUMNS, Query, big, event_from_row};
 use crate::types::Ts;
 
@@ -76,7 +77,7 @@ struct Conn {
 }
 
 pub struct Writer {
-    pub config: tokio_postgres::Config,
+    pub connector: Connector,
     pub channel: String,
     pub head: Arc<watch::Sender<u64>>,
     pub limits: GroupLimits,
@@ -173,7 +174,7 @@ const AGGREGATES: &str = "SELECT a.id, e.aggregate_version, e.aggregate_type FRO
 
 impl Writer {
     pub fn new(
-        config: tokio_postgres::Config,
+        connector: Connector,
         channel: String,
         head: Arc<watch::Sender<u64>>,
         limits: GroupLimits,
@@ -181,7 +182,7 @@ impl Writer {
         sequencer: Arc<Sequencer>,
     ) -> Writer {
         Writer {
-            config,
+            connector,
             channel,
             head,
             limits,
@@ -345,7 +346,7 @@ impl Writer {
 
     async fn connection(&mut self) -> Result<&Conn, PgError> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.config).await?);
+            self.conn = Some(connect(&self.connector).await?);
         }
         self.conn
             .as_ref()
@@ -769,13 +770,8 @@ async fn insert(
 
 /// Opens the writer's connection: `synchronous_commit` on (a commit is answered only once
 /// durable) and the statements prepared once.
-async fn connect(config: &tokio_postgres::Config) -> Result<Conn, PgError> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(error = %crate::describe(&error), "writer connection closed");
-        }
-    });
+async fn connect(connector: &Connector) -> Result<Conn, PgError> {
+    let client = connector.connect().await?;
     // Every execution is planned with the table as it is now. A prepared statement otherwise
     // settles, after five executions, on a generic plan made for the table of that moment: on a
     // fresh database that is a hash join over a sequential scan of a nearly empty table, kept

@@ -578,7 +578,7 @@ async fn the_refresh_task_brings_in_other_servers_schemas() {
     };
     let a = registry(&fx.pool).await;
     let b = registry(&fx.pool).await;
-    let task = factstore_postgres::state::spawn_schema_refresh(b.clone(), &fx.schema.options());
+    let task = factstore_postgres::state::spawn_schema_refresh(b.clone(), &fx.schema.connector());
     // The listener is listening before the schema is put, so that the notification (not only
     // the poll) can bring it.
     let observer = fx.schema.connect().await;

@@ -157,14 +157,23 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 /// The error as one line: the contexts and causes joined with ": ", stopping at a client
-/// error (its message already says everything, and its sources repeat it).
+/// error (its message already says everything, and its sources repeat it). A cause whose text
+/// the line already holds is left out: many errors say their causes in their own text ("I/O
+/// error on data: data is in use by another factstore process") and give them as their
+/// sources too.
 pub fn one_line(error: &anyhow::Error) -> String {
-    let mut parts = Vec::new();
+    let mut line = String::new();
     for cause in error.chain() {
-        parts.push(cause.to_string());
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         if cause.is::<factstore_client::Error>() {
             break;
         }
     }
-    parts.join(": ")
+    line
 }

@@ -40,17 +40,26 @@ impl PgSchema {
         Some(PgSchema { url, name })
     }
 
-    /// The URL with the schema as `search_path`, for `--storage`.
-    pub fn storage(&self) -> String {
-        format!("{}?options=-c%20search_path%3D{}", self.url, self.name)
+    /// The arguments of `factstore serve` and `migrate` for this schema.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--storage".to_owned(),
+            self.url.clone(),
+            "--pg-schema".to_owned(),
+            self.name.clone(),
+        ]
     }
 
     /// A connection to the schema, for looking at what the servers keep.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.storage(), tokio_postgres::NoTls)
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
             .expect("connect");
         tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path = {}", self.name))
+            .await
+            .expect("set search_path");
         client
     }
 
@@ -64,6 +73,81 @@ impl PgSchema {
             .await
             .expect("drop the schema");
     }
+}
+
+/// A database of the test's own, for what the shared test database cannot give each test:
+/// a database on which factstore has never run. Dropped on drop.
+pub struct PgDatabase {
+    /// This database's URL.
+    pub url: String,
+    pub name: String,
+    admin: String,
+}
+
+impl PgDatabase {
+    /// A fresh database, or `None` (having said so on stderr) when PostgreSQL is not reachable.
+    pub async fn create(test: &str) -> Option<PgDatabase> {
+        let probe = PgSchema::create(test).await?;
+        let admin = probe.url.clone();
+        probe.drop_schema().await;
+        let name = format!("fs_cli_db_{}_{:016x}", std::process::id(), rand::random::<u64>());
+        admin_client(&admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a database");
+        let (base, query) = match admin.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin.as_str(), String::new()),
+        };
+        let authority_end = base
+            .find("://")
+            .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+            .unwrap_or(base.len());
+        Some(PgDatabase {
+            url: format!("{}/{name}{query}", &base[..authority_end]),
+            name,
+            admin,
+        })
+    }
+
+    /// A connection to the database (`search_path` as it comes).
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        admin_client(&self.url).await
+    }
+}
+
+/// Dropped even when the test fails half-way (a database is not dropped with the process).
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop may run inside a test's runtime, which cannot be blocked on: a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            let _ = writeln!(std::io::stderr(), "could not drop test database {}", self.name);
+        }
+    }
+}
+
+async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
 }
 
 /// Where a test's servers keep their events: the embedded engine in the data folder, or a
@@ -83,7 +167,7 @@ impl Backend {
     pub fn args(&self) -> Vec<String> {
         match self {
             Backend::Embedded => Vec::new(),
-            Backend::Postgres(schema) => vec!["--storage".to_owned(), schema.storage()],
+            Backend::Postgres(schema) => schema.args(),
         }
     }
 

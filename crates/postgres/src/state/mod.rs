@@ -29,13 +29,14 @@ mod schemas;
 
 use std::fmt;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 use postgres_types::ToSql;
 use tokio::runtime::Handle;
 
 use crate::PgError;
-use crate::store::{PgOptions, pg_config};
+use crate::connect::Connector;
+use crate::store::PgOptions;
 
 pub use groups::PgGroupStorage;
 pub use projections::PgProjectionStorage;
@@ -45,17 +46,7 @@ pub use schemas::{PgSchemaStorage, schema_channel, spawn_schema_refresh};
 /// most `size` connections. The schema must be migrated ([`crate::store::migrate`], or open a
 /// [`crate::PgStore`] first).
 pub fn state_pool(options: &PgOptions, size: usize) -> Result<Pool, PgError> {
-    let config = pg_config(options)?;
-    Pool::builder(Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    ))
-    .max_size(size.max(1))
-    .build()
-    .map_err(|e| PgError::Config(format!("connection pool: {e}")))
+    Connector::new(options)?.pool(size)
 }
 
 /// Why a state write failed.

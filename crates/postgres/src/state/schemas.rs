@@ -22,7 +22,7 @@ use tokio_postgres::AsyncMessage;
 
 use super::StateError;
 use crate::PgError;
-use crate::store::{PgOptions, pg_config};
+use crate::connect::Connector;
 
 /// The NOTIFY channel on which appends to the registry of `schema` are announced. Channel
 /// names are identifiers: at most 63 bytes.
@@ -165,23 +165,15 @@ impl SchemaStorage for PgSchemaStorage {
     }
 }
 
-/// Keeps `registry` (over a [`PgSchemaStorage`] of the schema of `options`) up to date with
+/// Keeps `registry` (over a [`PgSchemaStorage`] of the schema of `connector`) up to date with
 /// what other servers register: it listens for their appends (reconnecting when the connection
 /// drops) and also refreshes every second, in case a notification was lost. Runs until
 /// aborted; must run inside the Tokio runtime.
-pub fn spawn_schema_refresh(registry: Arc<SchemaRegistry>, options: &PgOptions) -> AbortHandle {
-    let config = pg_config(options);
+pub fn spawn_schema_refresh(registry: Arc<SchemaRegistry>, connector: &Connector) -> AbortHandle {
+    let connector = connector.clone();
     tokio::spawn(async move {
         let (poke, mut poked) = mpsc::channel::<()>(1);
-        let listener = async move {
-            match config {
-                Ok(config) => listen(config, poke).await,
-                Err(error) => {
-                    tracing::warn!(%error, "schema registry listener: bad configuration; polling only");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let listener = listen(connector, poke);
         let refresher = async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,10 +200,10 @@ pub fn spawn_schema_refresh(registry: Arc<SchemaRegistry>, options: &PgOptions) 
 
 /// LISTENs on the registry's channel and pokes at each notification; reconnects when the
 /// connection drops. The connection is driven here, so aborting the task closes it.
-async fn listen(config: tokio_postgres::Config, poke: mpsc::Sender<()>) {
+async fn listen(connector: Connector, poke: mpsc::Sender<()>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match config.connect(tokio_postgres::NoTls).await {
+        match connector.connect_raw().await {
             // `client` lives to the end of this arm: dropping it would end the LISTEN.
             Ok((client, mut connection)) => {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a part")]
 
+pub mod cluster;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +48,7 @@ impl TestSchema {
         )
         .await
         .map_err(|_| "timed out".to_owned())
-        .and_then(|r| r.map_err(|e| error_chain(&e)));
+        .and_then(|r| r.map_err(|e| factstore_postgres::chain_text(&e)));
         let (client, connection) = match connected {
             Ok(pair) => pair,
             Err(error) => {
@@ -78,15 +80,14 @@ impl TestSchema {
 
     pub fn options(&self) -> PgOptions {
         let mut options = PgOptions::new(&self.url);
-        options.schema = Some(self.name.clone());
+        options.schema = self.name.clone();
         options.pool_size = 4;
         options
     }
 
-    /// The URL with this schema as `search_path`, for a server started on it.
-    pub fn url_with_schema(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-c%20search_path%3D{}", self.url, self.name)
+    /// How the store connects to this schema.
+    pub fn connector(&self) -> factstore_postgres::Connector {
+        factstore_postgres::Connector::new(&self.options()).expect("a connector")
     }
 
     pub async fn open(&self) -> PgStore {
@@ -95,8 +96,48 @@ impl TestSchema {
 
     /// A plain connection with this schema as `search_path`.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let config = factstore_postgres::store::pg_config(&self.options()).expect("config");
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+        self.connector().connect().await.expect("connect")
+    }
+}
+
+/// A database of its own, for what the shared test database cannot hold once per test: its
+/// `public` schema, its default schema. Dropped (connections and all) on drop.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The URL of this database.
+    pub url: String,
+    pub name: String,
+    admin: String,
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (having said so) when PostgreSQL is not reachable.
+    pub async fn create() -> Option<TestDatabase> {
+        // The schema made here only proves PostgreSQL reachable (or says why not).
+        let probe = TestSchema::create().await?;
+        let admin = probe.url.clone();
+        drop(probe);
+        let name = format!("fs_test_db_{}_{:016x}", std::process::id(), rand::random::<u64>());
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        Some(TestDatabase {
+            url: with_database(&admin, &name),
+            name,
+            admin,
+        })
+    }
+
+    /// A plain connection (`search_path` as the database has it: `public`).
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(connection);
         client
     }
@@ -132,16 +173,41 @@ pub async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
         .get(0)
 }
 
-/// An error with its causes ("error connecting to server: Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            let _ = writeln!(std::io::stderr(), "could not drop test database {}", self.name);
+        }
     }
-    text
+}
+
+/// `url` with its database replaced by `name` (its query kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[after_scheme..]
+        .find('/')
+        .map_or(base.len(), |i| after_scheme + i);
+    format!("{}/{name}{query}", &base[..authority_end])
 }
 
 impl Drop for TestSchema {
