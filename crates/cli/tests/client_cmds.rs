@@ -568,6 +568,50 @@ fn an_interrupted_import_run_again_completes_without_writing_twice() {
     );
 }
 
+/// Importing after other events would put the file's events at other positions: refused
+/// before anything is written, unless --renumber says so.
+#[test]
+fn an_import_into_a_store_that_is_not_empty_needs_renumber() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Server::start(&dir.path().join("source"));
+    fill(&source);
+    let exported = source.ok(&["export"]);
+    let target = Server::start(&dir.path().join("target"));
+    target.ok(&[
+        "append",
+        "other:1",
+        "--aggregate-type",
+        "Other",
+        "--type",
+        "Happened",
+        "--data",
+        "{}",
+    ]);
+    let output = target.run_with_stdin(&["import"], &exported);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("the store is not empty (its head is at 1)")
+            && stderr(&output).contains("--renumber"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(target.ok(&["export"]).lines().count(), 1, "nothing was written");
+
+    let output = target.run_with_stdin(&["import", "--renumber", "--json"], &exported);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_lines(&String::from_utf8(output.stdout).unwrap())[0],
+        json!({"events": 12, "written": 12, "already_present": 0, "moved": 12})
+    );
+    // The same import again is recognised by its first event, without the flag.
+    let output = target.run_with_stdin(&["import", "--json"], &exported);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_lines(&String::from_utf8(output.stdout).unwrap())[0]["already_present"],
+        12
+    );
+}
+
 /// A token limited to aggregate prefixes exports the events it may see, in position order (the
 /// export used to stop at the first position it could not see); imported into an empty store,
 /// they keep their ids, order and versions and take consecutive positions.

@@ -176,7 +176,10 @@ async fn only_admins_archive_and_see_storage() {
         .send(&router)
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    assert_eq!(answer.body, json!({"archived_events": 0, "archived_bytes": 0}));
+    assert_eq!(
+        answer.body,
+        json!({"archived_events": 0, "archived_bytes": 0, "hot_before_cut": 0})
+    );
 }
 
 #[tokio::test]

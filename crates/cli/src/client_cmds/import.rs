@@ -13,6 +13,12 @@
 //! An import is fastest when an aggregate's events are adjacent in the file; interleaved
 //! aggregates make smaller commits.
 //!
+//! # A store that is not empty
+//! Events imported after other events land at other positions than the file gives, so
+//! position-based reads (`after_position`, `as_of`) of the copy differ from the original. Such
+//! an import is refused before it writes anything unless `--renumber` is given
+//! ([`check_placement`]); running the same import again is recognised by its first event.
+//!
 //! # An export of a token limited to aggregate prefixes
 //! Such an export holds only the events of the token's aggregates (each aggregate whole), so
 //! its positions have gaps. Imported into an empty store, every event keeps its id, its order
@@ -56,6 +62,11 @@ pub struct ImportArgs {
     /// At most about this many bytes of JSON per commit (a larger event goes alone).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_bytes: u64,
+    /// Import into a store that is not empty although the events then land at other positions
+    /// (and `as_of` reads see another history) than the file gives. Without it such an import
+    /// is refused before it writes anything.
+    #[arg(long)]
+    pub renumber: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -307,6 +318,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             let (aggregate_id, item) = parse_line(number, &text)?;
+            if stats.events == 0 && !args.renumber {
+                check_placement(&client, &item).await?;
+            }
             stats.events += 1;
             stats.saw_position(item.position);
             if !batch.admits(&aggregate_id, bytes, &args) {
@@ -343,6 +357,33 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Refuses, before anything is written, an import whose first event would land at another
+/// position than the file gives: the store holds other events (it is not empty, and this is
+/// not the same import run again, whose first event the store already holds). A file without
+/// positions, or one that continues the store exactly, passes; so does any file into an empty
+/// store (an export with gaps closes up there, as the summary says).
+async fn check_placement(client: &Client, first: &Item) -> anyhow::Result<()> {
+    let Some(position) = first.position else {
+        return Ok(());
+    };
+    let head = client.head().await?.position;
+    if head == 0 || head + 1 == position {
+        return Ok(());
+    }
+    let id = first.event.event_id.unwrap_or_default();
+    match client.get_event(id).await {
+        Ok(_) => Ok(()), // the same import again: the module docs say how it goes on
+        Err(Error::EventNotFound { .. }) => bail!(
+            "the store is not empty (its head is at {head}) and does not hold the file's first \
+             event: the events would land from position {} on instead of {position}, as the \
+             file gives. Import into an empty store to keep positions (and `as_of` reads), or \
+             pass --renumber to append them after the store's events anyway",
+            head + 1
+        ),
+        Err(error) => Err(anyhow::Error::new(error).context(format!("line {}", first.line))),
+    }
 }
 
 /// Commits one batch (see the module documentation for the partly-present case).
@@ -461,6 +502,7 @@ mod tests {
             input: None,
             batch_events,
             batch_bytes: 1 << 20,
+            renumber: false,
             client: ClientArgs {
                 url: String::new(),
                 token: None,
