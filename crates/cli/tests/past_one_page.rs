@@ -144,6 +144,23 @@ fn append_stdin_splits_thousands_of_event_lines_but_never_a_request_line() {
         "{err}"
     );
 
+    // A split input is not atomic: when a request fails after others, the error says what
+    // was appended (here the second event's type does not match the aggregate's).
+    let mismatch = "{\"aggregate_type\":\"Account\",\"event_type\":\"Opened\",\"event_data\":{}}\n\
+                    {\"aggregate_type\":\"Other\",\"event_type\":\"Opened\",\"event_data\":{}}\n";
+    let failed = run_with_stdin(
+        url,
+        &["append", "account:mixed", "--stdin", "--batch-events", "1"],
+        mismatch,
+    );
+    let message = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert_eq!(failed.status.code(), Some(3), "{message}");
+    assert!(
+        message.starts_with("error: line 2 (1 event, about ")
+            && message.contains(" bytes) not appended; line 1 appended, up to version 1 of account:mixed: "),
+        "{message}"
+    );
+
     // A request line is one atomic append: one over the limit is refused whole, and the
     // error says why it was not split.
     let events: Vec<Value> = (0..1001)

@@ -6,15 +6,15 @@
 //!   with the optional `event_id`, `event_version`, `created_by`, `created_at`, `metadata`:
 //!   such lines are packed, in order, into requests of at most `--batch-events` events and
 //!   about `--batch-bytes` bytes (under the server's limits on one request), the first under
-//!   `--expected-version` and each next one expecting the version the previous one reached,
-//!   so that nothing else lands between them; or
+//!   `--expected-version` and, when it is given, each next one expecting the version the one
+//!   before reached, so that nothing else lands between them; or
 //! - a whole append request, `{"expected_version": 3, "events": [...]}`: each such line is
 //!   one atomic append, in order (its `expected_version`, not the option's, applies), never
 //!   split.
 //!
 //! One input holds one kind of line or the other; every line is read and checked before the
-//! first request. Each request is atomic, a split input is not: when a request fails, the
-//! error says which lines were appended before it. Every event gets its id before the first
+//! first request. Each request is atomic, a split input is not: when a request fails after
+//! others, the error says which lines were appended before it. Every event gets its id before the first
 //! attempt, so the client's retries never append anything twice.
 
 use std::io::BufRead;
@@ -139,9 +139,16 @@ async fn append_batches(
         let request = AppendRequest::new(batch.events).expect(expected);
         let outcome = match client.append(&args.aggregate_id, request).await {
             Ok(outcome) => outcome,
+            // One request that failed is the whole story: the error says it.
+            Err(error) if count == 1 && error.status() != Some(StatusCode::PAYLOAD_TOO_LARGE) => {
+                return Err(error.into());
+            }
             Err(error) => {
-                let mut message =
-                    format!("lines {first}-{last} ({events} events, about {bytes} bytes) were not appended");
+                let mut message = format!(
+                    "{} ({events} {}, about {bytes} bytes) not appended",
+                    lines(first, last),
+                    if events == 1 { "event" } else { "events" }
+                );
                 if error.status() == Some(StatusCode::PAYLOAD_TOO_LARGE) {
                     message.push_str(&format!(
                         " (the server takes fewer events or bytes per request than --batch-events {} \
@@ -151,7 +158,8 @@ async fn append_batches(
                 }
                 if let Some((line, version)) = appended {
                     message.push_str(&format!(
-                        "; lines 1-{line} were appended, up to version {version} of {}",
+                        "; {} appended, up to version {version} of {}",
+                        lines(1, line),
                         args.aggregate_id
                     ));
                 }
@@ -176,6 +184,15 @@ async fn append_batches(
     Ok(())
 }
 
+/// "line 3", or "lines 3-9".
+fn lines(first: usize, last: usize) -> String {
+    if first == last {
+        format!("line {first}")
+    } else {
+        format!("lines {first}-{last}")
+    }
+}
+
 /// Appends each request line as it is, in order.
 async fn append_requests(
     client: &Client,
@@ -188,6 +205,10 @@ async fn append_requests(
         let bytes = serde_json::to_vec(&request).map_or(0, |body| body.len());
         let outcome = match client.append(&args.aggregate_id, request).await {
             Ok(outcome) => outcome,
+            // The first line failing, for another reason than its size: the error says it all.
+            Err(error) if appended == 0 && error.status() != Some(StatusCode::PAYLOAD_TOO_LARGE) => {
+                return Err(error.into());
+            }
             Err(error) => {
                 let mut message = format!("line {line} was not appended");
                 if error.status() == Some(StatusCode::PAYLOAD_TOO_LARGE) {
