@@ -96,7 +96,8 @@ enum Command {
     Storage(client_cmds::archive::StorageArgs),
     /// Manage projections (read models): list, put, show, state, rebuild, delete.
     Projections(client_cmds::projections::ProjectionsArgs),
-    /// Manage persistent subscription groups: list, create, show, parked, replay, delete.
+    /// Persistent subscription groups: list, create, show, parked, replay, delete; poll, ack
+    /// and nack to consume from the shell.
     Subscriptions(client_cmds::subscriptions::SubscriptionsArgs),
     /// The schema registry: put, get, list JSON Schemas per event type and version.
     Schemas(client_cmds::schemas::SchemasArgs),
@@ -127,17 +128,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-const APPEND_HELP: &str = "Append events to one aggregate, atomically.
+const APPEND_HELP: &str = "Append events to one aggregate.
 
 From flags: factstore append account:1 --aggregate-type Account --type MoneyDeposited \
 --data '{\"amount\": 500}' --expected-version 3
 
 With --stdin, each non-blank line is either an event object
   {\"aggregate_type\": \"Account\", \"event_type\": \"MoneyDeposited\", \"event_data\": {\"amount\": 500}}
-(optional: event_id, event_version, created_by, created_at, metadata), all appended together
-under --expected-version; or a whole append request
+(optional: event_id, event_version, created_by, created_at, metadata); or a whole append request
   {\"expected_version\": 3, \"events\": [ ...event objects... ]}
-each sent as one append, in order. One input holds one kind of line.
+One input holds one kind of line; every line is checked before anything is sent.
+
+Event lines are appended in order, packed into requests under the server's limits (at most \
+--batch-events, default 1000, and about --batch-bytes, default 4 MiB, per request): one request \
+when they fit, atomic under --expected-version. More go in several requests, the first under \
+--expected-version and, when it is given, each next one expecting the version the one before \
+reached, so that nothing else lands between them; each request is atomic, the whole input is \
+not, and stderr says how it was split. A request line is sent as it is, one \
+atomic append, in order, never split: one over the server's limits is refused.
 
 Events get their ids before the first attempt, so retries never append twice.";
 

@@ -163,14 +163,14 @@ fn append_read_get_head_and_query() {
         "{}",
     ]);
 
-    // read: a header and a line per event for people; the events as the server gives them
-    // for scripts.
+    // read: a header and a line per event for people, with the event's schema version (v2
+    // here); the events as the server gives them for scripts.
     let text = server.ok(&["read", "account:1"]);
     let text: Vec<&str> = text.lines().collect();
     assert_eq!(text[0], "account:1 (Account), version 3");
     assert_eq!(text.len(), 4);
     assert!(
-        text[1].contains("account:1@1  AccountOpened  {\"owner\":\"Ada\"}"),
+        text[1].contains("account:1@1  AccountOpened v2  {\"owner\":\"Ada\"}"),
         "{}",
         text[1]
     );
@@ -249,7 +249,7 @@ fn append_read_get_head_and_query() {
     );
     let text = server.ok(&["query", "--aggregate-id", "order:1"]);
     assert_eq!(text.lines().count(), 1);
-    assert!(text.contains("order:1@1  OrderPlaced  {}"), "{text}");
+    assert!(text.contains("order:1@1  OrderPlaced v1  {}"), "{text}");
 }
 
 #[test]
@@ -397,7 +397,7 @@ fn tail_prints_live_events_and_ends_on_ctrl_c() {
     BufReader::new(tail.stdout.as_mut().unwrap())
         .read_line(&mut first)
         .unwrap();
-    assert!(first.contains("clock:0@1  Ping  {\"n\":0}"), "{first}");
+    assert!(first.contains("clock:0@1  Ping v1  {\"n\":0}"), "{first}");
     let interrupted = Command::new("kill")
         .args(["-INT", &tail.id().to_string()])
         .status()
@@ -610,6 +610,44 @@ fn an_import_into_a_store_that_is_not_empty_needs_renumber() {
         json_lines(&String::from_utf8(output.stdout).unwrap())[0]["already_present"],
         12
     );
+}
+
+/// A 401 names the option that gives the token: missing, or refused.
+#[test]
+fn a_refused_request_names_the_token_option() {
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        format!("[[token]]\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n"),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = Server {
+        process: ServeProcess::start(&dir.path().join("data"), &["--auth", auth.to_str().unwrap()]),
+        token: None,
+    };
+    let missing = server.run(&["head"]);
+    assert_eq!(missing.status.code(), Some(6));
+    assert_eq!(
+        stderr(&missing),
+        "error: the server requires a token: pass --token or set FACTSTORE_TOKEN (the server \
+         said: this server needs a token: send Authorization: Bearer <token>)\n"
+    );
+    let refused = server.run(&["query", "--token", "not-the-token-0123456789"]);
+    assert_eq!(refused.status.code(), Some(6));
+    assert_eq!(
+        stderr(&refused),
+        "error: the server refused the token: check --token or FACTSTORE_TOKEN (the server \
+         said: the token is not valid)\n"
+    );
+    let admitted = server.run(&["head", "--token", ADMIN]);
+    assert!(admitted.status.success(), "{}", stderr(&admitted));
 }
 
 /// A token limited to aggregate prefixes exports the events it may see, in position order (the

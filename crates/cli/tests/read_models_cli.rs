@@ -286,3 +286,193 @@ fn subscriptions_create_list_show_parked_replay_and_delete() {
         "{message}"
     );
 }
+
+/// Every delivery `poll` gives `group` within 10 s until `count` are leased (the group hands
+/// out what it has read so far), as JSON.
+fn poll_json(url: &str, group: &str, count: usize) -> Vec<Value> {
+    let mut deliveries = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while deliveries.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {deliveries:?} delivered"
+        );
+        let out = ok(
+            url,
+            &["subscriptions", "poll", group, "--json", "--wait-ms", "1000"],
+        );
+        deliveries.extend(out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    assert_eq!(deliveries.len(), count, "{deliveries:?}");
+    deliveries
+}
+
+fn positions(deliveries: &[Value]) -> Vec<u64> {
+    deliveries
+        .iter()
+        .map(|d| d["position"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn subscriptions_poll_ack_and_nack_consume_a_group_from_the_shell() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(data.path(), &[]);
+    let url = server.url.as_str();
+    let append = |aggregate: &str| {
+        ok(
+            url,
+            &[
+                "append",
+                aggregate,
+                "--aggregate-type",
+                "Order",
+                "--type",
+                "OrderCreated",
+                "--data",
+                "{}",
+            ],
+        )
+    };
+    ok(
+        url,
+        &["subscriptions", "create", "work", "--aggregate-type", "Order"],
+    );
+    append("order:1");
+    append("order:2");
+
+    // Polled, acked: never delivered again.
+    let first = poll_json(url, "work", 2);
+    assert_eq!(positions(&first), [1, 2]);
+    assert!(first.iter().all(|d| d["attempt"] == 1), "{first:?}");
+    assert_eq!(first[0]["aggregate_id"], "order:1");
+    assert_eq!(
+        ok(url, &["subscriptions", "ack", "work", "1", "2"]).trim(),
+        "acked 2 events of work"
+    );
+    assert_eq!(
+        ok(url, &["subscriptions", "poll", "work", "--wait-ms", "300"]).trim(),
+        "no events to deliver in work"
+    );
+    assert_eq!(
+        ok(
+            url,
+            &["subscriptions", "poll", "work", "--json", "--wait-ms", "300"]
+        ),
+        ""
+    );
+
+    // Nacked: delivered again, as a second attempt; the text names it and how to settle it.
+    append("order:3");
+    assert_eq!(positions(&poll_json(url, "work", 1)), [3]);
+    assert_eq!(
+        ok(url, &["subscriptions", "nack", "work", "3"]).trim(),
+        "nacked 1 event of work: they will be delivered again"
+    );
+    let output = factstore(url, &["subscriptions", "poll", "work", "--wait-ms", "5000"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("order:3@1  OrderCreated v1  {}  (attempt 2)"),
+        "{text}"
+    );
+    let hint = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        hint.contains("leased 1 event to consumer factstore-cli")
+            && hint.contains("factstore subscriptions ack work POSITION"),
+        "{hint}"
+    );
+
+    // Nacked with --park: parked, listed, and not delivered again.
+    assert_eq!(
+        ok(url, &["subscriptions", "nack", "work", "3", "--park"]).trim(),
+        "parked 1 event of work"
+    );
+    let parked = ok(url, &["subscriptions", "parked", "work", "--json"]);
+    let parked: Vec<Value> = parked.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(positions(&parked), [3]);
+    assert_eq!(
+        ok(
+            url,
+            &["subscriptions", "poll", "work", "--json", "--wait-ms", "300"]
+        ),
+        ""
+    );
+    let show = ok(url, &["subscriptions", "show", "work", "--json"]);
+    let show: Value = serde_json::from_str(show.trim()).unwrap();
+    assert_eq!(
+        (show["checkpoint"].as_u64(), show["in_flight"].as_u64()),
+        (Some(3), Some(0))
+    );
+
+    // Settling needs positions; an unknown group is not found.
+    let (code, _) = failure(url, &["subscriptions", "ack", "work"]);
+    assert_eq!(code, 2);
+    let (code, message) = failure(url, &["subscriptions", "poll", "nowhere"]);
+    assert_eq!(code, 4);
+    assert!(
+        message.contains("subscription group nowhere not found"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_min_position_beyond_the_head_is_named_as_such() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(data.path(), &[]);
+    let url = server.url.as_str();
+    let definition = write(data.path(), "balances.json", &balances());
+    ok(url, &["projections", "put", "balances", "--file", &definition]);
+    ok(
+        url,
+        &[
+            "append",
+            "account:1",
+            "--aggregate-type",
+            "Account",
+            "--type",
+            "MoneyDeposited",
+            "--data",
+            r#"{"amount": 5}"#,
+        ],
+    );
+    // Within the head: read-your-writes waits and answers.
+    let state = ok(
+        url,
+        &[
+            "projections",
+            "state",
+            "balances",
+            "account:1",
+            "--min-position",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(state.trim()).unwrap()["state"]["balance"],
+        5
+    );
+    // Beyond it: no waiting can help, and the error says the head is below.
+    let (code, message) = failure(
+        url,
+        &[
+            "projections",
+            "state",
+            "balances",
+            "account:1",
+            "--min-position",
+            "1000",
+            "--wait-ms",
+            "200",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        message.starts_with(
+            "error: the store's head is at position 1, below --min-position 1000: no event has that position yet"
+        ),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+}

@@ -31,8 +31,10 @@
 //!   [`projection_state`](Client::projection_state), [`event_status`](Client::event_status), …)
 //!   and persistent subscriptions ([`put_subscription`](Client::put_subscription),
 //!   [`poll`](Client::poll), [`ack`](Client::ack), [`nack`](Client::nack), …) — and the paging
-//!   helpers [`events_stream`](Client::events_stream) and
-//!   [`aggregate_stream`](Client::aggregate_stream).
+//!   helpers [`events_stream`](Client::events_stream),
+//!   [`aggregate_stream`](Client::aggregate_stream),
+//!   [`projection_states_stream`](Client::projection_states_stream) and
+//!   [`parked_stream`](Client::parked_stream), which hold one page at a time.
 //! - [`sdk`]: event sourcing on top: [`sdk::Aggregate`], [`sdk::Repository`] (snapshots,
 //!   conflict retries, multi-aggregate [`sdk::Batch`]es), [`sdk::Upcasters`], the
 //!   [`sdk::AggregateTest`] harness and the [`sdk::Projector`].
@@ -82,8 +84,8 @@ pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
 pub use json::RawJson;
 pub use persistent::{
-    Delivery, DeliveryOrdering, PollRequest, ReplayOutcome, SubscriptionGroup, SubscriptionGroupStatus,
-    SubscriptionStart,
+    Delivery, DeliveryOrdering, ParkedPage, PollRequest, ReplayOutcome, SubscriptionGroup,
+    SubscriptionGroupStatus, SubscriptionStart,
 };
 pub use projection::{
     EventStatus, KeyedState, OpKind, Operation, ProjectionDefinition, ProjectionKey, ProjectionPut,

@@ -2,6 +2,7 @@
 //! poll for leased events, ack what they handled and nack what they could not (or park it);
 //! an event nacked or timed out is delivered again, and parked after `max_deliveries`.
 
+use futures::stream::{self, Stream, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
@@ -250,7 +251,7 @@ struct PollAnswer {
 /// One page of parked events and where the next starts (`next_after_position`; `None` at the
 /// end). The contract names the endpoint without fixing its body: `{"events": [...]}` or
 /// `{"parked": [...]}`, or the list itself (one page) are all read.
-fn parked_page(body: &[u8]) -> Result<(Vec<Delivery>, Option<u64>)> {
+fn parse_parked_page(body: &[u8]) -> Result<(Vec<Delivery>, Option<u64>)> {
     #[derive(Debug, Deserialize)]
     struct Wrapped {
         #[serde(default)]
@@ -269,6 +270,14 @@ fn parked_page(body: &[u8]) -> Result<(Vec<Delivery>, Option<u64>)> {
         source: None,
     })?;
     Ok((events, wrapped.next_after_position))
+}
+
+/// A page of `GET /v1/subscriptions/{group}/parked`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedPage {
+    pub events: Vec<Delivery>,
+    /// Where the next page starts (`after_position`); `None` at the end.
+    pub next_after_position: Option<u64>,
 }
 
 /// The answer to a replay of parked events.
@@ -369,26 +378,61 @@ impl Client {
         Ok(())
     }
 
-    /// `GET /v1/subscriptions/{group}/parked`: every parked (dead-lettered) event, page after
-    /// page, by position.
-    pub async fn parked(&self, group: &str) -> Result<Vec<Delivery>> {
-        let mut parked = Vec::new();
-        let mut after: Option<u64> = None;
-        loop {
-            let mut params = Params::default();
-            params.push_opt("after_position", after);
-            let url = self.endpoint(&["v1", "subscriptions", group, "parked"], &params)?;
-            let (_, body) = self
-                .send_about(Method::GET, url, None, &Context::group(group))
-                .await?;
-            let (events, next) = parked_page(&body)?;
-            parked.extend(events);
-            match next {
-                // A next page must move on, or paging would never end.
-                Some(next) if Some(next) > after => after = Some(next),
-                _ => return Ok(parked),
+    /// `GET /v1/subscriptions/{group}/parked`: one page of parked (dead-lettered) events by
+    /// position, after `after_position` (from the first when `None`), of `limit` events or
+    /// the server's default.
+    pub async fn parked_page(
+        &self,
+        group: &str,
+        after_position: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<ParkedPage> {
+        let mut params = Params::default();
+        params.push_opt("after_position", after_position);
+        params.push_opt("limit", limit);
+        let url = self.endpoint(&["v1", "subscriptions", group, "parked"], &params)?;
+        let (_, body) = self
+            .send_about(Method::GET, url, None, &Context::group(group))
+            .await?;
+        let (events, next_after_position) = parse_parked_page(&body)?;
+        Ok(ParkedPage {
+            events,
+            next_after_position,
+        })
+    }
+
+    /// The parked events after `after_position`, by position, page after page (pages of
+    /// `page_limit` events, or the server's default), one page held at a time.
+    pub fn parked_stream(
+        &self,
+        group: &str,
+        after_position: Option<u64>,
+        page_limit: Option<u32>,
+    ) -> impl Stream<Item = Result<Delivery>> + Send + 'static {
+        let client = self.clone();
+        let group = group.to_owned();
+        let pages = stream::try_unfold(Some(after_position), move |next| {
+            let client = client.clone();
+            let group = group.clone();
+            async move {
+                let Some(after) = next else { return Ok(None) };
+                let page = client.parked_page(&group, after, page_limit).await?;
+                let next = match page.next_after_position {
+                    // A next page must move on, or paging would never end.
+                    Some(next) if Some(next) > after => Some(Some(next)),
+                    _ => None,
+                };
+                Ok(Some((page.events, next)))
             }
-        }
+        });
+        pages
+            .map_ok(|events| stream::iter(events.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// Every parked (dead-lettered) event of the group, page after page, by position.
+    pub async fn parked(&self, group: &str) -> Result<Vec<Delivery>> {
+        self.parked_stream(group, None, None).try_collect().await
     }
 
     /// `POST /v1/subscriptions/{group}/parked/replay`: delivers the parked events again.
@@ -421,13 +465,13 @@ mod tests {
         assert_eq!(delivery.event.event_data.as_str(), r#"{"z":1,"a":2}"#);
 
         let list = format!(r#"{{"parked":[{EVENT}}}]}}"#);
-        assert_eq!(parked_page(list.as_bytes()).unwrap().0[0].attempt, 0);
+        assert_eq!(parse_parked_page(list.as_bytes()).unwrap().0[0].attempt, 0);
         let bare = format!(r#"[{EVENT},"attempt":5}}]"#);
-        assert_eq!(parked_page(bare.as_bytes()).unwrap().0[0].attempt, 5);
+        assert_eq!(parse_parked_page(bare.as_bytes()).unwrap().0[0].attempt, 5);
         let paged = format!(r#"{{"events":[{EVENT},"attempt":3}}],"next_after_position":42}}"#);
-        let (events, next) = parked_page(paged.as_bytes()).unwrap();
+        let (events, next) = parse_parked_page(paged.as_bytes()).unwrap();
         assert_eq!((events[0].attempt, next), (3, Some(42)));
-        assert!(parked_page(b"{}").is_err());
+        assert!(parse_parked_page(b"{}").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, Stream, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
@@ -536,17 +537,41 @@ impl Client {
 
     /// Every state of a projection, page after page, in key order.
     pub async fn all_projection_states(&self, name: &str) -> Result<Vec<KeyedState>> {
-        let mut states = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.projection_states(name, after.as_deref(), None).await?;
-            states.extend(page.states);
-            match page.next_after_key {
-                // A next page must move on, or paging would never end.
-                Some(next) if Some(&next) != after.as_ref() => after = Some(next),
-                _ => return Ok(states),
+        self.projection_states_stream(name, None, None)
+            .try_collect()
+            .await
+    }
+
+    /// The states of a projection after `after_key` (from the first when `None`), in key
+    /// order, page after page (pages of `page_limit` states, or the server's default), one
+    /// page held at a time.
+    pub fn projection_states_stream(
+        &self,
+        name: &str,
+        after_key: Option<String>,
+        page_limit: Option<u32>,
+    ) -> impl Stream<Item = Result<KeyedState>> + Send + 'static {
+        let client = self.clone();
+        let name = name.to_owned();
+        let pages = stream::try_unfold(Some(after_key), move |next| {
+            let client = client.clone();
+            let name = name.clone();
+            async move {
+                let Some(after) = next else { return Ok(None) };
+                let page = client
+                    .projection_states(&name, after.as_deref(), page_limit)
+                    .await?;
+                let next = match page.next_after_key {
+                    // A next page must move on, or paging would never end.
+                    Some(key) if Some(&key) != after.as_ref() => Some(Some(key)),
+                    _ => None,
+                };
+                Ok(Some((page.states, next)))
             }
-        }
+        });
+        pages
+            .map_ok(|states| stream::iter(states.into_iter().map(Ok)))
+            .try_flatten()
     }
 
     /// `GET /v1/events/{event_id}/status`: whether every projection that takes the event has

@@ -49,19 +49,15 @@ use factstore_client::{
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::ClientArgs;
 use super::export::progress_bar;
+use super::{BatchArgs, ClientArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     /// The JSON lines file to import (an export); stdin when not given.
     pub input: Option<PathBuf>,
-    /// At most this many events per commit.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_events: u64,
-    /// At most about this many bytes of JSON per commit (a larger event goes alone).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_bytes: u64,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// Import into a store that is not empty although the events then land at other positions
     /// (and `as_of` reads see another history) than the file gives. Without it such an import
     /// is refused before it writes anything.
@@ -127,11 +123,11 @@ struct Batch {
 
 impl Batch {
     /// Whether an event of `aggregate_id` of `bytes` may join this commit.
-    fn admits(&self, aggregate_id: &str, bytes: u64, args: &ImportArgs) -> bool {
+    fn admits(&self, aggregate_id: &str, bytes: u64, batch: &BatchArgs) -> bool {
         if self.events == 0 {
             return true;
         }
-        if self.events + 1 > args.batch_events || self.bytes + bytes > args.batch_bytes {
+        if self.events + 1 > batch.batch_events || self.bytes + bytes > batch.batch_bytes {
             return false;
         }
         let continues_run = self
@@ -323,7 +319,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             }
             stats.events += 1;
             stats.saw_position(item.position);
-            if !batch.admits(&aggregate_id, bytes, &args) {
+            if !batch.admits(&aggregate_id, bytes, &args.batch) {
                 flush(&client, std::mem::take(&mut batch), &mut stats).await?;
                 bar.set_message(format!("{} events", stats.events));
             }
@@ -498,17 +494,9 @@ mod tests {
     }
 
     fn batches(lines: &[String], batch_events: u64) -> Vec<Vec<(String, usize)>> {
-        let args = ImportArgs {
-            input: None,
+        let args = BatchArgs {
             batch_events,
             batch_bytes: 1 << 20,
-            renumber: false,
-            client: ClientArgs {
-                url: String::new(),
-                token: None,
-                ca_cert: None,
-                json: false,
-            },
         };
         let mut out = Vec::new();
         let mut batch = Batch::default();

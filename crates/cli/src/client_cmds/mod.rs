@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use factstore_client::{Client, EventFilter, TimeBound};
@@ -44,11 +45,15 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// Whether the command sends a token: a 401 then means a token refused, not one missing.
+static TOKEN_GIVEN: AtomicBool = AtomicBool::new(false);
+
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
         let mut builder = Client::builder(&self.url);
         if let Some(token) = &self.token {
             builder = builder.token(token);
+            TOKEN_GIVEN.store(true, Ordering::Relaxed);
         }
         if let Some(path) = &self.ca_cert {
             let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -160,20 +165,101 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// error (its message already says everything, and its sources repeat it). A cause whose text
 /// the line already holds is left out: many errors say their causes in their own text ("I/O
 /// error on data: data is in use by another factstore process") and give them as their
-/// sources too.
+/// sources too. A 401 names the option that gives the token.
 pub fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
-        let text = cause.to_string();
+        let client_error = cause.downcast_ref::<factstore_client::Error>();
+        let text = match client_error {
+            Some(factstore_client::Error::Unauthorized { message }) => {
+                unauthorized(message, TOKEN_GIVEN.load(Ordering::Relaxed))
+            }
+            _ => cause.to_string(),
+        };
         if line.is_empty() {
             line = text;
         } else if !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
-        if cause.is::<factstore_client::Error>() {
+        if client_error.is_some() {
             break;
         }
     }
     line
+}
+
+/// A 401 in words that say what to do: give a token, or check the one given.
+fn unauthorized(message: &str, token_given: bool) -> String {
+    if token_given {
+        format!("the server refused the token: check --token or FACTSTORE_TOKEN (the server said: {message})")
+    } else {
+        format!(
+            "the server requires a token: pass --token or set FACTSTORE_TOKEN (the server said: {message})"
+        )
+    }
+}
+
+/// Tells on stderr that a listing stopped at `--limit` while more was there, and how to go on
+/// (`more`: "more events match: continue with --after-position 42"). Stdout is flushed
+/// first, so that the note follows what was printed.
+pub fn stopped_at_limit(printer: &mut output::Printer, limit: u64, more: &str) -> std::io::Result<()> {
+    printer.flush()?;
+    eprintln!("stopped at --limit {limit}; {more}");
+    Ok(())
+}
+
+/// `text` as one shell word: as it is when it has only characters no shell treats
+/// specially, in single quotes otherwise (for a key in a hint to copy).
+pub fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// How appends are split into requests under the server's limits (a server takes at most 1000
+/// events and 16 MiB per request unless started with other `--max-events-per-request` and
+/// `--max-request-bytes`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// At most this many events per request (the server's limit is 1000 unless it was started
+    /// with another --max-events-per-request).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_events: u64,
+    /// At most about this many bytes of JSON per request; an event larger than that goes
+    /// alone (the server's limit is 16 MiB unless it was started with another
+    /// --max-request-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_401_names_the_token_option() {
+        let missing = unauthorized("this server needs a token", false);
+        assert!(
+            missing.contains("pass --token or set FACTSTORE_TOKEN"),
+            "{missing}"
+        );
+        let refused = unauthorized("the token is not valid", true);
+        assert!(refused.contains("refused the token"), "{refused}");
+        assert!(refused.contains("the token is not valid"), "{refused}");
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("account:ACC-1"), "account:ACC-1");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

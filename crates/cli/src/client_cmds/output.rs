@@ -1,13 +1,14 @@
 //! Printing events and answers: a line per event for people, JSON for scripts.
 //!
-//! An event line is `POSITION  CREATED_AT  AGGREGATE_ID@VERSION  EVENT_TYPE  DATA`, with the
-//! data as compact JSON: `grep`-able, and wide only when the data is. `--json` prints the
+//! An event line is `POSITION  CREATED_AT  AGGREGATE_ID@VERSION  EVENT_TYPE vEVENT_VERSION  DATA`,
+//! with the data as compact JSON: `grep`-able, and wide only when the data is. The schema
+//! version of the data is there because reading it needs it (upcasters, `--raw`). `--json` prints the
 //! event exactly as the server sent it, one per line.
 
 use std::io::{self, Write};
 
 use factstore_client::time::format_timestamp;
-use factstore_client::{AppendOutcome, Event, Head};
+use factstore_client::{AppendOutcome, Delivery, Event, Head};
 use serde::Serialize;
 
 /// Where a command prints, and how. Writes go to a buffered stdout; `flush` after each
@@ -37,6 +38,24 @@ impl Printer {
         } else {
             writeln!(self.out, "{}", event_line(event))
         }
+    }
+
+    /// A delivery of a persistent subscription (a poll's, or a parked event): the event and
+    /// its attempt, as one line of text or the event's JSON with `attempt` added.
+    pub fn delivery(&mut self, delivery: &Delivery) -> io::Result<()> {
+        if self.json {
+            let mut value = serde_json::to_value(&delivery.event).map_err(io::Error::other)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("attempt".to_owned(), delivery.attempt.into());
+            }
+            return self.value(&value);
+        }
+        writeln!(
+            self.out,
+            "{}  (attempt {})",
+            event_line(&delivery.event),
+            delivery.attempt
+        )
     }
 
     /// A JSON value on one line (in JSON mode).
@@ -135,12 +154,13 @@ impl Printer {
 /// One line for an event.
 pub fn event_line(event: &Event) -> String {
     format!(
-        "{:>8}  {}  {}@{}  {}  {}",
+        "{:>8}  {}  {}@{}  {} v{}  {}",
         event.position,
         format_timestamp(event.created_at),
         event.aggregate_id,
         event.version,
         event.event_type,
+        event.event_version,
         event.event_data
     )
 }

@@ -3,13 +3,16 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use factstore_client::{
-    Client, ProjectionDefinition, ProjectionRunStatus, ProjectionStatus, StateQuery, StateSource, TimeBound,
+    Client, Error, ProjectionDefinition, ProjectionRunStatus, ProjectionStatus, StateQuery, StateSource,
+    TimeBound,
 };
+use futures::TryStreamExt;
 
 use super::ClientArgs;
 use super::output::Printer;
@@ -88,12 +91,16 @@ pub struct StateArgs {
     /// Without KEY: start after this key.
     #[arg(long, value_name = "KEY")]
     pub after_key: Option<String>,
-    /// Without KEY: at most this many states (one page); all of them when not given.
-    #[arg(long)]
-    pub limit: Option<u32>,
+    /// Without KEY: at most this many states (default: all of them); when there are more,
+    /// stderr says where to continue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
+
+/// The largest page of states the server serves.
+const STATES_PAGE_MAX: u64 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -266,34 +273,22 @@ fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
             bail!("--min-position, --wait-ms, --source, --until and --as-of need a KEY");
         }
         return super::block_on(async move {
-            let states = match args.limit {
-                Some(limit) => {
-                    client
-                        .projection_states(&args.name, args.after_key.as_deref(), Some(limit))
-                        .await?
-                        .states
-                }
-                None if args.after_key.is_some() => {
-                    client
-                        .projection_states(&args.name, args.after_key.as_deref(), None)
-                        .await?
-                        .states
-                }
-                None => client.all_projection_states(&args.name).await?,
-            };
-            for state in &states {
-                if printer.json() {
-                    printer.value(state)?;
-                } else {
-                    printer.line(&format!("{}  {}", state.key, state.state))?;
-                }
-            }
+            list_states(&client, &mut printer, &args.name, args.after_key, args.limit).await?;
             printer.flush()?;
             Ok(ExitCode::SUCCESS)
         });
     };
+    if args.after_key.is_some() || args.limit.is_some() {
+        bail!("--after-key and --limit list the states of every key: give them without a KEY");
+    }
     super::block_on(async move {
-        let state = client.projection_state(&args.name, &key, &query).await?;
+        let state = match client.projection_state(&args.name, &key, &query).await {
+            Ok(state) => state,
+            Err(error @ Error::NotYetMaterialized { .. }) => {
+                return Err(not_materialized(&client, error, query.min_position).await);
+            }
+            Err(error) => return Err(error.into()),
+        };
         if printer.json() {
             printer.value(&state)?;
         } else {
@@ -304,6 +299,57 @@ fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
         printer.flush()?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Every state after `after_key` in key order, page after page as they are printed, or the
+/// first `limit`.
+async fn list_states(
+    client: &Client,
+    printer: &mut Printer,
+    name: &str,
+    after_key: Option<String>,
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    // Pages end at the limit, so that only more states read another.
+    let page = limit.map(|limit| limit.min(STATES_PAGE_MAX) as u32);
+    let mut states = pin!(client.projection_states_stream(name, after_key, page));
+    let mut printed = 0u64;
+    let mut last_key: Option<String> = None;
+    while let Some(state) = states.try_next().await? {
+        if let (Some(limit), Some(last)) = (limit.filter(|&l| printed == l), &last_key) {
+            super::stopped_at_limit(
+                printer,
+                limit,
+                &format!(
+                    "there are more states: continue with --after-key {}",
+                    super::shell_word(last)
+                ),
+            )?;
+            break;
+        }
+        if printer.json() {
+            printer.value(&state)?;
+        } else {
+            printer.line(&format!("{}  {}", state.key, state.state))?;
+        }
+        printed += 1;
+        last_key = Some(state.key);
+    }
+    Ok(())
+}
+
+/// The error of a read that waited for `--min-position` in vain. A position beyond the store's
+/// head cannot be materialized by waiting for the projection: that is said first, with the
+/// head, since the server's answer speaks only of the projection.
+async fn not_materialized(client: &Client, error: Error, min_position: Option<u64>) -> anyhow::Error {
+    let head = client.head().await.map(|head| head.position);
+    match (head, min_position) {
+        (Ok(head), Some(min_position)) if head < min_position => anyhow::Error::new(error).context(format!(
+            "the store's head is at position {head}, below --min-position {min_position}: no \
+             event has that position yet"
+        )),
+        _ => error.into(),
+    }
 }
 
 /// Polls the projection until it is no longer rebuilding, with a progress bar of its position

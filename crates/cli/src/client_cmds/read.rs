@@ -1,10 +1,11 @@
-//! `factstore read`: one aggregate's events by version, page after page.
+//! `factstore read`: one aggregate's events by version: all of them, page after page as it
+//! prints them (one page held at a time), or the first `--limit N`.
 
 use std::pin::pin;
 use std::process::ExitCode;
 
 use factstore_client::{AggregateQuery, Direction};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt, stream};
 
 use super::output::Printer;
 use super::{ClientArgs, TimeArgs};
@@ -22,8 +23,9 @@ pub struct ReadArgs {
     /// Newest first.
     #[arg(long)]
     pub backward: bool,
-    /// At most this many events (default: all).
-    #[arg(long, value_name = "N")]
+    /// At most this many events (default: all of them); when there are more, stderr says
+    /// where to continue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
     #[command(flatten)]
     pub time: TimeArgs,
@@ -31,34 +33,32 @@ pub struct ReadArgs {
     pub client: ClientArgs,
 }
 
-/// Events asked of the server per page.
+/// The server's default page; a smaller one for a smaller `--limit`.
 const PAGE_EVENTS: u64 = 1000;
 
 pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let mut printer = Printer::new(args.client.json);
-    let page_events = args
-        .limit
-        .map_or(PAGE_EVENTS, |limit| limit.clamp(1, PAGE_EVENTS));
+    let direction = if args.backward {
+        Direction::Backward
+    } else {
+        Direction::Forward
+    };
     let query = AggregateQuery {
         from_version: args.from_version,
         to_version: args.to_version,
-        direction: if args.backward {
-            Direction::Backward
-        } else {
-            Direction::Forward
-        },
-        limit: Some(page_events as u32),
+        direction,
+        // One event more than the limit tells whether there are more.
+        limit: args
+            .limit
+            .map(|limit| limit.saturating_add(1).min(PAGE_EVENTS) as u32),
         from: args.time.from,
         to: args.time.to,
         as_of: args.time.as_of,
         raw: args.time.raw,
     };
     super::block_on(async move {
-        if args.limit == Some(0) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        // The first page says what the aggregate is; the stream reads it again from there.
+        // The first page says what the aggregate is; the stream reads on from there.
         let first = client.read_aggregate(&args.aggregate_id, &query).await?;
         if !printer.json() {
             printer.line(&format!(
@@ -66,27 +66,35 @@ pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
                 first.aggregate_id, first.aggregate_type, first.version
             ))?;
         }
+        let rest = first.next_from_version.map(|next| {
+            client.aggregate_stream(
+                &args.aggregate_id,
+                AggregateQuery {
+                    from_version: Some(next),
+                    ..query
+                },
+            )
+        });
+        let mut events =
+            pin!(stream::iter(first.events.into_iter().map(Ok)).chain(stream::iter(rest).flatten()));
         let mut printed = 0u64;
-        let limit = args.limit.unwrap_or(u64::MAX);
-        for event in &first.events {
-            if printed == limit {
+        let mut last_version: Option<u64> = None;
+        while let Some(event) = events.try_next().await? {
+            if let (Some(limit), Some(last)) = (args.limit.filter(|&limit| printed == limit), last_version) {
+                let next = match direction {
+                    Direction::Forward => last + 1,
+                    Direction::Backward => last.saturating_sub(1),
+                };
+                super::stopped_at_limit(
+                    &mut printer,
+                    limit,
+                    &format!("there are more events: continue with --from-version {next}"),
+                )?;
                 break;
             }
-            printer.event(event)?;
+            printer.event(&event)?;
             printed += 1;
-        }
-        if let Some(next) = first.next_from_version.filter(|_| printed < limit) {
-            let rest = AggregateQuery {
-                from_version: Some(next),
-                ..query
-            };
-            let mut events = pin!(client.aggregate_stream(&args.aggregate_id, rest));
-            while printed < limit
-                && let Some(event) = events.try_next().await?
-            {
-                printer.event(&event)?;
-                printed += 1;
-            }
+            last_version = Some(event.version);
         }
         printer.flush()?;
         Ok(ExitCode::SUCCESS)

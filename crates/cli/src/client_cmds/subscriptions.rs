@@ -1,15 +1,23 @@
-//! `factstore subscriptions`: create, inspect and delete persistent subscription groups, and
-//! see and replay their parked (dead-lettered) events.
+//! `factstore subscriptions`: create, inspect and delete persistent subscription groups, see
+//! and replay their parked (dead-lettered) events, and consume them from the shell: `poll`
+//! leases events to a consumer as a worker would, `ack` and `nack` settle them by position
+//! (for scripts, and for looking at what a group delivers).
 
+use std::pin::pin;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use factstore_client::{
-    Client, DeliveryOrdering, EventFilter, SubscriptionGroup, SubscriptionGroupStatus, SubscriptionStart,
+    Client, DeliveryOrdering, EventFilter, PollRequest, SubscriptionGroup, SubscriptionGroupStatus,
+    SubscriptionStart,
 };
+use futures::TryStreamExt;
 
-use super::output::{Printer, event_line};
+use super::output::Printer;
 use super::{ClientArgs, FilterArgs};
+
+/// The largest page of parked events the server serves.
+const PARKED_PAGE_MAX: u64 = 1000;
 
 #[derive(Debug, clap::Args)]
 pub struct SubscriptionsArgs {
@@ -32,9 +40,16 @@ pub enum SubscriptionsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The group's parked (dead-lettered) events.
+    /// The group's parked (dead-lettered) events, by position.
     Parked {
         group: String,
+        /// Parked events after this position.
+        #[arg(long, value_name = "N")]
+        after_position: Option<u64>,
+        /// At most this many events (default: all of them); when there are more, stderr says
+        /// where to continue.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -50,7 +65,58 @@ pub enum SubscriptionsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Lease events to a consumer and print them (then ack or nack them by position).
+    ///
+    /// Each event comes with its attempt (1 for a first delivery). Ack or nack it before the
+    /// group's ack timeout, or it is delivered again.
+    Poll(PollArgs),
+    /// Settle leased events as handled, by position: they are never delivered again.
+    Ack {
+        /// The group's name.
+        group: String,
+        /// Positions of events the poll delivered.
+        #[arg(value_name = "POSITION", required = true)]
+        positions: Vec<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give leased events back, by position: delivered again, or parked with --park.
+    ///
+    /// An event nacked without --park is delivered again, and parked after the group's
+    /// max deliveries.
+    Nack {
+        /// The group's name.
+        group: String,
+        /// Positions of events the poll delivered.
+        #[arg(value_name = "POSITION", required = true)]
+        positions: Vec<u64>,
+        /// Park them (dead-letter) now instead of delivering them again.
+        #[arg(long)]
+        park: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
+
+#[derive(Debug, clap::Args)]
+pub struct PollArgs {
+    /// The group's name.
+    pub group: String,
+    /// Who consumes: events are leased to it (1 to 255 bytes).
+    #[arg(long, value_name = "NAME", default_value = "factstore-cli")]
+    pub consumer: String,
+    /// At most this many events (1 to 10000; the server's default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max: Option<u32>,
+    /// When no event is ready, wait this long for one (at most 60000; 0 answers at once).
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub wait_ms: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Most positions one ack or nack may carry; more are sent in several.
+const POSITIONS_PER_REQUEST: usize = 10_000;
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
@@ -153,22 +219,33 @@ pub fn run(args: SubscriptionsArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        SubscriptionsCommand::Parked { group, client } => {
+        SubscriptionsCommand::Parked {
+            group,
+            after_position,
+            limit,
+            client,
+        } => {
             let (client, mut printer) = connect(&client)?;
             super::block_on(async move {
-                let parked = client.parked(&group).await?;
-                for delivery in &parked {
-                    if printer.json() {
-                        let mut value = serde_json::to_value(&delivery.event)?;
-                        if let Some(object) = value.as_object_mut() {
-                            object.insert("attempt".to_owned(), delivery.attempt.into());
-                        }
-                        printer.value(&value)?;
-                    } else {
-                        printer.line(&event_line(&delivery.event))?;
+                // Pages end at the limit, so that only more parked events read another.
+                let page = limit.map(|limit| limit.min(PARKED_PAGE_MAX) as u32);
+                let mut parked = pin!(client.parked_stream(&group, after_position, page));
+                let mut printed = 0u64;
+                let mut last_position = None;
+                while let Some(delivery) = parked.try_next().await? {
+                    if let (Some(limit), Some(last)) = (limit.filter(|&l| printed == l), last_position) {
+                        super::stopped_at_limit(
+                            &mut printer,
+                            limit,
+                            &format!("more events are parked: continue with --after-position {last}"),
+                        )?;
+                        break;
                     }
+                    printer.delivery(&delivery)?;
+                    printed += 1;
+                    last_position = Some(delivery.event.position);
                 }
-                if parked.is_empty() && !printer.json() {
+                if printed == 0 && !printer.json() {
                     printer.line(&format!("no parked events in {group}"))?;
                 }
                 printer.flush()?;
@@ -198,7 +275,88 @@ pub fn run(args: SubscriptionsArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        SubscriptionsCommand::Poll(args) => poll(args),
+        SubscriptionsCommand::Ack {
+            group,
+            positions,
+            client,
+        } => {
+            let (client, mut printer) = connect(&client)?;
+            super::block_on(async move {
+                for chunk in positions.chunks(POSITIONS_PER_REQUEST) {
+                    client.ack(&group, chunk).await?;
+                }
+                let count = positions.len();
+                if printer.json() {
+                    printer.value(&serde_json::json!({"group": group, "acked": count}))?;
+                } else {
+                    printer.line(&format!("acked {count} {} of {group}", events(count)))?;
+                }
+                printer.flush()?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        SubscriptionsCommand::Nack {
+            group,
+            positions,
+            park,
+            client,
+        } => {
+            let (client, mut printer) = connect(&client)?;
+            super::block_on(async move {
+                for chunk in positions.chunks(POSITIONS_PER_REQUEST) {
+                    client.nack(&group, chunk, park).await?;
+                }
+                let count = positions.len();
+                if printer.json() {
+                    printer.value(&serde_json::json!({"group": group, "nacked": count, "parked": park}))?;
+                } else if park {
+                    printer.line(&format!("parked {count} {} of {group}", events(count)))?;
+                } else {
+                    printer.line(&format!(
+                        "nacked {count} {} of {group}: they will be delivered again",
+                        events(count)
+                    ))?;
+                }
+                printer.flush()?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
     }
+}
+
+fn events(count: usize) -> &'static str {
+    if count == 1 { "event" } else { "events" }
+}
+
+/// `subscriptions poll`: one poll, its deliveries printed, and on stderr how to settle them.
+fn poll(args: PollArgs) -> anyhow::Result<ExitCode> {
+    let (client, mut printer) = connect(&args.client)?;
+    let mut request = PollRequest::new(&args.consumer).wait_ms(args.wait_ms);
+    request.max = args.max;
+    super::block_on(async move {
+        let deliveries = client.poll(&args.group, &request).await?;
+        for delivery in &deliveries {
+            printer.delivery(delivery)?;
+        }
+        if deliveries.is_empty() {
+            if !printer.json() {
+                printer.line(&format!("no events to deliver in {}", args.group))?;
+            }
+        } else if !printer.json() {
+            printer.flush()?;
+            eprintln!(
+                "leased {} {} to consumer {}: settle them by position with `factstore subscriptions \
+                 ack {} POSITION...` (or nack) before the group's ack timeout",
+                deliveries.len(),
+                events(deliveries.len()),
+                args.consumer,
+                super::shell_word(&args.group)
+            );
+        }
+        printer.flush()?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn connect(args: &ClientArgs) -> anyhow::Result<(Client, Printer)> {
