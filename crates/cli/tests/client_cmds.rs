@@ -344,16 +344,18 @@ fn tail_prints_live_events_and_ends_on_ctrl_c() {
     ]);
 
     // From the head: the event already there is not shown; new ones matching the filter are.
-    let mut tail = server
-        .command(&["tail", "--json", "--event-type", "Ping", "--count", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut tail = Reaped(
+        server
+            .command(&["tail", "--json", "--event-type", "Ping", "--count", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut n = 0;
     let status = loop {
-        if let Some(status) = tail.try_wait().unwrap() {
+        if let Some(status) = tail.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "tail printed nothing");
@@ -382,28 +384,47 @@ fn tail_prints_live_events_and_ends_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success());
-    let printed = json_lines(&std::io::read_to_string(tail.stdout.take().unwrap()).unwrap());
+    let printed = json_lines(&std::io::read_to_string(tail.0.stdout.take().unwrap()).unwrap());
     assert_eq!(printed.len(), 1);
     assert_eq!(printed[0]["event_type"], "Ping");
     assert_eq!(printed[0]["aggregate_id"], "clock:1");
 
     // Ctrl-C ends a tail cleanly, after it printed the history it was asked for.
-    let mut tail = server
-        .command(&["tail", "--after-position", "0", "--aggregate-id", "clock:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(tail.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut tail = Reaped(
+        server
+            .command(&["tail", "--after-position", "0", "--aggregate-id", "clock:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = tail.0.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = line_tx.send(first);
+    });
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tail printed its history within 20 s");
     assert!(first.contains("clock:0@1  Ping v1  {\"n\":0}"), "{first}");
     let interrupted = Command::new("kill")
-        .args(["-INT", &tail.id().to_string()])
+        .args(["-INT", &tail.0.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
-    assert!(tail.wait().unwrap().success());
+    assert!(tail.0.wait().unwrap().success());
+}
+
+/// A child process killed when dropped: a failed assertion must not leave a `tail` running,
+/// holding the test run open on its pipes.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Builds a store with what an export must keep: several aggregates interleaved, metadata,
