@@ -62,15 +62,12 @@ async fn writer(
         let request = client
             .post(format!("{url}/v1/aggregates/{aggregate}/events"))
             .json(&json!({"events": events}));
-        let Some((status, body)) = window.send(request).await? else {
+        let Some(body) = window
+            .send(request, 201, &format!("writer {worker}: an append"))
+            .await?
+        else {
             return Ok(());
         };
-        if status.as_u16() != 201 {
-            return Err(format!(
-                "writer {worker}: an append answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         let body: Value = serde_json::from_slice(&body)
             .map_err(|e| format!("writer {worker}: a 201 whose body is not JSON: {e}"))?;
         let mut ledger = ledger.lock().expect("lock");

@@ -57,15 +57,12 @@ async fn writer(
         let request = client
             .post(format!("{url}/v1/aggregates/{aggregate}/events"))
             .json(&json!({ "events": events }));
-        let Some((status, body)) = window.send(request).await? else {
+        let Some(_) = window
+            .send(request, 201, &format!("writer {worker}: an append"))
+            .await?
+        else {
             return Ok(());
         };
-        if status.as_u16() != 201 {
-            return Err(format!(
-                "writer {worker}: an append answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         window.acked();
     }
 }
@@ -84,15 +81,9 @@ async fn consumer(
         let request = client
             .post(format!("{url}/v1/subscriptions/bus/poll"))
             .json(&json!({"consumer": name, "max": 50, "wait_ms": 200}));
-        let Some((status, body)) = window.send(request).await? else {
+        let Some(body) = window.send(request, 200, &format!("{name}: a poll")).await? else {
             return Ok(());
         };
-        if status.as_u16() != 200 {
-            return Err(format!(
-                "{name}: a poll answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         let body: Value = serde_json::from_slice(&body)
             .map_err(|e| format!("{name}: a poll answer that is not JSON: {e}"))?;
         let events = body["events"]
@@ -122,15 +113,9 @@ async fn consumer(
         let request = client
             .post(format!("{url}/v1/subscriptions/bus/ack"))
             .json(&json!({ "positions": positions }));
-        let Some((status, body)) = window.send(request).await? else {
+        let Some(_) = window.send(request, 204, &format!("{name}: an ack")).await? else {
             return Ok(());
         };
-        if status.as_u16() != 204 {
-            return Err(format!(
-                "{name}: an ack answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         ledger.lock().expect("lock").acked.extend(positions);
     }
     Ok(())

@@ -45,15 +45,12 @@ async fn writer(
         let request = client
             .post(format!("{url}/v1/aggregates/{aggregate}/events"))
             .json(&json!({"events": events}));
-        let Some((status, body)) = window.send(request).await? else {
+        let Some(_) = window
+            .send(request, 201, &format!("writer {worker}: an append"))
+            .await?
+        else {
             return Ok(());
         };
-        if status.as_u16() != 201 {
-            return Err(format!(
-                "writer {worker}: an append answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         window.acked();
     }
 }

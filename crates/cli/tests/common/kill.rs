@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::StatusCode;
 use tokio::task::JoinHandle;
 
 /// How long a cycle may take to see its first acknowledgement, and at most to run.
@@ -26,23 +25,32 @@ pub struct KillWindow {
 }
 
 impl KillWindow {
-    /// Sends `request`. `Ok(Some(..))` is an answer; `Ok(None)` a request the kill cut (the
-    /// writer should stop); `Err` a failure before the kill, which fails the test.
+    /// Sends `request`, which must be answered `expected`. `Ok(Some(body))` is that answer;
+    /// `Ok(None)` a request the kill cut (the writer should stop); `Err` another answer, or a
+    /// failure before the kill, which fails the test. `what` names the request in errors.
     pub async fn send(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<Option<(StatusCode, Bytes)>, String> {
-        let failed =
-            |what: &str, error: reqwest::Error| self.cut_by_kill(&format!("{what}: {error}")).map(|()| None);
+        expected: u16,
+        what: &str,
+    ) -> Result<Option<Bytes>, String> {
+        let failed = |error: reqwest::Error| self.cut_by_kill(&format!("{what}: {error}")).map(|()| None);
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return failed("a request", error),
+            Err(error) => return failed(error),
         };
         let status = response.status();
-        match response.bytes().await {
-            Ok(body) => Ok(Some((status, body))),
-            Err(error) => failed("reading an answer", error),
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return failed(error),
+        };
+        if status.as_u16() != expected {
+            return Err(format!(
+                "{what} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
+        Ok(Some(body))
     }
 
     /// A request that failed without an answer: `Ok` (counted) when the kill explains it, an
