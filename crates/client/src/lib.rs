@@ -58,6 +58,7 @@
 
 mod admin;
 mod append;
+mod backup;
 mod client;
 mod error;
 mod event;
@@ -77,6 +78,7 @@ pub use append::{
     AggregateAppend, AppendOutcome, AppendRequest, AppendedAggregate, AppendedEvent, CommitOutcome,
     CommitRequest, Condition,
 };
+pub use backup::BackupOutcome;
 pub use client::{Client, ClientBuilder, DEFAULT_URL};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};
