@@ -7,6 +7,9 @@
 //!   are hard-linked; on `FaultFs` (no links) everything is copied. On `FaultFs` a crash after
 //!   the backups (every unsynced byte and folder entry lost) leaves every backup whole: each
 //!   file and folder was synced before the answer.
+//! - Beside the engine, a journal that names positions (as a projection's) is never copied
+//!   past the log's end, and a catalog that events name (as the schema registry) holds every
+//!   aggregate of the log copied: the order of the copy (position state, index, log, catalogs).
 //! - A frame written to the active segment but not yet synced is not in a backup taken
 //!   meanwhile: its sync fails here, the store never acknowledges it, and the backup holds
 //!   exactly the acknowledged events (the active segment is copied up to its durable length).
@@ -24,8 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use factstore_core::{Commit, Event, EventQuery, ExpectedVersion, NewEvent, Snapshot, Timestamp};
-use factstore_engine::backup::{self, BackupError, EngineOnly, MARKER};
+use factstore_engine::backup::{self, BackupError, BackupSources, DurableFile, EngineOnly, MARKER};
 use factstore_engine::io::{File, FileSystem, OpenMode, StdFileSystem};
+use factstore_engine::journal::{self, Journal};
 use factstore_engine::{Engine, EngineOptions};
 use factstore_testkit::faultfs::{FaultFs, Repeat};
 use serde_json::json;
@@ -112,8 +116,61 @@ fn check_backup(fs: &Arc<dyn FileSystem>, dir: &Path, head: u64, live: &[Event])
     engine.close();
 }
 
-/// Backups taken one after the other while three threads commit; returns each backup's
-/// folder, head, and the head before it started.
+/// State beside the engine, as the services keep it: a journal that a thread keeps
+/// appending the head to (as a projection records its checkpoint: it names positions), and a
+/// catalog in which writers register each aggregate before its first commit (as schemas are
+/// registered before events use them: the events name it).
+struct Beside {
+    heads: Journal,
+    catalog: Journal,
+}
+
+const HEADS: &str = "beside/heads.journal";
+const CATALOG: &str = "beside/catalog.journal";
+const MAGIC: [u8; 8] = *b"FSTESTBK";
+
+impl BackupSources for Beside {
+    fn position_state(&self) -> Vec<DurableFile> {
+        vec![self.heads.durable()]
+    }
+
+    fn catalogs(&self) -> Vec<DurableFile> {
+        vec![self.catalog.durable()]
+    }
+}
+
+fn records(fs: &Arc<dyn FileSystem>, path: &Path) -> Vec<Vec<u8>> {
+    let file = fs.open(path, OpenMode::Read).expect("open");
+    let mut data = vec![0u8; file.len().expect("len") as usize];
+    file.read_exact_at(&mut data, 0).expect("read");
+    journal::decode_all(&data, MAGIC, path).expect("a journal")
+}
+
+/// The backup's copies of the journals beside the engine agree with its log: the heads
+/// journal names no position past the log's end, and every aggregate of the log is in the
+/// catalog.
+fn check_beside(fs: &Arc<dyn FileSystem>, to: &Path, head: u64, events: &[Event]) {
+    let last_head = records(fs, &to.join(HEADS))
+        .last()
+        .map_or(0, |r| u64::from_le_bytes(r[..8].try_into().expect("8 bytes")));
+    assert!(
+        last_head <= head,
+        "{}: the journal copied names position {last_head}, past the log's end {head}",
+        to.display()
+    );
+    let catalog: std::collections::HashSet<Vec<u8>> = records(fs, &to.join(CATALOG)).into_iter().collect();
+    for event in &events[..head as usize] {
+        assert!(
+            catalog.contains(event.aggregate_id().as_bytes()),
+            "{}: aggregate {} is in the log copied but not in the catalog copied",
+            to.display(),
+            event.aggregate_id()
+        );
+    }
+}
+
+/// Backups taken one after the other while three threads commit and the journals beside
+/// change; returns each backup's folder and head, the live events, and the files linked.
 fn backups_under_load(
     fs: &Arc<dyn FileSystem>,
     data: &Path,
@@ -122,26 +179,52 @@ fn backups_under_load(
     let engine = Arc::new(Engine::open(data, options(fs.clone())).expect("open"));
     append(&engine, "seed", 3);
     assert!(!engine.put_snapshot(&snapshot("seed", 3)).expect("snapshot"));
+    let beside = Arc::new(Beside {
+        heads: Journal::open(fs.clone(), &data.join(HEADS), MAGIC)
+            .expect("journal")
+            .0,
+        catalog: Journal::open(fs.clone(), &data.join(CATALOG), MAGIC)
+            .expect("journal")
+            .0,
+    });
+    beside.catalog.append(&[b"seed"]).expect("register");
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
+    let mut threads: Vec<_> = (0..3)
         .map(|w| {
-            let (engine, stop) = (engine.clone(), stop.clone());
+            let (engine, beside, stop) = (engine.clone(), beside.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    append(&engine, &format!("acc:{w}:{}", i % 5), 1 + i % 3);
+                    let aggregate = format!("acc:{w}:{}", i / 4);
+                    if i.is_multiple_of(4) {
+                        beside.catalog.append(&[aggregate.as_bytes()]).expect("register");
+                    }
+                    append(&engine, &aggregate, 1 + i % 3);
                     i += 1;
                 }
             })
         })
         .collect();
+    threads.push({
+        let (engine, beside, stop) = (engine.clone(), beside.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let head = engine.head().position;
+                beside
+                    .heads
+                    .append(&[&head.to_le_bytes()])
+                    .expect("record the head");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    });
     let mut taken = Vec::new();
     let mut linked = 0;
     for b in 0..12 {
         std::thread::sleep(Duration::from_millis(15));
         let before = engine.head().position;
         let to = root.join(format!("backup-{b}"));
-        let report = engine.backup(&to, &EngineOnly).expect("backup");
+        let report = engine.backup(&to, &*beside).expect("backup");
         assert!(
             report.info.head_position >= before,
             "the backup ends at {} before the head {before} acknowledged when it started",
@@ -152,11 +235,14 @@ fn backups_under_load(
         taken.push((to, report.info.head_position));
     }
     stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer");
+    for thread in threads {
+        thread.join().expect("thread");
     }
     let live = all_events(&engine);
     engine.close();
+    for (to, head) in &taken {
+        check_beside(fs, to, *head, &live);
+    }
     (taken, live, linked)
 }
 
