@@ -1,6 +1,7 @@
-//! The `factstore` binary: `serve` runs the server; `verify` checks a data folder; the client
+//! The `factstore` binary: `serve` runs the server; `verify` checks a data folder; `restore`
+//! copies a backup into one; the client
 //! commands (`append`, `read`, `query`, `get`, `head`, `tail`, `export`, `import`,
-//! `projections`, `subscriptions`) talk to a
+//! `projections`, `subscriptions`, `backup`) talk to a
 //! running server through `factstore-client`.
 //!
 //! This crate is not a library; it wires the crates together and turns errors into one line
@@ -12,10 +13,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backup;
 mod bench;
 mod client_cmds;
 mod fdlimit;
 mod postgres;
+mod restore;
 mod serve;
 mod verify;
 
@@ -94,6 +97,23 @@ enum Command {
     Archive(client_cmds::archive::ArchiveArgs),
     /// Show where the store's bytes are: hot (local disk) and cold (archived).
     Storage(client_cmds::archive::StorageArgs),
+    /// Copy the whole store, while the server goes on serving, into a folder of the server's
+    /// machine (needs an admin token); waits until the backup is complete.
+    Backup(client_cmds::backup::BackupArgs),
+    /// Copy a backup into a new or empty data folder (offline: no server), then check it as
+    /// `verify` does.
+    Restore {
+        /// The backup folder (made by `factstore backup`).
+        #[arg(long, value_name = "BACKUP")]
+        from: PathBuf,
+        /// The data folder to create: it must not exist or be empty.
+        #[arg(long, env = "FACTSTORE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The cold storage of archived segments (as given to serve): they are downloaded and
+        /// checked too.
+        #[arg(long, env = "FACTSTORE_ARCHIVE_URL", value_name = "URL")]
+        archive_url: Option<String>,
+    },
     /// Manage projections (read models): list, put, show, state, rebuild, delete.
     Projections(client_cmds::projections::ProjectionsArgs),
     /// Persistent subscription groups: list, create, show, parked, replay, delete; poll, ack
@@ -176,6 +196,12 @@ fn main() -> ExitCode {
         Command::Import(args) => client_cmds::import::run(args),
         Command::Archive(args) => client_cmds::archive::run_archive(args),
         Command::Storage(args) => client_cmds::archive::run_storage(args),
+        Command::Backup(args) => client_cmds::backup::run(args),
+        Command::Restore {
+            from,
+            data_dir,
+            archive_url,
+        } => restore::run(&from, &data_dir, archive_url.as_deref()),
         Command::Projections(args) => client_cmds::projections::run(args),
         Command::Subscriptions(args) => client_cmds::subscriptions::run(args),
         Command::Schemas(args) => client_cmds::schemas::run_schemas(args),

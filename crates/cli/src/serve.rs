@@ -539,9 +539,16 @@ async fn open_embedded(
             subscriptions_dir.display()
         )
     })?;
+    let backup = crate::backup::EmbeddedBackup {
+        engine: engine.clone(),
+        projections: projections.clone(),
+        subscriptions: subscriptions.clone(),
+        schemas: state.schemas.clone(),
+    };
     Ok(state
         .with_subscriptions(subscriptions)
-        .with_projections(projections))
+        .with_projections(projections)
+        .with_backup(Arc::new(backup)))
 }
 
 /// Tokens are secrets: say so when the file is readable by anyone but its owner.

@@ -60,6 +60,7 @@
 
 mod admin;
 mod append;
+mod backup;
 mod client;
 mod error;
 mod event;
@@ -79,6 +80,7 @@ pub use append::{
     AggregateAppend, AppendOutcome, AppendRequest, AppendedAggregate, AppendedEvent, CommitOutcome,
     CommitRequest, Condition,
 };
+pub use backup::BackupOutcome;
 pub use client::{Client, ClientBuilder, DEFAULT_URL};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, ExpectedVersion, ExpectedVersionParseError, NewEvent};

@@ -505,6 +505,8 @@ pub struct Engine {
     snapshots: Snapshots,
     /// Cold storage, when configured.
     archive: Option<crate::archive::Archive>,
+    /// The indexer's manifest lock, which a backup holds while it links the runs.
+    index_manifest: Arc<Mutex<crate::index::manifest::Manifest>>,
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
 }
 
@@ -537,6 +539,7 @@ impl Engine {
         });
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let indexer = indexer::Indexer::new(shared.clone(), recovered.manifest, options.merge_fan_in);
+        let index_manifest = indexer.manifest_lock();
         let indexer_thread = std::thread::Builder::new()
             .name("factstore-indexer".into())
             .spawn(move || indexer.run(flush_rx))
@@ -554,6 +557,7 @@ impl Engine {
             head_rx,
             snapshots,
             archive: recovered.archive,
+            index_manifest,
             _lock: recovered.lock,
         })
     }
@@ -691,6 +695,26 @@ impl Engine {
             .blocking_send(WriterJob::Checkpoint { seal, reply })
             .map_err(|_| EngineError::Closed)?;
         answer.blocking_recv().map_err(|_| EngineError::Closed)?
+    }
+
+    /// Copies the store into `to` (an absolute path: a new or empty folder) while it goes on
+    /// serving, with the state of the services over it that `sources` names: a backup (see
+    /// [`crate::backup`]). Blocking. Archiving waits while it runs.
+    pub fn backup(
+        &self,
+        to: &Path,
+        sources: &dyn crate::backup::BackupSources,
+    ) -> std::result::Result<crate::backup::BackupReport, crate::backup::BackupError> {
+        if self.requests.lock().is_none() {
+            return Err(EngineError::Closed.into());
+        }
+        let store = crate::backup::Store {
+            shared: &self.shared,
+            snapshots: &self.snapshots,
+            archive: self.archive.as_ref(),
+            index_manifest: &self.index_manifest,
+        };
+        crate::backup::run(&store, to, sources)
     }
 
     /// Where the store's bytes are: local files (log and index) and cold storage.

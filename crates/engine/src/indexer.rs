@@ -74,6 +74,14 @@ impl Indexer {
         }
     }
 
+    /// The manifest as last stored, under the lock that every flush and merge holds while
+    /// they store one. While it is held no run named in it is deleted (a merge deletes its
+    /// inputs only after storing the manifest that no longer names them), which is what a
+    /// backup needs to link the runs it names.
+    pub fn manifest_lock(&self) -> Arc<Mutex<Manifest>> {
+        self.manifest.clone()
+    }
+
     /// Runs until the writer hangs up, writing each memtable the writer froze. Merges run on
     /// a second thread, started and joined here: a merge of large runs takes seconds, and
     /// flushes must not wait behind it, or the writer, which waits when too many memtables

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::backup::DurableFile;
 use crate::error::{EngineError, Result};
 use crate::io::{File, FileSystem, OpenMode};
 
@@ -316,6 +317,19 @@ impl Journal {
     /// Why writes are refused, if an earlier write or sync failed.
     pub fn poisoned(&self) -> Option<String> {
         self.tail.lock().poison.clone()
+    }
+
+    /// The open file and the length of its synced content, for a backup. The bytes below that
+    /// length never change in this file: appends go past it, a failed append is cut back to
+    /// it, and a compaction writes another file and renames it over this one (the handle keeps
+    /// the old one readable).
+    pub fn durable(&self) -> DurableFile {
+        let tail = self.tail.lock();
+        DurableFile {
+            path: self.path.clone(),
+            file: tail.file.clone(),
+            len: tail.end,
+        }
     }
 }
 

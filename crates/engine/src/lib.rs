@@ -12,6 +12,7 @@
 //! - [`archive`]: sealed segments moved to cold storage (zstd, verified before the local copy
 //!   is freed), read back through a local cache.
 //! - [`verify`]: the offline checker behind `factstore verify`.
+//! - [`backup`]: a consistent copy of a running store, and restoring one.
 //!
 //! # Architecture invariants
 //! - An event is visible to readers only after the frame holding it is synced.
@@ -20,6 +21,7 @@
 //! - Nothing outside [`io`] touches the disk.
 
 pub mod archive;
+pub mod backup;
 pub mod engine;
 pub mod error;
 pub mod index;

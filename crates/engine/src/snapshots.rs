@@ -30,6 +30,7 @@ use std::sync::Arc;
 use factstore_core::{Limits, Snapshot, SnapshotInfo, Timestamp};
 use parking_lot::{Mutex, RwLock};
 
+use crate::backup::DurableFile;
 use crate::error::{EngineError, Result};
 use crate::io::{File, FileSystem, OpenMode};
 
@@ -377,6 +378,17 @@ impl Snapshots {
     /// Why writes are refused, when they are.
     pub fn poisoned(&self) -> Option<String> {
         self.poison.lock().clone()
+    }
+
+    /// The log and the length of its synced records, for a backup: `end` moves only after a
+    /// record is synced, a failed put is cut back to it, and the file is never rewritten.
+    pub fn durable(&self) -> DurableFile {
+        let end = self.end.lock();
+        DurableFile {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            len: *end,
+        }
     }
 
     /// Appends a snapshot and syncs it; then it is in the map. Returns whether it replaced

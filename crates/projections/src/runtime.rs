@@ -624,6 +624,22 @@ impl Projections {
         }
     }
 
+    /// The logs of every projection as a backup takes them (`factstore_engine::backup`): the
+    /// live generation and the rebuild under way, each read under its projection's slot lock
+    /// so that a swap is seen whole (the old live one with the new one, or the new one alone).
+    /// Logs that are not files are left out.
+    pub fn durable_logs(&self) -> Vec<factstore_engine::backup::DurableFile> {
+        let entries: Vec<Arc<Entry>> = self.inner.entries.read().values().cloned().collect();
+        let mut out = Vec::new();
+        for entry in entries {
+            let slot = entry.slot.read();
+            for generation in std::iter::once(&slot.live).chain(slot.rebuild.as_ref()) {
+                out.extend(generation.log.durable());
+            }
+        }
+        out
+    }
+
     /// One projection's status.
     pub fn status(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
         Ok(self.status_of(&*self.entry(name)?))

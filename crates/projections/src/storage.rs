@@ -29,6 +29,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use factstore_engine::backup::DurableFile;
 use factstore_engine::io::FileSystem;
 use factstore_engine::journal::Journal;
 use parking_lot::Mutex;
@@ -54,6 +55,11 @@ pub trait GenerationLog: Send + Sync + Debug {
     fn rewrite(&self, records: &[&[u8]]) -> Result<(), ProjectionError>;
     /// Bytes the log takes now.
     fn len(&self) -> u64;
+    /// The log's file and its synced length, for a backup; `None` for a log that is not a
+    /// file of the data folder.
+    fn durable(&self) -> Option<DurableFile> {
+        None
+    }
 }
 
 /// A generation found at open: its log and its records in order.
@@ -280,6 +286,10 @@ impl GenerationLog for JournalLog {
 
     fn len(&self) -> u64 {
         self.0.len()
+    }
+
+    fn durable(&self) -> Option<DurableFile> {
+        Some(self.0.durable())
     }
 }
 

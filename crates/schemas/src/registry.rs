@@ -262,6 +262,12 @@ impl SchemaRegistry {
         decide()
     }
 
+    /// The registry's file as a backup takes it (`factstore_engine::backup`); `None` when it
+    /// is not a file of the data folder.
+    pub fn durable_log(&self) -> Option<factstore_engine::backup::DurableFile> {
+        self.storage.durable()
+    }
+
     /// Applies the records other servers appended to the shared storage since this registry
     /// last read it, as one new catalog; returns how many. Blocking (it reads the storage).
     pub fn refresh(&self) -> Result<usize, SchemaError> {

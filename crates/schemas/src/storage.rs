@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use factstore_core::Timestamp;
+use factstore_engine::backup::DurableFile;
 use factstore_engine::io::FileSystem;
 use factstore_engine::journal::Journal;
 use parking_lot::Mutex;
@@ -53,6 +54,11 @@ pub trait SchemaStorage: Send + Sync + Debug {
     /// A storage that only this registry writes has none.
     fn load_new(&self) -> Result<Vec<Record>, SchemaError> {
         Ok(Vec::new())
+    }
+    /// The file and its synced length, for a backup; `None` for a storage that is not a file
+    /// of the data folder.
+    fn durable(&self) -> Option<DurableFile> {
+        None
     }
 }
 
@@ -119,5 +125,9 @@ impl SchemaStorage for JournalStorage {
         self.journal
             .append(&[&body])
             .map_err(|e| SchemaError::Unavailable(e.to_string()))
+    }
+
+    fn durable(&self) -> Option<DurableFile> {
+        Some(self.journal.durable())
     }
 }

@@ -636,7 +636,7 @@ impl FromRequestParts<AppState> for Admin {
 /// a decision for every route of the router.
 pub fn whole_store_reason(method: &Method, route: &str) -> Option<&'static str> {
     if route.starts_with("/v1/admin/") {
-        Some("archiving and the storage figures concern the whole store")
+        Some("archiving, backups and the storage figures concern the whole store")
     } else if route == "/v1/projections" || route.starts_with("/v1/projections/") {
         Some("a projection's states fold events of every aggregate")
     } else if route == "/v1/subscriptions" || route.starts_with("/v1/subscriptions/") {

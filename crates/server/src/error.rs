@@ -20,6 +20,8 @@ use factstore_schemas::SchemaError;
 use factstore_subscriptions::SubscriptionError;
 use serde_json::{Map, Value, json};
 
+use crate::backup::BackupError;
+
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -53,6 +55,8 @@ pub enum ApiError {
     /// The server is at one of its bounds on concurrent clients (`--max-subscribers`): the
     /// message says which. Answered with `Retry-After`.
     Overloaded(String),
+    /// A backup that was refused or did not complete.
+    Backup(BackupError),
 }
 
 impl ApiError {
@@ -176,6 +180,16 @@ impl ApiError {
             ApiError::Store(StoreError::ArchiveNotConfigured) => {
                 (StatusCode::CONFLICT, "archive_not_configured")
             }
+            ApiError::Backup(BackupError::NotSupported) => (StatusCode::CONFLICT, "backup_not_supported"),
+            ApiError::Backup(BackupError::InvalidTarget(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Backup(BackupError::TargetNotEmpty { to }) => {
+                detail("to", json!(to));
+                (StatusCode::CONFLICT, "backup_target_not_empty")
+            }
+            ApiError::Backup(BackupError::Failed { to, .. }) => {
+                detail("to", json!(to));
+                (StatusCode::INTERNAL_SERVER_ERROR, "backup_failed")
+            }
             ApiError::Store(StoreError::Unavailable(_))
             | ApiError::Schema(SchemaError::Unavailable(_) | SchemaError::Stale)
             | ApiError::Subscription(SubscriptionError::Unavailable(_)) => {
@@ -265,6 +279,19 @@ impl ApiError {
             | ApiError::Forbidden(message)
             | ApiError::NoLeader(message)
             | ApiError::Overloaded(message) => message.clone(),
+            ApiError::Backup(BackupError::NotSupported) => {
+                "this server cannot make backups: it runs on PostgreSQL (back up the database with \
+                 pg_dump) or over a store in memory"
+                    .to_owned()
+            }
+            ApiError::Backup(BackupError::InvalidTarget(message)) => message.clone(),
+            ApiError::Backup(BackupError::TargetNotEmpty { to }) => {
+                format!("{to} is not empty: a backup goes into a folder that does not exist or is empty")
+            }
+            ApiError::Backup(BackupError::Failed { to, reason }) => format!(
+                "the backup failed: {reason}; {to} holds an incomplete copy (without \
+                 BACKUP_COMPLETE, so no restore takes it): remove it before trying again"
+            ),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "this route does not accept this method".to_owned(),
         }
@@ -318,6 +345,9 @@ impl IntoResponse for ApiError {
                 tracing::error!(%error, "internal projection error");
             }
             ApiError::NoLeader(cause) => tracing::warn!(%cause, "cannot serve a request for the leader"),
+            ApiError::Backup(BackupError::Failed { to, reason }) => {
+                tracing::error!(to, reason, "a backup failed");
+            }
             _ => {}
         }
         crate::metrics::record_error(code);

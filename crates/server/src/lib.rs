@@ -11,7 +11,8 @@
 //!   [`whole`]: integer fields of bodies take `1526.0` as the whole number it is.
 //! - [`auth`]: tokens, roles and aggregate prefixes; the `Principal` extractor handlers use.
 //! - [`metrics`]: `GET /metrics` and the names recorded. [`trace`]: request ids and the log.
-//! - [`admin`]: archiving to cold storage and the storage numbers.
+//! - [`admin`]: archiving to cold storage and the storage numbers; [`backup`]: a copy of the
+//!   whole store while it serves.
 //! - [`append`], [`read`], [`snapshots`], [`subscribe`], [`projections`], [`schemas`] and
 //!   [`persistent`] (persistent subscriptions): the handlers. [`render`]: response bodies.
 //! - [`budget`]: long bodies in bounded chunks, and the bound on live subscriptions: what a
@@ -52,6 +53,7 @@ use tower_http::trace::TraceLayer;
 pub mod admin;
 pub mod append;
 pub mod auth;
+pub mod backup;
 pub mod budget;
 pub mod chunked;
 pub mod cluster;
@@ -140,6 +142,8 @@ pub struct AppState {
     services: Arc<RwLock<Services>>,
     /// Set when other servers share the database: who leads, and forwarding to it.
     pub cluster: Option<Arc<Cluster>>,
+    /// What makes backups (`POST /v1/admin/backup`), when the store can be backed up.
+    pub backup: Option<Arc<dyn backup::Backup>>,
 }
 
 /// What a server runs over the store beyond answering requests.
@@ -194,6 +198,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             feed: Arc::new(OnceLock::new()),
             cluster: None,
+            backup: None,
         }
     }
 
@@ -219,6 +224,12 @@ impl AppState {
             ..self.services()
         };
         self.services = Arc::new(RwLock::new(services));
+        self
+    }
+
+    /// Answers `POST /v1/admin/backup` with `backup`.
+    pub fn with_backup(mut self, backup: Arc<dyn backup::Backup>) -> AppState {
+        self.backup = Some(backup);
         self
     }
 
@@ -374,6 +385,7 @@ fn routes() -> Routes {
             persistent::replay_parked,
         )
         .post("/v1/admin/archive", admin::archive)
+        .post("/v1/admin/backup", backup::backup)
         .get("/v1/admin/storage", admin::storage)
         .get("/v1/openapi.json", openapi::serve_document)
 }

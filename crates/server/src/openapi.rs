@@ -37,6 +37,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use crate::admin::ArchiveBody;
 use crate::append::{AppendBody, AppendResponse};
+use crate::backup::{BackupBody, BackupOutcome};
 use crate::error::ApiError;
 use crate::persistent::{AckBody, GroupList, NackBody, PollBody, ReplayBody, ReplayResponse};
 use crate::schemas::{SchemaList, SchemaPutResponse, UpcasterList};
@@ -103,10 +104,13 @@ pub enum ErrorCode {
     Internal,
     StoreUnavailable,
     ArchiveNotConfigured,
+    BackupNotSupported,
+    BackupTargetNotEmpty,
+    BackupFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -134,6 +138,9 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
         ErrorCode::ArchiveNotConfigured,
+        ErrorCode::BackupNotSupported,
+        ErrorCode::BackupTargetNotEmpty,
+        ErrorCode::BackupFailed,
     ];
 
     /// The `error.code` of the body.
@@ -166,6 +173,9 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::ArchiveNotConfigured => "archive_not_configured",
+            ErrorCode::BackupNotSupported => "backup_not_supported",
+            ErrorCode::BackupTargetNotEmpty => "backup_target_not_empty",
+            ErrorCode::BackupFailed => "backup_failed",
         }
     }
 
@@ -190,14 +200,16 @@ impl ErrorCode {
             | ErrorCode::AggregateTypeMismatch
             | ErrorCode::SchemaExists
             | ErrorCode::IncompatibleSchema
-            | ErrorCode::ArchiveNotConfigured => StatusCode::CONFLICT,
+            | ErrorCode::ArchiveNotConfigured
+            | ErrorCode::BackupNotSupported
+            | ErrorCode::BackupTargetNotEmpty => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidSnapshot | ErrorCode::SchemaViolation | ErrorCode::InvalidProjection => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::NotYetMaterialized => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal | ErrorCode::BackupFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -292,6 +304,18 @@ impl ErrorCode {
             }
             ErrorCode::ArchiveNotConfigured => {
                 "the server runs without cold storage: start it with `--archive-url`"
+            }
+            ErrorCode::BackupNotSupported => {
+                "the server cannot make backups: it runs on PostgreSQL (back up the database \
+                 with `pg_dump`) or over a store in memory"
+            }
+            ErrorCode::BackupTargetNotEmpty => {
+                "the folder exists and holds something (`to`); nothing was written"
+            }
+            ErrorCode::BackupFailed => {
+                "reading the store or writing the copy failed (`to`; the message says why): the \
+                 folder holds an incomplete copy without `BACKUP_COMPLETE`, which no restore \
+                 takes; remove it before trying again"
             }
         }
     }
@@ -520,7 +544,7 @@ macro_rules! operations {
                 (name = "subscriptions", description = "Persistent subscriptions: consumer groups \
 with leases, acks, redelivery and parking; the server keeps each group's checkpoint."),
                 (name = "projections", description = "Read models: JSON states folded from the events by the server."),
-                (name = "admin", description = "Archiving to cold storage, and where the store's bytes are."),
+                (name = "admin", description = "Archiving to cold storage, backups, and where the store's bytes are."),
                 (name = "operations", description = "Health, metrics and this document."),
             )
         )]
@@ -567,6 +591,7 @@ operations!(
     list_parked,
     replay_parked,
     archive,
+    backup,
     storage,
     health,
     metrics,
@@ -574,11 +599,11 @@ operations!(
 );
 
 use ErrorCode::{
-    AggregateNotFound, AggregateTypeMismatch, ArchiveNotConfigured, ConditionFailed, DuplicateEventId,
-    EventNotFound, Forbidden, IncompatibleSchema, Internal, InvalidProjection, InvalidRequest,
-    InvalidSnapshot, KeyNotFound, NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists,
-    SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized,
-    UnsupportedMediaType, WrongExpectedVersion,
+    AggregateNotFound, AggregateTypeMismatch, ArchiveNotConfigured, BackupFailed, BackupNotSupported,
+    BackupTargetNotEmpty, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden, IncompatibleSchema,
+    Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound, NotYetMaterialized,
+    PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation, SnapshotNotFound,
+    StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
 };
 
 // Identifiers in paths and queries have the pattern `^[^\u0000-\u001F\u007F-\u009F]+$` (written
@@ -1401,6 +1426,40 @@ fn archive() -> &'static [ErrorCode] {
         UnsupportedMediaType,
         Internal,
         StoreUnavailable,
+    ]
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/backup",
+    tag = "admin",
+    summary = "Copy the whole store into a folder, while it serves",
+    description = "Copies the store (events, index, snapshots, projections, persistent-subscription \
+groups, schema registry, archive manifest) into `to`, an absolute path on the server's machine of a \
+folder that does not exist (it is created) or is empty, while appends and reads go on. The copy is \
+the store as it was at one moment, with the events appended while it ran added to its log: \
+projections and groups are where they were at that moment and catch up after a restore. \
+Immutable files on the same file system are hard-linked, the others copied; every file and folder \
+is synced, then a `BACKUP_COMPLETE` file is written: the folder is a backup only with it (`factstore \
+restore --from` refuses one without). Answers when done, with the last position copied. Archived \
+events stay in cold storage: the restored store needs the same `--archive-url`. Archiving waits \
+while a backup runs. 409 `backup_target_not_empty` for a folder that holds something, \
+`backup_not_supported` on PostgreSQL (use `pg_dump`). Needs the admin role and a token not limited \
+to aggregate prefixes. Takes no query parameters.",
+    request_body(content = BackupBody, example = json!({"to": "/backups/factstore-2024-05-01"})),
+    responses((status = 200, description = "Done: the backup is complete and durable.", body = BackupOutcome))
+)]
+fn backup() -> &'static [ErrorCode] {
+    &[
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        BackupNotSupported,
+        BackupTargetNotEmpty,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        BackupFailed,
+        Internal,
     ]
 }
 
@@ -2236,6 +2295,12 @@ mod tests {
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::Store(StoreError::Unavailable("x".into())),
             ApiError::Store(StoreError::ArchiveNotConfigured),
+            ApiError::Backup(crate::backup::BackupError::NotSupported),
+            ApiError::Backup(crate::backup::BackupError::TargetNotEmpty { to: "/b".into() }),
+            ApiError::Backup(crate::backup::BackupError::Failed {
+                to: "/b".into(),
+                reason: "r".into(),
+            }),
             ApiError::Subscription(factstore_subscriptions::SubscriptionError::NotFound {
                 group: "g".into(),
             }),

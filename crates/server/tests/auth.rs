@@ -455,7 +455,9 @@ fn decision(method: &Method, path: &str) -> Rule {
         ) => rule(reader, WholeStore),
         ("PUT" | "DELETE", "/v1/subscriptions/{group}")
         | ("POST", "/v1/subscriptions/{group}/parked/replay") => rule(admin, WholeStore),
-        ("POST", "/v1/admin/archive") | ("GET", "/v1/admin/storage") => rule(admin, WholeStore),
+        ("POST", "/v1/admin/archive" | "/v1/admin/backup") | ("GET", "/v1/admin/storage") => {
+            rule(admin, WholeStore)
+        }
         (method, path) => panic!("{method} {path}: no decision on who may call it"),
     }
 }

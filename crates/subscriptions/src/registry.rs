@@ -366,6 +366,13 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// Every group's journal as a backup takes it (`factstore_engine::backup`). Journals that
+    /// are not files are left out.
+    pub fn durable_logs(&self) -> Vec<factstore_engine::backup::DurableFile> {
+        let groups: Vec<Arc<Group>> = self.groups.read().values().cloned().collect();
+        groups.iter().filter_map(|g| g.log.durable()).collect()
+    }
+
     /// The status of a group.
     pub fn status(&self, name: &str) -> Result<GroupStatus, SubscriptionError> {
         let group = self.group(name)?;

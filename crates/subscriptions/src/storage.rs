@@ -12,6 +12,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use factstore_engine::backup::DurableFile;
 use factstore_engine::io::FileSystem;
 use factstore_engine::journal::Journal;
 use parking_lot::Mutex;
@@ -33,6 +34,11 @@ pub trait GroupLog: Send + Sync + Debug {
     /// Whether it holds nothing.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The journal's file and its synced length, for a backup; `None` for a journal that is
+    /// not a file of the data folder.
+    fn durable(&self) -> Option<DurableFile> {
+        None
     }
 }
 
@@ -110,6 +116,10 @@ impl GroupLog for FileLog {
 
     fn len(&self) -> u64 {
         self.0.len()
+    }
+
+    fn durable(&self) -> Option<DurableFile> {
+        Some(self.0.durable())
     }
 }
 

@@ -114,7 +114,7 @@ pub fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `1536` → `1.5 KiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(super) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

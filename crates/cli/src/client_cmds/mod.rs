@@ -15,6 +15,7 @@ use factstore_client::{Client, EventFilter, TimeBound};
 
 pub mod append;
 pub mod archive;
+pub mod backup;
 pub mod export;
 pub mod get;
 pub mod head;

@@ -7,8 +7,29 @@ so anything else the same operation answers still fails the run.
 """
 
 import json
+import os
+import threading
+import uuid
 
 import schemathesis
+
+# Hypothesis describes a strategy's filter by parsing the source file of its lambda, and on
+# CPython 3.11 before 3.11.9 `ast.parse` run by two threads at once can fail ("AST constructor
+# recursion depth mismatch"): with `--workers 2` that failed a pass now and then, depending on
+# which operations happened to be covered at the same moment. One description at a time.
+try:
+    from hypothesis.internal import lambda_sources as _lambda_sources
+
+    _describe = _lambda_sources._lambda_description
+    _describing = threading.Lock()
+
+    def _describe_one_at_a_time(f):
+        with _describing:
+            return _describe(f)
+
+    _lambda_sources._lambda_description = _describe_one_at_a_time
+except (ImportError, AttributeError):
+    pass
 
 # (check code, status, error code, a part of the message): expected answers to requests the
 # schemas alone cannot tell apart from good ones.
@@ -78,6 +99,31 @@ def map_query(ctx, query):
     if isinstance(query, dict) and "wait_ms" in query:
         query["wait_ms"] = _cut(query["wait_ms"])
     return query
+
+
+# A backup writes a copy of the store into the folder its body names, on the server's machine.
+# Every folder a case names (any string: the document says "absolute" in prose) is replaced by
+# a fresh one under the test's own folder (FACTSTORE_SCHEMATHESIS_BACKUPS), in every phase, so
+# that the pass writes nowhere else and each backup finds its folder new. Values that are no
+# string are left for the server to refuse.
+BACKUPS = os.environ.get("FACTSTORE_SCHEMATHESIS_BACKUPS")
+
+
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    # The coverage phase's cases do not go through `map_query` / `map_body`: waits are cut here
+    # too, right before every request.
+    if isinstance(case.query, dict) and "wait_ms" in case.query:
+        case.query["wait_ms"] = _cut(case.query["wait_ms"])
+    if isinstance(case.body, dict) and "wait_ms" in case.body:
+        case.body["wait_ms"] = _cut(case.body["wait_ms"])
+    if case.operation.path != "/v1/admin/backup" or not isinstance(case.body, dict):
+        return
+    to = case.body.get("to")
+    if isinstance(to, str):
+        if not BACKUPS:
+            raise RuntimeError("FACTSTORE_SCHEMATHESIS_BACKUPS must name a folder for the backups")
+        case.body["to"] = os.path.join(BACKUPS, uuid.uuid4().hex)
 
 
 @schemathesis.hook

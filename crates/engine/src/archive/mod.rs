@@ -158,6 +158,18 @@ impl Archive {
         self.records.lock().clone()
     }
 
+    /// Blocks archiving runs while the guard lives (a backup holds it, so that no segment
+    /// leaves `log/` and the manifest does not change while they are copied); waits for a run
+    /// under way to finish.
+    pub fn hold(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.running.lock()
+    }
+
+    /// The archive manifest's synced content, for a backup.
+    pub fn manifest_durable(&self) -> crate::backup::DurableFile {
+        self.journal.durable()
+    }
+
     /// The cache of archived segments.
     pub fn cache(&self) -> &Arc<SegmentCache> {
         &self.cache

@@ -64,6 +64,17 @@ pub trait FileSystem: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the folder's entries durable: `fsync` of the folder.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Makes `to` a second name of the file `from` (a hard link), when the file system can:
+    /// a backup shares the immutable files of the store this way instead of copying them.
+    /// The default has no links; callers copy instead, as they do when the two paths are on
+    /// different file systems (`EXDEV`).
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this file system has no hard links",
+        ))
+    }
     /// Takes an exclusive lock on the data folder for the life of the returned guard, so that
     /// two processes never write the same store. A file system without processes may no-op.
     fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn Debug + Send + Sync>>;

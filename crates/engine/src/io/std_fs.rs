@@ -80,6 +80,10 @@ impl FileSystem for StdFileSystem {
         fs::File::open(path)?.sync_all()
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::hard_link(from, to)
+    }
+
     fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn Debug + Send + Sync>> {
         let file = OpenOptions::new()
             .read(true)
