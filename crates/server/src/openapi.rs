@@ -95,6 +95,7 @@ pub enum ErrorCode {
     SchemaNotFound,
     SchemaExists,
     IncompatibleSchema,
+    SchemaVersionMissing,
     SubscriptionNotFound,
     ProjectionNotFound,
     KeyNotFound,
@@ -106,7 +107,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -126,6 +127,7 @@ impl ErrorCode {
         ErrorCode::SchemaNotFound,
         ErrorCode::SchemaExists,
         ErrorCode::IncompatibleSchema,
+        ErrorCode::SchemaVersionMissing,
         ErrorCode::SubscriptionNotFound,
         ErrorCode::ProjectionNotFound,
         ErrorCode::KeyNotFound,
@@ -158,6 +160,7 @@ impl ErrorCode {
             ErrorCode::SchemaNotFound => "schema_not_found",
             ErrorCode::SchemaExists => "schema_exists",
             ErrorCode::IncompatibleSchema => "incompatible_schema",
+            ErrorCode::SchemaVersionMissing => "schema_version_missing",
             ErrorCode::SubscriptionNotFound => "subscription_not_found",
             ErrorCode::ProjectionNotFound => "projection_not_found",
             ErrorCode::KeyNotFound => "key_not_found",
@@ -190,6 +193,7 @@ impl ErrorCode {
             | ErrorCode::AggregateTypeMismatch
             | ErrorCode::SchemaExists
             | ErrorCode::IncompatibleSchema
+            | ErrorCode::SchemaVersionMissing
             | ErrorCode::ArchiveNotConfigured => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -264,8 +268,11 @@ impl ErrorCode {
             }
             ErrorCode::IncompatibleSchema => {
                 "the schema is not backward compatible with the previous version (a property \
-                 removed or retyped, or a required one added), or the previous version is not \
-                 registered (`event_type`, `version`, `reason`)"
+                 removed or retyped, or a required one added) (`event_type`, `version`, `reason`)"
+            }
+            ErrorCode::SchemaVersionMissing => {
+                "version n > 1 is checked against version n − 1, which is not registered: \
+                 register the versions in order (`event_type`, `version`)"
             }
             ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
             ErrorCode::KeyNotFound => {
@@ -577,8 +584,8 @@ use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ArchiveNotConfigured, ConditionFailed, DuplicateEventId,
     EventNotFound, Forbidden, IncompatibleSchema, Internal, InvalidProjection, InvalidRequest,
     InvalidSnapshot, KeyNotFound, NotYetMaterialized, PayloadTooLarge, ProjectionNotFound, SchemaExists,
-    SchemaNotFound, SchemaViolation, SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized,
-    UnsupportedMediaType, WrongExpectedVersion,
+    SchemaNotFound, SchemaVersionMissing, SchemaViolation, SnapshotNotFound, StoreUnavailable,
+    SubscriptionNotFound, Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
 };
 
 // Identifiers in paths and queries have the pattern `^[^\u0000-\u001F\u007F-\u009F]+$` (written
@@ -1338,8 +1345,8 @@ control characters.";
 400) for `event_data` of events of this type and `event_version`. Once a type has a schema, every \
 append of it is validated (422 `schema_violation` naming every failing field), and an \
 `event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
-n − 1: it may only add optional properties (409 `incompatible_schema` with the reason, also when \
-n − 1 is not registered). Registering the same schema again is 200; another schema for a \
+n − 1: it may only add optional properties (409 `incompatible_schema` with the reason), and n − 1 \
+must be registered first (409 `schema_version_missing`). Registering the same schema again is 200; another schema for a \
 registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
 Takes no query parameters.",
     params(
@@ -1367,6 +1374,7 @@ fn put_schema() -> &'static [ErrorCode] {
         Forbidden,
         SchemaExists,
         IncompatibleSchema,
+        SchemaVersionMissing,
         PayloadTooLarge,
         UnsupportedMediaType,
         Internal,
@@ -1845,7 +1853,7 @@ mod schemas {
         #[schema(nullable = false)]
         group: Option<String>,
         /// `invalid_snapshot`: the version the snapshot named; `schema_exists`,
-        /// `incompatible_schema`: the schema version.
+        /// `incompatible_schema`, `schema_version_missing`: the schema version.
         #[schema(nullable = false)]
         version: Option<u64>,
         /// `snapshot_not_found`: the bound asked for, when one was.
@@ -1867,7 +1875,8 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
-        /// `schema_not_found`, `schema_exists`, `incompatible_schema`: the event type.
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`,
+        /// `schema_version_missing`: the event type.
         #[schema(nullable = false)]
         event_type: Option<String>,
         /// `not_yet_materialized`: where the projection is.
@@ -2230,6 +2239,10 @@ mod tests {
                 event_type: "T".into(),
                 version: 2,
                 reason: "r".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::PreviousVersionMissing {
+                event_type: "T".into(),
+                version: 2,
             }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),
