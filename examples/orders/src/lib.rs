@@ -99,7 +99,9 @@ impl ApiError {
             Refused::NoItems | Refused::BadItem { .. } | Refused::NoTracking => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_order", message)
             }
-            Refused::WrongStage { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_stage", message),
+            Refused::WrongStage { .. } | Refused::NotYet { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_stage", message)
+            }
             Refused::WrongAmount { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_amount", message)
             }
