@@ -1,4 +1,4 @@
-//! The order lifecycle of the design document (created, paid, shipped, delivered) as an HTTP
+//! An order's lifecycle (created, paid, shipped, delivered) as an HTTP
 //! service on factstore. Writes go through the SDK's repository; every read model is a
 //! declarative projection the server maintains ([`projections`]).
 //!

@@ -62,7 +62,7 @@ pub enum OrderCommand {
 }
 
 /// The facts. `ItemAdded` carries its `line_total` (quantity × price) so that read models
-/// can sum it without computing anything (the enrichment pattern of the design document).
+/// can sum it without computing anything (event enrichment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "event_data")]
 pub enum OrderEvent {
