@@ -1346,9 +1346,9 @@ control characters.";
 append of it is validated (422 `schema_violation` naming every failing field), and an \
 `event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
 n − 1: it may only add optional properties (409 `incompatible_schema` with the reason), and n − 1 \
-must be registered first (409 `schema_version_missing`). Registering the same schema again is 200; another schema for a \
-registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
-Takes no query parameters.",
+must be registered first (409 `schema_version_missing`). Registering the same schema again is \
+200; another schema for a registered version is 409 `schema_exists`. Durable before the answer. \
+Needs the admin role. Takes no query parameters.",
     params(
         ("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
