@@ -82,6 +82,14 @@ fn registry_survives_a_restart(args: &[&str]) {
 
     let server = start(&data, args);
     let v1_path = v1.to_str().unwrap();
+    // Version 2 before version 1: refused, saying which version to register first.
+    let early = run(
+        &server,
+        &["schemas", "put", "MoneyDeposited", "2", "--file", v1_path],
+    );
+    assert!(!early.status.success());
+    let message = String::from_utf8_lossy(&early.stderr);
+    assert!(message.contains("needs version 1 registered first"), "{message}");
     assert!(
         ok(
             &server,

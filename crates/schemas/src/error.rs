@@ -13,6 +13,10 @@ pub enum SchemaError {
     /// The version is registered with another schema; a registered schema never changes.
     #[error("version {version} of event type '{event_type}' is already registered with a different schema")]
     SchemaExists { event_type: String, version: u32 },
+    /// Version `version` > 1 arrived before version `version` − 1: a version is checked
+    /// against the one before it, so that one must be registered first.
+    #[error("version {version} of event type '{event_type}' needs version {} registered first", .version - 1)]
+    PreviousVersionMissing { event_type: String, version: u32 },
     /// The schema breaks the evolution rules against the previous version.
     #[error("version {version} of event type '{event_type}' is not backward compatible: {reason}")]
     Incompatible {

@@ -179,10 +179,9 @@ impl SchemaRegistry {
         }
         if version > 1 {
             let Some(previous) = entry.and_then(|e| e.versions.get(&(version - 1))) else {
-                return Err(SchemaError::Incompatible {
+                return Err(SchemaError::PreviousVersionMissing {
                     event_type: event_type.to_owned(),
                     version,
-                    reason: format!("version {} is not registered", version - 1),
                 });
             };
             check_compatible(&previous.schema, schema).map_err(|reason| SchemaError::Incompatible {

@@ -60,11 +60,18 @@ fn versions_evolve_only_by_adding_optional_properties() {
         registry.put_schema("MoneyDeposited", 1, deposited_v2(), &limits()),
         Err(SchemaError::SchemaExists { version: 1, .. })
     ));
-    // A gap in the versions is refused.
+    // A gap in the versions is refused, saying which version is missing.
     let gap = registry.put_schema("MoneyDeposited", 3, deposited_v2(), &limits());
-    assert!(
-        matches!(&gap, Err(SchemaError::Incompatible { reason, .. }) if reason == "version 2 is not registered"),
-        "{gap:?}"
+    assert_eq!(
+        gap,
+        Err(SchemaError::PreviousVersionMissing {
+            event_type: "MoneyDeposited".into(),
+            version: 3
+        })
+    );
+    assert_eq!(
+        gap.unwrap_err().to_string(),
+        "version 3 of event type 'MoneyDeposited' needs version 2 registered first"
     );
     // Removing, retyping, and adding a required property are refused with the reason.
     let mut removed = deposited_v1();

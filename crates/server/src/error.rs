@@ -167,6 +167,11 @@ impl ApiError {
                 detail("version", json!(version));
                 (StatusCode::CONFLICT, "schema_exists")
             }
+            ApiError::Schema(SchemaError::PreviousVersionMissing { event_type, version }) => {
+                detail("event_type", json!(event_type));
+                detail("version", json!(version));
+                (StatusCode::CONFLICT, "schema_version_missing")
+            }
             ApiError::Schema(SchemaError::Incompatible {
                 event_type,
                 version,

@@ -96,6 +96,7 @@ pub enum ErrorCode {
     SchemaNotFound,
     SchemaExists,
     IncompatibleSchema,
+    SchemaVersionMissing,
     SubscriptionNotFound,
     ProjectionNotFound,
     KeyNotFound,
@@ -110,7 +111,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -130,6 +131,7 @@ impl ErrorCode {
         ErrorCode::SchemaNotFound,
         ErrorCode::SchemaExists,
         ErrorCode::IncompatibleSchema,
+        ErrorCode::SchemaVersionMissing,
         ErrorCode::SubscriptionNotFound,
         ErrorCode::ProjectionNotFound,
         ErrorCode::KeyNotFound,
@@ -165,6 +167,7 @@ impl ErrorCode {
             ErrorCode::SchemaNotFound => "schema_not_found",
             ErrorCode::SchemaExists => "schema_exists",
             ErrorCode::IncompatibleSchema => "incompatible_schema",
+            ErrorCode::SchemaVersionMissing => "schema_version_missing",
             ErrorCode::SubscriptionNotFound => "subscription_not_found",
             ErrorCode::ProjectionNotFound => "projection_not_found",
             ErrorCode::KeyNotFound => "key_not_found",
@@ -200,6 +203,7 @@ impl ErrorCode {
             | ErrorCode::AggregateTypeMismatch
             | ErrorCode::SchemaExists
             | ErrorCode::IncompatibleSchema
+            | ErrorCode::SchemaVersionMissing
             | ErrorCode::ArchiveNotConfigured
             | ErrorCode::BackupNotSupported
             | ErrorCode::BackupTargetNotEmpty => StatusCode::CONFLICT,
@@ -276,8 +280,11 @@ impl ErrorCode {
             }
             ErrorCode::IncompatibleSchema => {
                 "the schema is not backward compatible with the previous version (a property \
-                 removed or retyped, or a required one added), or the previous version is not \
-                 registered (`event_type`, `version`, `reason`)"
+                 removed or retyped, or a required one added) (`event_type`, `version`, `reason`)"
+            }
+            ErrorCode::SchemaVersionMissing => {
+                "version n > 1 is checked against version n − 1, which is not registered: \
+                 register the versions in order (`event_type`, `version`)"
             }
             ErrorCode::ProjectionNotFound => "no projection has this name (`projection`)",
             ErrorCode::KeyNotFound => {
@@ -602,8 +609,9 @@ use ErrorCode::{
     AggregateNotFound, AggregateTypeMismatch, ArchiveNotConfigured, BackupFailed, BackupNotSupported,
     BackupTargetNotEmpty, ConditionFailed, DuplicateEventId, EventNotFound, Forbidden, IncompatibleSchema,
     Internal, InvalidProjection, InvalidRequest, InvalidSnapshot, KeyNotFound, NotYetMaterialized,
-    PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaViolation, SnapshotNotFound,
-    StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType, WrongExpectedVersion,
+    PayloadTooLarge, ProjectionNotFound, SchemaExists, SchemaNotFound, SchemaVersionMissing, SchemaViolation,
+    SnapshotNotFound, StoreUnavailable, SubscriptionNotFound, Unauthorized, UnsupportedMediaType,
+    WrongExpectedVersion,
 };
 
 // Identifiers in paths and queries have the pattern `^[^\u0000-\u001F\u007F-\u009F]+$` (written
@@ -1363,10 +1371,10 @@ control characters.";
 400) for `event_data` of events of this type and `event_version`. Once a type has a schema, every \
 append of it is validated (422 `schema_violation` naming every failing field), and an \
 `event_version` without a schema is refused too. Version n > 1 must be backward compatible with \
-n − 1: it may only add optional properties (409 `incompatible_schema` with the reason, also when \
-n − 1 is not registered). Registering the same schema again is 200; another schema for a \
-registered version is 409 `schema_exists`. Durable before the answer. Needs the admin role. \
-Takes no query parameters.",
+n − 1: it may only add optional properties (409 `incompatible_schema` with the reason), and n − 1 \
+must be registered first (409 `schema_version_missing`). Registering the same schema again is \
+200; another schema for a registered version is 409 `schema_exists`. Durable before the answer. \
+Needs the admin role. Takes no query parameters.",
     params(
         ("event_type" = String, Path, description = EVENT_TYPE, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"),
         ("version" = u32, Path, description = "The `event_version` the schema is for, 1 to 2^31 − 1.", minimum = 1, maximum = 2147483647),
@@ -1392,6 +1400,7 @@ fn put_schema() -> &'static [ErrorCode] {
         Forbidden,
         SchemaExists,
         IncompatibleSchema,
+        SchemaVersionMissing,
         PayloadTooLarge,
         UnsupportedMediaType,
         Internal,
@@ -1904,7 +1913,7 @@ mod schemas {
         #[schema(nullable = false)]
         group: Option<String>,
         /// `invalid_snapshot`: the version the snapshot named; `schema_exists`,
-        /// `incompatible_schema`: the schema version.
+        /// `incompatible_schema`, `schema_version_missing`: the schema version.
         #[schema(nullable = false)]
         version: Option<u64>,
         /// `snapshot_not_found`: the bound asked for, when one was.
@@ -1926,7 +1935,8 @@ mod schemas {
         /// `aggregate_type_mismatch`: the type the request gave.
         #[schema(nullable = false)]
         given: Option<String>,
-        /// `schema_not_found`, `schema_exists`, `incompatible_schema`: the event type.
+        /// `schema_not_found`, `schema_exists`, `incompatible_schema`,
+        /// `schema_version_missing`: the event type.
         #[schema(nullable = false)]
         event_type: Option<String>,
         /// `not_yet_materialized`: where the projection is.
@@ -2289,6 +2299,10 @@ mod tests {
                 event_type: "T".into(),
                 version: 2,
                 reason: "r".into(),
+            }),
+            ApiError::Schema(factstore_schemas::SchemaError::PreviousVersionMissing {
+                event_type: "T".into(),
+                version: 2,
             }),
             ApiError::PayloadTooLarge("x".into()),
             ApiError::UnsupportedMediaType("x".into()),

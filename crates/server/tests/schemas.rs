@@ -146,6 +146,41 @@ async fn appends_are_validated_against_their_schema_and_refused_whole() {
     assert_eq!(status, StatusCode::CREATED);
 }
 
+/// A version is checked against the one before it: a later version before that one is its
+/// own refusal, naming the version to register first, and the versions then go in in order.
+#[tokio::test]
+async fn a_version_before_its_predecessor_is_refused_naming_the_missing_version() {
+    let router = app(Arc::new(ModelStore::new()));
+    let v1 = json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
+    let mut v2 = v1.clone();
+    v2["properties"]["currency"] = json!({"type": "string"});
+    let uri = |n: u32| format!("/v1/schemas/MoneyDeposited/versions/{n}");
+
+    let (status, body) = call(&router, "PUT", &uri(2), Some(v2.clone())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "schema_version_missing", "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "version 2 of event type 'MoneyDeposited' needs version 1 registered first"
+    );
+    assert_eq!(
+        (&body["error"]["event_type"], &body["error"]["version"]),
+        (&json!("MoneyDeposited"), &json!(2))
+    );
+    let (status, _) = call(&router, "GET", "/v1/schemas/MoneyDeposited", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the refusal registered nothing");
+
+    let (status, body) = call(&router, "PUT", &uri(1), Some(v1)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = call(&router, "PUT", &uri(2), Some(v2)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A gap further up is the same refusal; an incompatible successor is the other one.
+    let (_, body) = call(&router, "PUT", &uri(4), Some(json!({"type": "object"}))).await;
+    assert_eq!(body["error"]["code"], "schema_version_missing", "{body}");
+    let (_, body) = call(&router, "PUT", &uri(3), Some(json!({"type": "object"}))).await;
+    assert_eq!(body["error"]["code"], "incompatible_schema", "{body}");
+}
+
 #[tokio::test]
 async fn every_read_path_upcasts_and_raw_reads_return_the_stored_form() {
     let router = app(Arc::new(ModelStore::new()));

@@ -1,4 +1,4 @@
-//! The bank account of the design document as an HTTP service on factstore.
+//! A bank account as an HTTP service on factstore.
 //!
 //! Writes go through the SDK: each command loads the account (snapshot + later events),
 //! checks the rules in [`account::Account::handle`], and appends at the expected version,

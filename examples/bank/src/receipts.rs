@@ -1,4 +1,4 @@
-//! The event bus of the design document's workflow: a receipt for every deposit and
+//! The event bus of the write workflow: a receipt for every deposit and
 //! withdrawal, written by a worker that consumes a persistent subscription with the SDK's
 //! [`Projector`] (poll → handle → ack; a failed handler is nacked and delivered again).
 //!

@@ -1,4 +1,4 @@
-//! The receipts worker against a real server: the workflow of the design document (command →
+//! The receipts worker against a real server: the write workflow (command →
 //! rules → append → 201; the event bus delivers to a projector, which acks).
 #![allow(clippy::unwrap_used)]
 

@@ -1,4 +1,4 @@
-//! The order lifecycle of the design document (created, paid, shipped, delivered) as an HTTP
+//! An order's lifecycle (created, paid, shipped, delivered) as an HTTP
 //! service on factstore. Writes go through the SDK's repository; every read model is a
 //! declarative projection the server maintains ([`projections`]).
 //!
@@ -99,7 +99,9 @@ impl ApiError {
             Refused::NoItems | Refused::BadItem { .. } | Refused::NoTracking => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_order", message)
             }
-            Refused::WrongStage { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_stage", message),
+            Refused::WrongStage { .. } | Refused::NotYet { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_stage", message)
+            }
             Refused::WrongAmount { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_amount", message)
             }

@@ -13,8 +13,8 @@ pub fn aggregate_id(order_id: &str) -> String {
 #[derive(Debug)]
 pub struct Order;
 
-/// Where an order is in its life.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an order is in its life, in the order of its stages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     #[default]
@@ -62,7 +62,7 @@ pub enum OrderCommand {
 }
 
 /// The facts. `ItemAdded` carries its `line_total` (quantity × price) so that read models
-/// can sum it without computing anything (the enrichment pattern of the design document).
+/// can sum it without computing anything (event enrichment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "event_data")]
 pub enum OrderEvent {
@@ -100,8 +100,15 @@ pub enum Refused {
     NoItems,
     #[error("item {sku}: the quantity must be positive and the price not negative")]
     BadItem { sku: String },
+    /// The order is past the stage the command needs (paying twice, adding to a paid order).
     #[error("the order is {stage:?}: {action} is no longer possible")]
     WrongStage { stage: Stage, action: &'static str },
+    /// The order has not reached the stage the command needs (shipping an unpaid order).
+    #[error("the order is not {missing} yet: {action} needs it {missing} first")]
+    NotYet {
+        action: &'static str,
+        missing: &'static str,
+    },
     #[error("the payment must be the order's total, {total}, not {amount}")]
     WrongAmount { total: i64, amount: i64 },
     #[error("a tracking number is required")]
@@ -142,7 +149,15 @@ impl Aggregate for Order {
 
     fn handle(state: &OrderState, command: OrderCommand) -> Result<Vec<OrderEvent>, Refused> {
         let stage = state.stage;
-        let wrong = |action| Err(Refused::WrongStage { stage, action });
+        // A command that needs stage `needs`: before it, the order lacks what `missing` says;
+        // after it, the moment has passed.
+        let wrong = |action, needs: Stage, missing| {
+            if stage < needs {
+                Err(Refused::NotYet { action, missing })
+            } else {
+                Err(Refused::WrongStage { stage, action })
+            }
+        };
         match command {
             OrderCommand::Create { .. } if stage != Stage::None => Err(Refused::AlreadyExists),
             OrderCommand::Create { items, .. } if items.is_empty() => Err(Refused::NoItems),
@@ -161,20 +176,24 @@ impl Aggregate for Order {
                 Ok(events)
             }
             _ if stage == Stage::None => Err(Refused::NotFound),
-            OrderCommand::AddItem(_) if stage != Stage::Created => wrong("adding an item"),
+            OrderCommand::AddItem(_) if stage != Stage::Created => {
+                wrong("adding an item", Stage::Created, "created")
+            }
             OrderCommand::AddItem(item) => Ok(vec![item_added(item)?]),
-            OrderCommand::Pay { .. } if stage != Stage::Created => wrong("paying"),
+            OrderCommand::Pay { .. } if stage != Stage::Created => wrong("paying", Stage::Created, "created"),
             OrderCommand::Pay { amount } if amount != state.total => Err(Refused::WrongAmount {
                 total: state.total,
                 amount,
             }),
             OrderCommand::Pay { amount } => Ok(vec![OrderEvent::PaymentReceived { amount }]),
-            OrderCommand::Ship { .. } if stage != Stage::Paid => wrong("shipping"),
+            OrderCommand::Ship { .. } if stage != Stage::Paid => wrong("shipping", Stage::Paid, "paid"),
             OrderCommand::Ship { tracking, .. } if tracking.trim().is_empty() => Err(Refused::NoTracking),
             OrderCommand::Ship { tracking, carrier } => {
                 Ok(vec![OrderEvent::OrderShipped { tracking, carrier }])
             }
-            OrderCommand::Deliver if stage != Stage::Shipped => wrong("delivering"),
+            OrderCommand::Deliver if stage != Stage::Shipped => {
+                wrong("delivering", Stage::Shipped, "shipped")
+            }
             OrderCommand::Deliver => Ok(vec![OrderEvent::OrderDelivered]),
         }
     }
@@ -253,9 +272,15 @@ mod tests {
                 tracking: "ABC123".into(),
                 carrier: None,
             })
-            .then_error(Refused::WrongStage {
-                stage: Stage::Created,
+            .then_error(Refused::NotYet {
                 action: "shipping",
+                missing: "paid",
+            });
+        AggregateTest::<Order>::given(created())
+            .when(OrderCommand::Deliver)
+            .then_error(Refused::NotYet {
+                action: "delivering",
+                missing: "shipped",
             });
         let mut paid = created();
         paid.push(OrderEvent::PaymentReceived { amount: 5000 });

@@ -39,6 +39,21 @@ async fn an_order_goes_from_created_to_delivered_and_support_sees_every_step() {
     );
     assert_eq!(body["version"], 3);
 
+    // Too early and too late are both 409 wrong_stage, each message saying which it is.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/orders/ORD-1/shipments",
+        Some(r#"{"tracking": "ABC123"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "order ORD-1: the order is not paid yet: shipping needs it paid first"
+    );
+
     let steps = [
         (
             "/orders/ORD-1/shipments",
@@ -110,6 +125,19 @@ async fn an_order_goes_from_created_to_delivered_and_support_sees_every_step() {
             "{path} {request}: {body}"
         );
     }
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/orders/ORD-1/payments",
+        Some(r#"{"amount": 6100}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "order ORD-1: the order is Delivered: paying is no longer possible"
+    );
     let (status, body) = call(&app, "POST", "/orders", Some(ORDER), &[]).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
