@@ -670,6 +670,9 @@ impl Engine {
         progress: impl FnMut(&crate::archive::ArchivedSegment),
     ) -> Result<ArchiveOutcome> {
         let archive = self.archive.as_ref().ok_or(StoreError::ArchiveNotConfigured)?;
+        if self.requests.lock().is_none() {
+            return Err(EngineError::Closed);
+        }
         let head = self.shared.head();
         // The last position recorded before the cut (`before` is exclusive).
         let cut = Timestamp::from_micros(before.as_micros().saturating_sub(1));
